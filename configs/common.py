@@ -1,0 +1,53 @@
+"""Shared config pieces: run defaults and model size presets.
+
+Experiment files start from `base()` and a model preset, then set their stages.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.task = "lm"
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, context=1))
+    c.train = ml_collections.ConfigDict(dict(
+        steps=100,  # default length of single-stage configs (stages reference it)
+        batch_size=8,  # global batch, rows
+        microbatches=1,  # gradient accumulation: the batch is scanned in this many pieces
+        seed=0,
+        log_every=10,
+        progress_bar=True,
+    ))
+    c.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=3, async_save=True))
+    c.init = ml_collections.ConfigDict(dict(checkpoint="", flavour="hf"))  # safetensors to start from
+    c.stages = ml_collections.ConfigDict()
+    c.stage_order = ()
+    return c
+
+
+def qwen2(size: str) -> ml_collections.ConfigDict:
+    """Backbone presets: tiny (CI), small (~100M, benchmarks), 7b (the release shape)."""
+    presets = {
+        "tiny": dict(vocab_size=384, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
+                     head_dim=32, intermediate_size=384),
+        "small": dict(vocab_size=32768, hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=4,
+                      head_dim=64, intermediate_size=2048),
+        "7b": dict(vocab_size=152064, hidden_size=3584, num_layers=28, num_heads=28, num_kv_heads=4,
+                   head_dim=128, intermediate_size=18944),
+    }
+    if size not in presets:
+        raise ValueError(f"unknown backbone size {size!r}; use one of {sorted(presets)}")
+    return ml_collections.ConfigDict(dict(
+        presets[size], rms_norm_eps=1e-6, rope_theta=1e6, qkv_bias=True, padding_idx=0,
+        initializer_range=0.02, dtype="float32", param_dtype="float32", remat_policy="none",
+        scan_unroll=1, attention_impl="xla", attention_block_size=512,
+    ))
+
+
+def text_data(seq_len: int = 128) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        seq_len=seq_len, seed=0, corpus_seed=0, num_documents=4000,
+        tokenizer=ml_collections.ConfigDict(dict(kind="byte", path="")),
+    ))

@@ -1,0 +1,1 @@
+"""Command-line entry points: train (the trainer), convert (weights), aot (TPU planning)."""

@@ -1,0 +1,37 @@
+r"""Train from a config file: `python -m launch.train --config=configs/x.py --workdir=DIR`.
+
+Any config value can be overridden: `--config.train.steps=10 --config.mesh.fsdp=2`.
+Re-running with the same --workdir resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _main(argv):
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from omni_jax.train.trainer import train
+
+    result = train(_CONFIG.value, _WORKDIR.value)
+    m = result["last_metrics"]
+    print(f"{result['status']} at step {result['step']}: "
+          + ", ".join(f"{k}={m[k]:.4g}" for k in ("loss", "accuracy", "tokens_per_s") if k in m))
+    return 0 if result["status"] in ("done", "preempted") else 1
+
+
+def main():
+    app.run(_main)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

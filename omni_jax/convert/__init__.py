@@ -1,0 +1,1 @@
+"""PyTorch <-> omni_jax weight conversion (rule tables per model, safetensors I/O, no pickle)."""

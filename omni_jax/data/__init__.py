@@ -1,0 +1,1 @@
+"""Data: tokenizers, packing, deterministic step-indexed pipelines, embedded default data."""

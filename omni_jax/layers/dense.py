@@ -1,0 +1,78 @@
+"""A dense (einsum) layer whose kernel and bias carry logical axis names.
+
+Matches torch.nn.Linear numerically; the kernel is stored input-major
+(in..., out...), i.e. the transpose of torch's (out, in) weight.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Initializer = Callable[..., jax.Array]
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dtype_of(name: Any) -> Any:
+    """'float32' | 'bfloat16' | 'float16' (or a dtype) -> jnp dtype, with a clear error."""
+    if not isinstance(name, str):
+        return jnp.dtype(name)
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(_DTYPES)}") from None
+
+
+class Dense(nn.Module):
+    """y = x @ W + b over the last `len(in_features)` axes of x.
+
+    Attributes:
+      features: output shape (int or tuple), e.g. (heads, head_dim).
+      kernel_axes: logical names of the kernel, input dims first then output dims.
+      in_dims: how many trailing input axes to contract (default 1).
+    """
+
+    features: int | Sequence[int]
+    kernel_axes: Sequence[str | None]
+    in_dims: int = 1
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    kernel_init: Initializer = nn.initializers.normal(0.02)
+    bias_init: Initializer = nn.initializers.zeros
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        in_shape = x.shape[x.ndim - self.in_dims:]
+        if len(self.kernel_axes) != len(in_shape) + len(features):
+            raise ValueError(
+                f"{self.name}: kernel_axes {tuple(self.kernel_axes)} must name "
+                f"{len(in_shape) + len(features)} dims (in {in_shape} + out {features})"
+            )
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(self.kernel_init, tuple(self.kernel_axes)),
+            in_shape + features,
+            self.param_dtype,
+        )
+        x = x.astype(self.dtype)
+        kernel = kernel.astype(self.dtype)
+        contract = tuple(range(x.ndim - self.in_dims, x.ndim))
+        y = jax.lax.dot_general(
+            x, kernel, ((contract, tuple(range(self.in_dims))), ((), ())), precision=self.precision
+        )
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(self.bias_init, tuple(self.kernel_axes[self.in_dims:])),
+                features,
+                self.param_dtype,
+            )
+            y = y + bias.astype(self.dtype)
+        return y

@@ -1,0 +1,1 @@
+"""Flax linen models, one module per branch of the omni model."""

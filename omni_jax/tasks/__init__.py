@@ -1,0 +1,26 @@
+"""Tasks: what the trainer trains (model, loss, batch layout, conversion). See base.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omni_jax.tasks.base import Task
+
+_REGISTRY: dict[str, str] = {
+    "lm": "omni_jax.tasks.lm:LanguageModelTask",
+}
+
+
+def register(name: str, target: str) -> None:
+    """Registers 'module.path:ClassName' under `config.task` name `name`."""
+    _REGISTRY[name] = target
+
+
+def get_task(config: Any) -> Task:
+    import importlib
+
+    name = config.task
+    if name not in _REGISTRY:
+        raise ValueError(f"config.task={name!r} is not a known task; known: {sorted(_REGISTRY)}")
+    module, cls = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)(config)

@@ -1,0 +1,1 @@
+"""Training: stage-aware optimizer, sharded jitted step, orbax checkpoints, the trainer loop."""

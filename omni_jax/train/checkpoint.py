@@ -1,0 +1,130 @@
+"""Checkpoints: an orbax CheckpointManager (async, keep-N plus every stage end).
+
+One checkpoint holds three items:
+  state  the TrainState (params, optimizer state, step, rng), restored straight into
+         its shardings
+  meta   JSON: stage name/index, stage-local step, global step, the model config
+  data   JSON: the data iterator state (omni_jax/data/iterator.py)
+
+Orbax writes each step into a temporary directory and renames it when complete, so a
+crash or kill during a save leaves the previous checkpoints intact and the partial one
+invisible. Before restoring, the saved tree is compared with what this config expects;
+a mismatch raises `CheckpointMismatchError` naming every differing tensor.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as cm
+
+
+class CheckpointMismatchError(ValueError):
+    pass
+
+
+def _key_name(k) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    out = {}
+    leaves = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))[0]
+    for path, leaf in leaves:
+        if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+            out["/".join(_key_name(k) for k in path)] = (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+    return out
+
+
+class Checkpointer:
+    def __init__(
+        self,
+        directory: str,
+        *,
+        max_to_keep: int = 3,
+        keep_steps: Sequence[int] = (),
+        async_save: bool = True,
+    ):
+        self.directory = os.path.abspath(directory)
+        policies = [cm.LatestN(max_to_keep)]
+        if keep_steps:
+            policies.append(cm.CustomSteps(list(keep_steps)))
+        options = ocp.CheckpointManagerOptions(
+            enable_async_checkpointing=async_save,
+            preservation_policy=cm.AnyPreservationPolicy(policies),
+            cleanup_tmp_directories=True,
+        )
+        self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta", "data"))
+
+    def latest_step(self) -> int | None:
+        return self._mgr.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._mgr.all_steps())
+
+    def save(self, step: int, state: Any, meta: Mapping[str, Any], data_state: Mapping[str, Any], *, force: bool = False) -> bool:
+        return self._mgr.save(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                meta=ocp.args.JsonSave(dict(meta)),
+                data=ocp.args.JsonSave(dict(data_state)),
+            ),
+            force=force,
+        )
+
+    def read_meta(self, step: int) -> dict:
+        out = self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(out["meta"])
+
+    def check_compatible(self, step: int, abstract_state: Any, meta: Mapping[str, Any] | None = None) -> None:
+        saved_md = self._mgr.item_metadata(step)["state"]
+        saved = _flat_shapes(getattr(saved_md, "tree", saved_md))
+        want = _flat_shapes(abstract_state)
+        missing = sorted(set(want) - set(saved))
+        unexpected = sorted(set(saved) - set(want))
+        differ = [k for k in sorted(set(want) & set(saved)) if want[k] != saved[k]]
+        if not (missing or unexpected or differ):
+            return
+        lines = [f"checkpoint {self.directory}/{step} was not written by this config:"]
+        if differ:
+            lines.append(f"{len(differ)} tensor(s) differ (saved -> expected):")
+            lines += [f"  {k}: {saved[k][0]} {saved[k][1]} -> {want[k][0]} {want[k][1]}" for k in differ[:40]]
+        if missing:
+            lines.append(f"{len(missing)} tensor(s) this config needs are not in the checkpoint:")
+            lines += [f"  {k} {want[k][0]}" for k in missing[:40]]
+        if unexpected:
+            lines.append(f"{len(unexpected)} tensor(s) in the checkpoint this config does not have:")
+            lines += [f"  {k} {saved[k][0]}" for k in unexpected[:40]]
+        if meta:
+            lines.append(f"It was written at stage {meta.get('stage')!r} with model config {meta.get('model')}.")
+        lines.append("Resume with the config it was written with, or use a fresh --workdir.")
+        raise CheckpointMismatchError("\n".join(lines))
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
+        meta = self.read_meta(step)
+        self.check_compatible(step, abstract_state, meta)
+        out = self._mgr.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                meta=ocp.args.JsonRestore(),
+                data=ocp.args.JsonRestore(),
+            ),
+        )
+        return out["state"], dict(out["meta"]), dict(out["data"])
+
+    def wait(self) -> None:
+        self._mgr.wait_until_finished()
+
+    def close(self) -> None:
+        self._mgr.wait_until_finished()
+        self._mgr.close()

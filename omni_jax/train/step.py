@@ -1,0 +1,176 @@
+"""The train state, its sharded initialisation, and the jitted train step.
+
+    state, metrics = train_step(state, batch)
+
+* `jax.jit` with explicit in/out shardings and the state donated (pjit is jit now).
+* Frozen parameters are wrapped in stop_gradient inside the loss (no weight gradients
+  are computed for them) and returned untouched, so they stay bit-identical.
+* Gradient accumulation: the global batch is split into `microbatches` and scanned
+  (maxtext gradient_accumulation.py); losses are normalised by global counts from the
+  task, so the accumulated gradient equals the full-batch gradient up to rounding.
+* Randomness: the step key is fold_in(state.rng, state.step) (then the microbatch
+  index), so a resumed run draws exactly the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from omni_jax import sharding as shd
+from omni_jax.tasks.base import Task
+from omni_jax.train.optimizer import StageOptimizer, opt_state_shardings
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: global step (across stages)
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # uint32[2] base key; per-step keys are derived, never carried
+
+
+@dataclasses.dataclass
+class Layout:
+    """Abstract shapes and shardings of everything the step touches."""
+
+    mesh: Mesh
+    abstract_params: Any
+    param_shardings: Any
+    batch_shardings: Mapping[str, NamedSharding]
+    batch_abstract: Mapping[str, jax.ShapeDtypeStruct]
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+
+def make_layout(task: Task, mesh: Mesh, global_batch: int) -> Layout:
+    boxed = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+    shd.check_rules_cover(boxed)
+    shd.check_divisible(boxed, mesh)
+    spec = task.batch_spec(global_batch)
+    return Layout(
+        mesh=mesh,
+        abstract_params=shd.unbox(boxed),
+        param_shardings=shd.tree_shardings(boxed, mesh),
+        batch_shardings={k: shd.logical_sharding(axes, mesh) for k, (_, axes) in spec.items()},
+        batch_abstract={k: a for k, (a, _) in spec.items()},
+    )
+
+
+def state_shardings(layout: Layout, opt: StageOptimizer) -> TrainState:
+    abstract_opt = jax.eval_shape(opt.tx.init, layout.abstract_params)
+    rep = layout.replicated
+    return TrainState(
+        step=rep,
+        params=layout.param_shardings,
+        opt_state=opt_state_shardings(abstract_opt, layout.abstract_params, layout.param_shardings, rep),
+        rng=rep,
+    )
+
+
+def abstract_state(layout: Layout, opt: StageOptimizer) -> TrainState:
+    """ShapeDtypeStructs (with shardings) of the full train state, e.g. for restoring."""
+    shardings = state_shardings(layout, opt)
+    shapes = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32),
+        params=layout.abstract_params,
+        opt_state=jax.eval_shape(opt.tx.init, layout.abstract_params),
+        rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
+    )
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
+
+
+def init_params(task: Task, layout: Layout, seed: int) -> Any:
+    """Parameters born sharded: the init itself runs under jit with out_shardings."""
+    init = jax.jit(lambda r: nn.unbox(task.init(r)), out_shardings=layout.param_shardings)
+    return init(jax.random.PRNGKey(seed))
+
+
+def init_opt_state(opt: StageOptimizer, layout: Layout, params: Any) -> Any:
+    sh = state_shardings(layout, opt)
+    return jax.jit(opt.tx.init, in_shardings=(layout.param_shardings,), out_shardings=sh.opt_state)(params)
+
+
+def _freeze(params: Any, trainable: Any) -> Any:
+    return jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
+
+
+def _split_microbatches(batch: Mapping[str, jax.Array], m: int) -> Mapping[str, jax.Array]:
+    """(B, ...) -> (m, B/m, ...) with microbatch k = rows k, k+m, k+2m, ... so every
+    data-parallel shard keeps its own rows (no resharding)."""
+    def split(x):
+        if x.shape[0] % m:
+            raise ValueError(f"batch of {x.shape[0]} rows cannot be split into {m} microbatches")
+        y = x.reshape((x.shape[0] // m, m) + x.shape[1:])
+        return jnp.moveaxis(y, 1, 0)
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(
+    task: Task, opt: StageOptimizer, layout: Layout, *, microbatches: int = 1, donate: bool = True,
+) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict]]:
+    trainable = opt.trainable
+
+    def loss_and_grad(params, batch, rng, norms):
+        def f(p):
+            obj, metrics = task.loss(_freeze(p, trainable), batch, rng, norms)
+            return obj, metrics
+        return jax.value_and_grad(f, has_aux=True)(params)
+
+    def step_fn(state: TrainState, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        norms = task.norms(batch)
+        if microbatches == 1:
+            (obj, metrics), grads = loss_and_grad(state.params, batch, rng, norms)
+        else:
+            mbs = _split_microbatches(batch, microbatches)
+
+            def body(carry, xs):
+                k, mb = xs
+                (o, m), g = loss_and_grad(state.params, mb, jax.random.fold_in(rng, k), norms)
+                acc_o, acc_m, acc_g = carry
+                add = lambda a, b: a + b.astype(a.dtype)
+                return (acc_o + o, jax.tree.map(add, acc_m, m), jax.tree.map(add, acc_g, g)), None
+
+            zeros_g = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+            first = jax.eval_shape(lambda: loss_and_grad(state.params, jax.tree.map(lambda x: x[0], mbs), rng, norms))
+            zeros_m = jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), first[0][1])
+            (obj, metrics, grads), _ = jax.lax.scan(
+                body, (jnp.zeros((), jnp.float32), zeros_m, zeros_g), (jnp.arange(microbatches), mbs))
+            grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+
+        updates, opt_state = opt.tx.update(grads, state.opt_state, state.params)
+        params = jax.tree.map(lambda p, u, t: (p + u.astype(p.dtype)) if t else p,
+                              state.params, updates, trainable)
+        metrics = dict(metrics)
+        metrics["objective"] = obj
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["param_norm"] = optax.global_norm(params)
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng), metrics
+
+    st_sh = state_shardings(layout, opt)
+    return jax.jit(
+        step_fn,
+        in_shardings=(st_sh, dict(layout.batch_shardings)),
+        out_shardings=(st_sh, layout.replicated),
+        donate_argnums=(0,) if donate else (),
+    )
+
+
+def global_batch_from_local(local: Mapping[str, Any], layout: Layout) -> dict[str, jax.Array]:
+    """This process's rows -> global jax.Arrays laid out with the batch shardings."""
+    out = {}
+    for k, sh in layout.batch_shardings.items():
+        if k not in local:
+            raise KeyError(f"the data pipeline did not produce batch field {k!r} (got {sorted(local)})")
+        out[k] = jax.make_array_from_process_local_data(sh, local[k], layout.batch_abstract[k].shape)
+    return out
