@@ -3,6 +3,7 @@ r"""A tiny Qwen2.5-shaped backbone learning the embedded text corpus (the README
   python -m launch.train --config=configs/backbone_tiny.py --workdir=runs/backbone_tiny
 
 Overrides, e.g.: --config.train.steps=50 --config.mesh.fsdp=2
+`--config=configs/backbone_tiny.py:runlocal` shrinks everything for smoke tests.
 """
 
 import ml_collections
@@ -26,4 +27,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         grad_clip_norm=1.0,
     ))
     c.stage_order = ("pretrain",)
+    if arg == "runlocal":
+        c.model.llm.update(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, intermediate_size=64)
+        c.data.seq_len, c.data.num_documents = 32, 200
+        c.train.update(steps=6, batch_size=8, log_every=1, progress_bar=False)
+        c.checkpoint.every = 3
     return c

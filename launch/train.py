@@ -19,7 +19,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def _main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax/jax INFO chatter off
+    logging.getLogger("omni_jax").setLevel(logging.INFO)
     from omni_jax.train.trainer import train
 
     result = train(_CONFIG.value, _WORKDIR.value)

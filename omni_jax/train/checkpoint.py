@@ -62,7 +62,9 @@ class Checkpointer:
             preservation_policy=cm.AnyPreservationPolicy(policies),
             cleanup_tmp_directories=True,
         )
-        self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta", "data"))
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
+                    "data": ocp.JsonCheckpointHandler()}
+        self._mgr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         return self._mgr.latest_step()

@@ -153,8 +153,8 @@ def make_train_step(
                               state.params, updates, trainable)
         metrics = dict(metrics)
         metrics["objective"] = obj
-        metrics["grad_norm"] = optax.global_norm(grads)
-        metrics["param_norm"] = optax.global_norm(params)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["param_norm"] = optax.tree.norm(params)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng), metrics
 
     st_sh = state_shardings(layout, opt)

@@ -118,6 +118,7 @@ def train(config, workdir: str) -> dict[str, Any]:
         metrics_log = MetricsWriter(workdir, resume_step=latest if latest is not None else 0)
         last: dict[str, float] = {}
         status = "done"
+        saved_step = latest
 
         for si in range(si, len(stages)):
             stage = stages[si]
@@ -144,7 +145,8 @@ def train(config, workdir: str) -> dict[str, Any]:
             tokens_per_step = int(np.prod(layout.batch_abstract["tokens"].shape[:2])) if "tokens" in layout.batch_abstract else 0
             while stage_step < stage.steps:
                 if stop.signum is not None:
-                    ckpt.save(step, state, _meta(config, stage, si, stage_step, step), data.get_state(), force=True)
+                    if saved_step != step:
+                        ckpt.save(step, state, _meta(config, stage, si, stage_step, step), data.get_state(), force=True)
                     ckpt.wait()
                     log.warning("signal %d: saved checkpoint at step %d and stopped", stop.signum, step)
                     status = "preempted"
@@ -166,8 +168,9 @@ def train(config, workdir: str) -> dict[str, Any]:
                     last = m
                     t_last, n_acc = time.perf_counter(), 0
                 if stage_step % config.checkpoint.every == 0 or stage_step == stage.steps:
-                    ckpt.save(step, state, _meta(config, stage, si, stage_step, step), data.get_state(),
-                              force=stage_step == stage.steps)
+                    if ckpt.save(step, state, _meta(config, stage, si, stage_step, step), data.get_state(),
+                                 force=stage_step == stage.steps):
+                        saved_step = step
             bar.close()
             if status == "preempted":
                 break
