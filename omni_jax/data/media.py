@@ -1,0 +1,80 @@
+"""Shape arithmetic of the media branches, shared by data and models (ARCHITECTURE.md 1.2-1.4).
+
+How many LLM placeholder tokens an image, a video frame or an audio clip becomes. The
+pipelines size their placeholder spans with these; the encoders must produce exactly
+these counts (a mismatch is an error naming both counts).
+"""
+
+from __future__ import annotations
+
+import math
+
+# Qwen2-VL / Baichuan-Omni-1.5 vision constants
+PATCH = 14
+MERGE = 2
+FACTOR = PATCH * MERGE  # 28: sides are resized to multiples of this
+TEMPORAL_PATCH = 2
+IMAGE_MIN_PIXELS = 3136
+IMAGE_MAX_PIXELS = 3211264
+VIDEO_MAX_PIXELS = 602112
+
+# Whisper / Baichuan audio constants
+SAMPLE_RATE = 16000
+HOP = 160
+CHUNK_SECONDS = 30
+ENCODER_STRIDE = 2  # conv2 stride: 100 Hz mel -> 50 Hz
+POOL = 4  # audio bridge pooling: 50 Hz -> 12.5 Hz
+
+
+def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int = IMAGE_MIN_PIXELS,
+                 max_pixels: int = IMAGE_MAX_PIXELS) -> tuple[int, int]:
+    """Qwen2-VL's resize target: sides are multiples of `factor`, the area is kept within
+    [min_pixels, max_pixels] and the aspect ratio is kept as well as rounding allows."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image has an empty side: {height}x{width}")
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"aspect ratio of {height}x{width} exceeds 200")
+    h = round(height / factor) * factor  # no clamp here: transformers' order of operations
+    w = round(width / factor) * factor
+    if h * w > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def image_grid(height: int, width: int, *, video: bool = False) -> tuple[int, int, int]:
+    """(grid_t, grid_h, grid_w) in patches for an image or one video frame (t = 1)."""
+    h, w = smart_resize(height, width, max_pixels=VIDEO_MAX_PIXELS if video else IMAGE_MAX_PIXELS)
+    return 1, h // PATCH, w // PATCH
+
+
+def image_token_count(grid_t: int, grid_h: int, grid_w: int) -> int:
+    """Tokens after the 2x2 PatchMerger bridge: t*h*w/4."""
+    return grid_t * grid_h * grid_w // (MERGE * MERGE)
+
+
+def audio_chunks(num_samples: int, sample_rate: int = SAMPLE_RATE) -> list[int]:
+    """Sample counts of the <= 30 s chunks a clip is split into."""
+    size = CHUNK_SECONDS * sample_rate
+    if num_samples <= 0:
+        raise ValueError("audio clip is empty")
+    return [min(size, num_samples - s) for s in range(0, num_samples, size)]
+
+
+def mel_frames(num_samples: int) -> int:
+    """Whisper log-mel frames (100 Hz) for one chunk: the last STFT frame is dropped."""
+    return num_samples // HOP
+
+
+def audio_token_count(num_samples: int) -> int:
+    """12.5 Hz tokens of a clip: per chunk, mel frames -> conv stride 2 -> pooling 4 (padded)."""
+    total = 0
+    for n in audio_chunks(num_samples):
+        enc = math.ceil(mel_frames(n) / ENCODER_STRIDE)
+        total += math.ceil(enc / POOL)
+    return total
