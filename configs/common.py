@@ -51,3 +51,43 @@ def text_data(seq_len: int = 128) -> ml_collections.ConfigDict:
         seq_len=seq_len, seed=0, corpus_seed=0, num_documents=4000,
         tokenizer=ml_collections.ConfigDict(dict(kind="byte", path="")),
     ))
+
+
+def flow_matching(size: str) -> ml_collections.ConfigDict:
+    """Flow-matching mel decoder presets: tiny (CI) and release (Baichuan-Omni-1.5's)."""
+    release = dict(
+        n_mels=80, prenet_in_dim=1280, prenet_d_model=512, prenet_heads=8, prenet_ffn_dim=2048, prenet_layers=12,
+        prenet_max_positions=5000, prenet_length_ratio=1.0, channels=(256,), num_heads=8, attention_head_dim=64,
+        n_blocks=4, num_mid_blocks=12, ff_mult=4, chunk_size=100, time_scale=1000.0, sigma_min=1e-6,
+        t_scheduler="cosine", training_cfg_rate=0.2, inference_cfg_rate=0.7, n_timesteps=10, reg_loss_type="l1",
+        loss_weight=1.0, prior_loss_weight=1.0, prior_loss_type="l1", initializer_range=0.02, dtype="float32",
+        param_dtype="float32", remat_policy="none",
+    )
+    presets = {
+        "release": {},
+        "tiny": dict(prenet_in_dim=64, prenet_d_model=64, prenet_heads=4, prenet_ffn_dim=128, prenet_layers=2,
+                     prenet_max_positions=128, channels=(64,), num_heads=2, attention_head_dim=32, n_blocks=1,
+                     num_mid_blocks=2, chunk_size=16),
+    }
+    if size not in presets:
+        raise ValueError(f"unknown flow-matching size {size!r}; use one of {sorted(presets)}")
+    return ml_collections.ConfigDict({**release, **presets[size]})
+
+
+def hift(size: str) -> ml_collections.ConfigDict:
+    """HiFT vocoder presets: tiny (CI; same 480-sample hop) and release (CosyVoice 2, 24 kHz)."""
+    release = dict(
+        n_mels=80, base_channels=512, nb_harmonics=8, sampling_rate=24000, nsf_alpha=0.1, nsf_sigma=0.003,
+        nsf_voiced_threshold=10.0, upsample_rates=(8, 5, 3), upsample_kernel_sizes=(16, 11, 7), istft_n_fft=16,
+        istft_hop=4, resblock_kernel_sizes=(3, 7, 11), resblock_dilations=((1, 3, 5),) * 3,
+        source_resblock_kernel_sizes=(7, 7, 11), source_resblock_dilations=((1, 3, 5),) * 3, lrelu_slope=0.1,
+        audio_limit=0.99, f0_channels=512, f0_layers=5, dtype="float32", param_dtype="float32",
+    )
+    presets = {
+        "release": {},
+        "tiny": dict(base_channels=64, f0_channels=32, f0_layers=2, resblock_kernel_sizes=(3,),
+                     resblock_dilations=((1, 3),), source_resblock_dilations=((1,), (1,), (1,))),
+    }
+    if size not in presets:
+        raise ValueError(f"unknown vocoder size {size!r}; use one of {sorted(presets)}")
+    return ml_collections.ConfigDict({**release, **presets[size]})

@@ -58,6 +58,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("channels", None),  # narrow conv/feature channels (mel bins, RGB, U-Net widths)
     ("codebook", None),  # codebook entries (RVQ codes, audio vocabularies)
     ("depth", None),  # per-depth-position weights (audio head)
+    ("channels_out", None),  # the output side of narrow conv / feature kernels (paired with `channels`)
     ("positions", None),  # stored position tables (e.g. the flow-matching prenet's unused one)
 )
 

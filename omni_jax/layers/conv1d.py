@@ -44,7 +44,7 @@ class Conv1d(nn.Module):
     dilation: int = 1
     padding: Any = (0, 0)  # (left, right) | int | "causal" | "same"
     use_bias: bool = True
-    kernel_axes: Sequence[str | None] = ("conv_window", "channels", "channels")
+    kernel_axes: Sequence[str | None] = ("conv_window", "channels", "channels_out")
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     kernel_init: Initializer = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
@@ -79,7 +79,7 @@ class ConvTranspose1d(nn.Module):
     output_padding: int = 0
     dilation: int = 1
     use_bias: bool = True
-    kernel_axes: Sequence[str | None] = ("conv_window", "channels", "channels")
+    kernel_axes: Sequence[str | None] = ("conv_window", "channels", "channels_out")
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     kernel_init: Initializer = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)

@@ -315,7 +315,7 @@ class Estimator(nn.Module):
         temb = time_sinusoid(t, 2 * cfg.n_mels, cfg.time_scale)
         temb = Dense(cfg.time_embed_dim, kernel_axes=("channels", "mlp"), use_bias=True, kernel_init=_kaiming(0, 1),
                      name="time_mlp_1", **kw)(temb)
-        temb = Dense(cfg.time_embed_dim, kernel_axes=("mlp", "mlp"), use_bias=True, kernel_init=_kaiming(0, 1),
+        temb = Dense(cfg.time_embed_dim, kernel_axes=("mlp", "channels_out"), use_bias=True, kernel_init=_kaiming(0, 1),
                      name="time_mlp_2", **kw)(nn.silu(temb))
         m = mask.astype(dtype)[..., None]
         attn_mask = chunk_attention_mask(mask, cfg.chunk_size)

@@ -8,6 +8,8 @@ from omni_jax.tasks.base import Task
 
 _REGISTRY: dict[str, str] = {
     "lm": "omni_jax.tasks.lm:LanguageModelTask",
+    "flow_matching": "omni_jax.tasks.flow_matching:FlowMatchingTask",
+    "vocoder": "omni_jax.tasks.vocoder:VocoderTask",
 }
 
 

@@ -1,0 +1,274 @@
+"""KV-cached decoding of the LLM: text generation and the interleaved text/speech loop of
+ARCHITECTURE.md 1.7 (the released demo's `generate_response` + `GenerationAudioTokens`).
+
+One jitted `lax.while_loop`, static shapes: every step feeds ONE position per row into the
+Qwen2 KV cache (`Qwen2LM.hidden(x, positions, segment_ids, cache, index)`), then samples from
+the resulting hidden state. Per row, a small state machine:
+
+  text   sample a token (text settings, repetition penalty over every token fed so far,
+         prompt included). `<audiogen_start>` -> feed it, enter audio. After
+         `max_text_tokens_per_chunk` sampled tokens the last one is REPLACED by
+         `<audiogen_start>` (the demo overwrites it). eos: if the chunk produced text before
+         it, feed `<audiogen_start>` for a last audio chunk, then stop; else stop.
+  audio  the audio head samples codebooks 0..7 in order from the last hidden state (audio
+         settings; the penalty sees this chunk's earlier codes of the same codebook; only
+         codebook 0 may pick its end row). A frame is recorded and fed back as `<audio_pad>`
+         whose input is the SUM of its 8 code embeddings. The end code, or
+         `max_audio_frames_per_chunk` frames (the last one recorded, not fed), feed
+         `<audiogen_end>` and return to text (or stop after the final chunk).
+
+Rows run in lockstep (one cache index for the batch); finished rows feed padding (segment
+id 0, attended by nobody). Prompts are LEFT padded: `prompt_mask` 0 marks padding, rotary
+positions count real tokens only. Special ids come from the tokenizer by name
+(`SpecialIds.from_tokenizer`). `speech=False` gives plain text generation (stop at eos).
+
+Outputs (host): `GenerationOutput` arrays over the S generated steps and `split_rows` ->
+per row the emitted token ids, the text, and the audio chunks (frames, 8) to synthesise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from omni_jax.generate.sampling import AUDIO_RELEASE, TEXT_RELEASE, SamplingParams, mark_seen, sample
+from omni_jax.models.audio_head import AudioEmbed, AudioHead, init_depth_cache
+from omni_jax.models.qwen2 import Qwen2LM, init_kv_cache
+
+Array = jax.Array
+TEXT, AUDIO, DONE = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialIds:
+    eos: int
+    audiogen_start: int
+    audiogen_end: int
+    audio_pad: int
+
+    @classmethod
+    def from_tokenizer(cls, tok) -> "SpecialIds":
+        return cls(eos=tok.special("eos"), audiogen_start=tok.special("audiogen_start"),
+                   audiogen_end=tok.special("audiogen_end"), audio_pad=tok.special("audio_pad"))
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    max_new_steps: int = 1024  # static: LLM positions generated after the prompt
+    max_text_tokens_per_chunk: int = 50
+    max_audio_frames_per_chunk: int = 500
+    text: SamplingParams = TEXT_RELEASE
+    audio: SamplingParams = AUDIO_RELEASE
+    speech: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeechModels:
+    """The three modules the loop runs; params are {"llm", "audio_embed", "audio_head"}."""
+
+    llm: Qwen2LM
+    embed: AudioEmbed
+    head: AudioHead
+
+
+class GenerationOutput(NamedTuple):
+    tokens: Array  # (B, S) token emitted at each step (fed, or the final eos), -1 = nothing
+    fed: Array  # (B, S) bool: the token (or frame, as <audio_pad>) entered the KV cache
+    codes: Array  # (B, S, depth) the audio frame sampled at a step
+    frame_valid: Array  # (B, S) bool: a frame was recorded at this step
+    frame_chunk: Array  # (B, S) int: which audio chunk (0, 1, ...) the frame belongs to
+    steps: Array  # () number of loop steps run
+    finished: Array  # (B,) bool: the row reached its end (not cut by max_new_steps)
+
+
+def _apply(module, params, *args, method=None):
+    return module.apply({"params": params}, *args, method=method)
+
+
+def generate(models: SpeechModels, params: Any, prompt_ids: Array, prompt_mask: Array, rng: Array,
+             ids: SpecialIds, cfg: GenerationConfig, prompt_embeds: Array | None = None) -> GenerationOutput:
+    """Runs the loop (jit it with `make_generate`). prompt_ids / prompt_mask (B, P), left padded;
+    prompt_embeds (B, P, D) optionally replaces the token embeddings (multimodal prompts)."""
+    llm, embed, head = models.llm, models.embed, models.head
+    hcfg = head.cfg
+    b, p = prompt_ids.shape
+    s_max = cfg.max_new_steps
+    depth = hcfg.depth
+    vmax = max(hcfg.codebook_sizes) + 1
+    vocab = llm.cfg.vocab_size
+    end0 = hcfg.codebook_sizes[0]
+
+    # ---- prefill ----
+    mask = prompt_mask.astype(jnp.int32)
+    x = prompt_embeds if prompt_embeds is not None else _apply(llm, params["llm"], prompt_ids, method=Qwen2LM.embed)
+    pos = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+    cache = init_kv_cache(llm.cfg, b, p + s_max)
+    h, cache = _apply(llm, params["llm"], x, pos, mask, cache, 0, method=Qwen2LM.hidden)
+    h_last = h[:, -1]
+    text_seen = jnp.zeros((b, vocab), bool).at[jnp.arange(b)[:, None], prompt_ids].max(mask > 0)
+
+    def sample_text(h_last, key, seen):
+        logits = _apply(llm, params["llm"], h_last[:, None], method=Qwen2LM.logits)[:, 0]
+        return sample(key, logits, seen, cfg.text)
+
+    def sample_frame(h_last, key, seen):
+        dcache = init_depth_cache(hcfg, b)
+        x, cum, codes = h_last, None, []
+        keys = jax.random.split(key, depth)
+        for i in range(depth):
+            lg, dcache = _apply(head, params["audio_head"], x, i, dcache, method=AudioHead.step)
+            if i > 0:
+                lg = lg[:, :-1]  # only codebook 0 may emit the end code
+            c = sample(keys[i], lg, seen[:, i, : lg.shape[1]], cfg.audio)
+            codes.append(c)
+            e = _apply(embed, params["audio_embed"], c, i, method=AudioEmbed.lookup)
+            cum = e if cum is None else cum + e
+            x = cum
+        return jnp.stack(codes, axis=-1)
+
+    state = dict(
+        step=jnp.zeros((), jnp.int32), cache=cache, h=h_last,
+        mode=jnp.full((b,), TEXT, jnp.int32), final=jnp.zeros((b,), bool),
+        chunk_count=jnp.zeros((b,), jnp.int32), frames=jnp.zeros((b,), jnp.int32),
+        chunk_id=jnp.full((b,), -1, jnp.int32), pos=mask.sum(axis=1).astype(jnp.int32),
+        text_seen=text_seen, audio_seen=jnp.zeros((b, depth, vmax), bool),
+        out_tokens=jnp.full((b, s_max), -1, jnp.int32), out_fed=jnp.zeros((b, s_max), bool),
+        out_codes=jnp.zeros((b, s_max, depth), jnp.int32), out_valid=jnp.zeros((b, s_max), bool),
+        out_chunk=jnp.full((b, s_max), -1, jnp.int32), key=rng,
+    )
+
+    def cond(st):
+        return (st["step"] < s_max) & jnp.any(st["mode"] != DONE)
+
+    def body(st):
+        s = st["step"]
+        key, k_text, k_audio = jax.random.split(jax.random.fold_in(st["key"], s), 3)
+        mode = st["mode"]
+        in_text, in_audio = mode == TEXT, mode == AUDIO
+        tok = jax.lax.cond(jnp.any(in_text), lambda: sample_text(st["h"], k_text, st["text_seen"]),
+                           lambda: jnp.zeros((b,), jnp.int32))
+        if cfg.speech:
+            codes = jax.lax.cond(jnp.any(in_audio), lambda: sample_frame(st["h"], k_audio, st["audio_seen"]),
+                                 lambda: jnp.zeros((b, depth), jnp.int32))
+        else:
+            codes = jnp.zeros((b, depth), jnp.int32)
+
+        # ---- text rows ----
+        cc = st["chunk_count"] + 1
+        is_eos = tok == ids.eos
+        if cfg.speech:
+            start_audio = in_text & ~is_eos & ((tok == ids.audiogen_start) | (cc >= cfg.max_text_tokens_per_chunk))
+            eos_audio = in_text & is_eos & (cc > 1)
+        else:
+            start_audio = eos_audio = jnp.zeros((b,), bool)
+        eos_stop = in_text & is_eos & ~eos_audio
+        to_audio = start_audio | eos_audio
+        text_feed = in_text & ~eos_stop
+
+        # ---- audio rows ----
+        nf = st["frames"] + 1
+        ended = in_audio & (codes[:, 0] == end0)
+        capped = in_audio & ~ended & (nf >= cfg.max_audio_frames_per_chunk)
+        record = in_audio & ~ended
+        leave = ended | capped
+        audio_stop = leave & st["final"]
+        feed_end = leave & ~st["final"]
+        feed_frame = in_audio & ~leave
+
+        # ---- what enters the cache ----
+        feed_tok = jnp.where(to_audio, ids.audiogen_start, tok)
+        feed_tok = jnp.where(in_audio, jnp.where(feed_end, ids.audiogen_end, ids.audio_pad), feed_tok)
+        fed = (text_feed | feed_end | feed_frame)
+        emitted = jnp.where(fed, feed_tok, jnp.where(eos_stop, ids.eos, -1))
+        x_tok = _apply(llm, params["llm"], jnp.where(fed, feed_tok, 0)[:, None], method=Qwen2LM.embed)[:, 0]
+        if cfg.speech:
+            x_aud = _apply(embed, params["audio_embed"], codes)
+            x = jnp.where(feed_frame[:, None], x_aud.astype(x_tok.dtype), x_tok)
+        else:
+            x = x_tok
+        seg = fed.astype(jnp.int32)
+        h, cache = _apply(llm, params["llm"], x[:, None], st["pos"][:, None], seg[:, None], st["cache"], p + s,
+                          method=Qwen2LM.hidden)
+
+        new_mode = jnp.where(eos_stop | audio_stop, DONE, mode)
+        new_mode = jnp.where(to_audio, AUDIO, new_mode)
+        new_mode = jnp.where(feed_end, TEXT, new_mode)
+        entering = to_audio
+        chunk_id = st["chunk_id"] + entering.astype(jnp.int32)
+        audio_seen = jnp.where(entering[:, None, None], False, st["audio_seen"])
+        rows = jnp.arange(b)
+        for i in range(depth):
+            audio_seen = audio_seen.at[rows, i, codes[:, i]].max(record)
+        return dict(
+            step=s + 1, cache=cache, h=h[:, 0], mode=new_mode,
+            final=jnp.where(eos_audio, True, st["final"]),
+            chunk_count=jnp.where(in_text & ~to_audio, cc, 0).astype(jnp.int32),
+            frames=jnp.where(feed_frame, nf, 0).astype(jnp.int32),
+            chunk_id=chunk_id, pos=st["pos"] + fed.astype(jnp.int32),
+            text_seen=mark_seen(st["text_seen"], feed_tok, fed),
+            audio_seen=audio_seen,
+            out_tokens=st["out_tokens"].at[:, s].set(emitted),
+            out_fed=st["out_fed"].at[:, s].set(fed),
+            out_codes=st["out_codes"].at[:, s].set(jnp.where(record[:, None], codes, 0)),
+            out_valid=st["out_valid"].at[:, s].set(record),
+            out_chunk=st["out_chunk"].at[:, s].set(jnp.where(record, st["chunk_id"], -1)),
+            key=st["key"],
+        )
+
+    st = jax.lax.while_loop(cond, body, state)
+    return GenerationOutput(st["out_tokens"], st["out_fed"], st["out_codes"], st["out_valid"], st["out_chunk"],
+                            st["step"], st["mode"] == DONE)
+
+
+def make_generate(models: SpeechModels, ids: SpecialIds, cfg: GenerationConfig):
+    """jax.jit-ed (params, prompt_ids, prompt_mask, rng[, prompt_embeds]) -> GenerationOutput."""
+    fn = functools.partial(generate, models, ids=ids, cfg=cfg)
+    return jax.jit(lambda params, prompt_ids, prompt_mask, rng, prompt_embeds=None:
+                   fn(params, prompt_ids, prompt_mask, rng, prompt_embeds=prompt_embeds))
+
+
+def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Token lists -> (ids, mask) (B, P) left padded."""
+    p = max(len(x) for x in prompts)
+    ids = np.full((len(prompts), p), pad_id, np.int32)
+    mask = np.zeros((len(prompts), p), np.int32)
+    for r, x in enumerate(prompts):
+        if len(x):
+            ids[r, p - len(x):] = x
+            mask[r, p - len(x):] = 1
+    return ids, mask
+
+
+@dataclasses.dataclass
+class RowResult:
+    tokens: list[int]  # emitted tokens in order (text, <audiogen_start>, <audio_pad>..., <audiogen_end>, eos)
+    audio_chunks: list[np.ndarray]  # per audio chunk: (frames, depth) codes, end frames excluded
+    finished: bool  # the row reached its end (not cut by max_new_steps)
+
+
+def split_rows(out: GenerationOutput) -> list[RowResult]:
+    """Host-side view of a GenerationOutput, one RowResult per batch row."""
+    tokens, codes = np.asarray(out.tokens), np.asarray(out.codes)
+    valid, chunk = np.asarray(out.frame_valid), np.asarray(out.frame_chunk)
+    n = int(out.steps)
+    res = []
+    for r in range(tokens.shape[0]):
+        toks = [int(t) for t in tokens[r, :n] if t >= 0]
+        chunks = []
+        ids = chunk[r, :n][valid[r, :n]]
+        frames = codes[r, :n][valid[r, :n]]
+        for c in sorted(set(ids.tolist())):
+            chunks.append(frames[ids == c])
+        res.append(RowResult(toks, chunks, bool(np.asarray(out.finished)[r])))
+    return res
+
+
+def text_of(tokens: list[int], tokenizer, ids: SpecialIds) -> str:
+    """The text of a row: its text tokens, without <audiogen_*>, <audio_pad> and eos."""
+    skip = {ids.audiogen_start, ids.audiogen_end, ids.audio_pad, ids.eos}
+    return tokenizer.decode([t for t in tokens if t not in skip])
