@@ -535,3 +535,26 @@ class TorchHiFT(tnn.Module):
         wav = torch.istft(torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase)),
                           self.n_fft, self.hop_len, self.n_fft, window=self.stft_window)
         return torch.clamp(wav, -0.99, 0.99), f0
+
+
+def random_params(module, *init_args, seed: int = 0, scale: float = 0.05):
+    """Params for `module` without compiling its init: shapes from jax.eval_shape, values random
+    normal * scale (norm scales and Snake alphas 1, biases small). For tests that need some
+    weights, not a particular initialisation."""
+    import jax
+    from flax import traverse_util
+
+    from omni_jax import sharding as shd
+
+    abstract = shd.unbox(jax.eval_shape(module.init, jax.random.PRNGKey(0), *init_args))["params"]
+    rs = np.random.RandomState(seed)
+    flat = {}
+    for path, a in traverse_util.flatten_dict(abstract).items():
+        name = path[-1]
+        if name in ("scale", "alpha"):
+            flat[path] = (1.0 + 0.1 * rs.randn(*a.shape)).astype(a.dtype)
+        elif name == "positional_embedding":
+            flat[path] = np.zeros(a.shape, a.dtype)
+        else:
+            flat[path] = (scale * rs.randn(*a.shape)).astype(a.dtype)
+    return traverse_util.unflatten_dict(flat)

@@ -84,6 +84,7 @@ class GenerationOutput(NamedTuple):
     frame_chunk: Array  # (B, S) int: which audio chunk (0, 1, ...) the frame belongs to
     steps: Array  # () number of loop steps run
     finished: Array  # (B,) bool: the row reached its end (not cut by max_new_steps)
+    num_chunks: Array  # (B,) int: audio chunks started (<audiogen_start> segments)
 
 
 def _apply(module, params, *args, method=None):
@@ -222,7 +223,7 @@ def generate(models: SpeechModels, params: Any, prompt_ids: Array, prompt_mask: 
 
     st = jax.lax.while_loop(cond, body, state)
     return GenerationOutput(st["out_tokens"], st["out_fed"], st["out_codes"], st["out_valid"], st["out_chunk"],
-                            st["step"], st["mode"] == DONE)
+                            st["step"], st["mode"] == DONE, st["chunk_id"] + 1)
 
 
 def make_generate(models: SpeechModels, ids: SpecialIds, cfg: GenerationConfig):
@@ -252,18 +253,16 @@ class RowResult:
 
 
 def split_rows(out: GenerationOutput) -> list[RowResult]:
-    """Host-side view of a GenerationOutput, one RowResult per batch row."""
+    """Host-side view of a GenerationOutput, one RowResult per batch row; one audio chunk per
+    `<audiogen_start>` segment (empty when its first frame was the end code)."""
     tokens, codes = np.asarray(out.tokens), np.asarray(out.codes)
     valid, chunk = np.asarray(out.frame_valid), np.asarray(out.frame_chunk)
     n = int(out.steps)
     res = []
     for r in range(tokens.shape[0]):
         toks = [int(t) for t in tokens[r, :n] if t >= 0]
-        chunks = []
-        ids = chunk[r, :n][valid[r, :n]]
-        frames = codes[r, :n][valid[r, :n]]
-        for c in sorted(set(ids.tolist())):
-            chunks.append(frames[ids == c])
+        ids, frames = chunk[r, :n][valid[r, :n]], codes[r, :n][valid[r, :n]]
+        chunks = [frames[ids == c] for c in range(int(np.asarray(out.num_chunks)[r]))]
         res.append(RowResult(toks, chunks, bool(np.asarray(out.finished)[r])))
     return res
 

@@ -117,6 +117,11 @@ def test_chunk_causal_mask_and_causality(ref_and_ours):
     h2[:, 17] += 3.0
     a, b = np.asarray(fwd(hidden)), np.asarray(fwd(h2))
     assert np.abs(a[0, :16] - b[0, :16]).max() == 0.0 and np.abs(a[0, 17:] - b[0, 17:]).max() > 1e-3
+    # padding inside the same chunk (row 2 is 7 frames long) is never seen by valid frames
+    h3 = hidden.copy()
+    h3[2, 7:] = np.random.RandomState(9).randn(T - 7, CFG.prenet_in_dim)
+    c = np.asarray(fwd(h3))
+    assert np.abs(a[2, :7] - c[2, :7]).max() == 0.0 and np.all(c[2, 7:] == 0)
 
 
 def test_cli_training_brings_sampled_mels_closer(tmp_path, ref_and_ours):
