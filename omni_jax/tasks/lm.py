@@ -70,6 +70,18 @@ class LanguageModelTask(Task):
         return {"llm": import_params(load_state_dict(path), conv.rules(self.model_cfg, flavour),
                                      abstract_params["llm"], ignore=conv.IGNORE, source=path)}
 
+    def export_state_dict(self, params, flavour: str = "release", dtype=None) -> dict:
+        """Our params -> {PyTorch name: numpy array} in the given layout."""
+        from omni_jax.convert import qwen2 as conv
+        from omni_jax.convert.mapping import export_params
+
+        return export_params(params["llm"], conv.rules(self.model_cfg, flavour), dtype=dtype)
+
+    def export_config(self, flavour: str = "hf") -> dict:
+        from omni_jax.convert import qwen2 as conv
+
+        return conv.hf_config_dict(self.model_cfg)
+
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6 * matmul params + causal attention (12 L T d_attn / 2)."""
         c = self.model_cfg
