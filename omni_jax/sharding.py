@@ -47,7 +47,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     # ---- parameters ----
     ("layers", None),  # the stacked (nn.scan) layer axis
     ("vocab", "tensor"),
-    ("embed", "fsdp"),
+    ("embed", ("fsdp", "context")),  # context-parallel devices also hold a weight shard (MaxText)
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
