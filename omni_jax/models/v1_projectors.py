@@ -194,3 +194,37 @@ class _Conv(nn.Module):
             for dx in range(k):
                 y = y + jnp.einsum("nhwc,cd->nhwd", x[:, dy:dy + ho, dx:dx + wo], kernel[dy * k + dx])
         return y
+
+
+class V1VisionTower(nn.Module):
+    """SigLIP + projectors under the omni v1 model's top-level names (`siglip`,
+    `v1_projector`, `v1_video_projector`); the omni v1 model holds the same three submodules.
+
+      images(tiles (..., 384, 384, 3))  -> (..., image_tokens, llm)   AnyRes tiles, each alone
+      video(frames (..., 384, 384, 3))  -> (..., video_tokens, llm)   1 fps frames, each alone
+      __call__(tiles, frames)           -> both (initialises every parameter)
+    """
+
+    siglip_cfg: Any
+    cfg: V1ProjectorConfig
+
+    def setup(self):
+        from omni_jax.models.siglip import Siglip
+
+        if self.siglip_cfg.grid != self.cfg.vision_grid or self.siglip_cfg.hidden_size != self.cfg.vision_width:
+            raise ValueError(
+                f"v1 projector expects a {self.cfg.vision_grid}^2 x {self.cfg.vision_width} SigLIP output, the "
+                f"SigLIP config gives {self.siglip_cfg.grid}^2 x {self.siglip_cfg.hidden_size}: set "
+                "v1_projector.vision_grid / vision_width to match")
+        self.siglip = Siglip(self.siglip_cfg)
+        self.v1_projector = V1Projector(self.cfg)
+        self.v1_video_projector = V1VideoProjector(self.cfg)
+
+    def images(self, tiles: Array) -> Array:
+        return self.v1_projector(self.siglip(tiles)[0])
+
+    def video(self, frames: Array) -> Array:
+        return self.v1_projector.video(self.v1_video_projector(self.siglip(frames)[0]))
+
+    def __call__(self, tiles: Array, frames: Array) -> tuple[Array, Array]:
+        return self.images(tiles), self.video(frames)

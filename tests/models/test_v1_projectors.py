@@ -116,3 +116,35 @@ def test_config_errors():
         V1ProjectorConfig.from_dict({"video_pool_grid": [27, 27]})
     with pytest.raises(ValueError, match="V1Projector: 100 tokens per image, expected vision_grid"):
         V1Projector(CFG).init(jax.random.PRNGKey(0), jnp.zeros((1, 100, CFG.vision_width)))
+
+
+def test_v1_tower_tree_composition_and_sharding_on_8_devices():
+    from flax import linen as nn
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from omni_jax.models.siglip import SiglipConfig
+    from omni_jax.models.v1_projectors import V1VisionTower
+
+    scfg = SiglipConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4, image_size=42)
+    pcfg = V1ProjectorConfig(vision_width=32, llm_width=16, vision_grid=3, pool_grid=(2, 1), video_pool_grid=(1, 2))
+    tower = V1VisionTower(scfg, pcfg)
+    tiles = jax.random.normal(jax.random.PRNGKey(0), (4, 2, 42, 42, 3))
+    frames = jax.random.normal(jax.random.PRNGKey(1), (4, 1, 42, 42, 3))
+    boxed = jax.eval_shape(tower.init, jax.random.PRNGKey(2), tiles, frames)["params"]
+    assert set(boxed) == {"siglip", "v1_projector", "v1_video_projector"}
+    params = jax.jit(lambda k: shd.unbox(tower.init(k, tiles, frames)["params"]))(jax.random.PRNGKey(2))
+    img, vid = jax.jit(tower.apply)({"params": params}, tiles, frames)
+    assert img.shape == (4, 2, 2, 16) and vid.shape == (4, 1, 2, 16)
+    mesh = shd.make_mesh(dict(data=2, fsdp=2, tensor=2))
+    shd.check_rules_cover(boxed)
+    shd.check_divisible(boxed, mesh)
+    shardings = shd.tree_shardings(boxed, mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
+        data = NamedSharding(mesh, P(("data", "fsdp")))
+        got = jax.jit(tower.apply, in_shardings=({"params": shardings}, data, data))(
+            {"params": jax.device_put(params, shardings)}, tiles, frames)
+    np.testing.assert_allclose(got[0], img, atol=2e-6)
+    np.testing.assert_allclose(got[1], vid, atol=2e-6)
+    with pytest.raises(ValueError, match="set v1_projector.vision_grid / vision_width to match"):
+        jax.eval_shape(V1VisionTower(scfg, V1ProjectorConfig(vision_width=32, llm_width=16)).init,
+                       jax.random.PRNGKey(0), tiles, frames)
