@@ -109,7 +109,14 @@ def navit_rules(cfg: NaViTConfig, flavour: str = "release", *, prefix: str = "vi
 
 def navit_config_from_hf(d: Mapping[str, Any], **overrides) -> NaViTConfig:
     """Our NaViTConfig from a transformers Qwen2VLVisionConfig dict or the release's
-    `visual_config` (which also carries unused CLIP keys such as intermediate_size=3072)."""
+    `visual_config`.
+
+    The release's dict also carries CLIP leftovers the Qwen2-VL code never reads
+    (num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+    layer_norm_eps=1e-5); only depth / num_heads / mlp_ratio count (the block norms are
+    hard-coded to eps 1e-6). Beware: transformers 5's Qwen2VLVisionConfig aliases
+    num_hidden_layers -> depth and num_attention_heads -> num_heads, so feeding it the
+    release dict builds a 12-block, 12-head encoder; this function reads the right keys."""
     rope = d.get("rope_theta") or (d.get("rope_parameters") or {}).get("rope_theta", 1e4)
     embed = d["embed_dim"]
     kw = dict(

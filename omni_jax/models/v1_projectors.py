@@ -10,8 +10,9 @@ PyTorch port would use (tests/models/test_v1_projectors.py):
   output grid, exactly torch's nn.AdaptiveAvgPool2d (cell i averages input rows
   [floor(i*27/rows), ceil((i+1)*27/rows)), likewise columns). 182 = 14 x 13 is the only
   factorisation of 182 into grid sides <= 27 near a 2x2 reduction, so the default grid is
-  (14, 13): windows of 2 rows (the last overlap by one) and 2-3 columns. A 2x2 pooling with
-  floor or ceil gives 169 or 196, not 182. `pool_grid` is configurable (e.g. (14, 14)).
+  (14, 13): each token averages a window of 2-3 rows x 3 columns, neighbouring windows
+  sharing one row / column (every patch is used, none dropped). A plain 2x2 pooling gives
+  169 (floor) or 196 (ceil), not 182. `pool_grid` is configurable (e.g. (14, 14)).
 * MLP: Linear(vision -> llm) -> GELU (exact) -> Linear(llm -> llm), LLaVA's mlp2x_gelu.
 * Video: the SigLIP tokens of a frame go through `V1VideoProjector`, a 2x2 convolution
   (stride 1, no padding, vision -> vision channels, with bias) on the 27 x 27 grid
