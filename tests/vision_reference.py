@@ -1,6 +1,5 @@
 """Tiny random transformers vision references (no downloads) for the vision branch's tests."""
 
-import numpy as np
 import torch
 from transformers import SiglipVisionConfig, SiglipVisionModel
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
