@@ -58,6 +58,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("channels", None),  # narrow conv/feature channels (mel bins, RGB, U-Net widths)
     ("codebook", None),  # codebook entries (RVQ codes, audio vocabularies)
     ("depth", None),  # per-depth-position weights (audio head)
+    ("positions", None),  # learned position tables (SigLIP's 729 patch positions)
 )
 
 
