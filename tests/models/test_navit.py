@@ -109,7 +109,7 @@ def test_sharded_forward_on_8_devices_equals_single_device(ref):
     shd.check_rules_cover(boxed)
     shd.check_divisible(boxed, mesh)
     shardings = shd.tree_shardings(boxed, mesh)
-    assert shardings["visual"]["blocks"]["attn"]["qkv"]["kernel"].spec == P(None, "fsdp", None, "tensor", None)
+    assert shardings["visual"]["blocks"]["attn"]["qkv"]["kernel"].spec == P(None, ("fsdp", "context"), None, "tensor", None)
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
         sharded = jax.device_put(params, shardings)
         data = NamedSharding(mesh, P(("data", "fsdp")))
