@@ -110,6 +110,10 @@ def parse_mixture(mixture: Any, where: str = "config.data.mixture") -> list[Comp
     return out
 
 
+def _plain(x: Any) -> Any:
+    return x.to_dict() if hasattr(x, "to_dict") else x
+
+
 def stage_data(config: Any, stage_name: str | None) -> Any:
     """config.data with config.stages.<stage>.data merged over it (mixture replaced whole)."""
     import ml_collections
@@ -121,6 +125,10 @@ def stage_data(config: Any, stage_name: str | None) -> Any:
     if not override:
         return data
     override = _to_dict(override)
+    fixed = sorted(k for k in ("seq_len", "shapes", "tokenizer") if k in override and override[k] != _plain(data.get(k)))
+    if fixed:
+        raise ValueError(f"config.stages.{stage_name}.data changes {fixed}: the batch layout and tokenizer are fixed "
+                         "for a whole run (the train step is compiled once); set them in config.data")
     for k, v in override.items():
         if k == "mixture" or not isinstance(v, Mapping) or k not in data:
             data[k] = ml_collections.ConfigDict(v) if isinstance(v, Mapping) else v

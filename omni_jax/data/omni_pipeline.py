@@ -242,15 +242,16 @@ class OmniPipeline:
             plan, ctx = self.plans[comp], self.contexts[comp]
             cur = RowCursor()
             for record, piece in entries:
+                rid = f"#{record}"
                 try:
-                    sample, _ = plan.format(int(record))
+                    sample, rid = plan.format(int(record))
                     loaded = None
                     if sample.vision or sample.audio or sample.speech:
                         loaded = load_media(sample, ctx, self.shapes.speech_wave_rate)
                     write_sample(out, i, cur, sample, loaded, self.shapes, comp, int(piece))
                     built += 1
                 except DataError as e:
-                    errors.append((plan.comp.name, e))
+                    errors.append((plan.comp.name, e.with_record(rid)))
         out["_errors"] = errors
         out["_samples"] = built + len(errors)
         return out
