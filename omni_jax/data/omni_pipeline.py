@@ -233,7 +233,14 @@ class OmniPipeline:
 
     # -- rows --
     def build_rows(self, row_indices: Sequence[int]) -> dict[str, Any]:
-        """Builds the given global rows into one local batch (plus `_errors`, `_samples`)."""
+        """Builds the given global rows into one local batch (plus `_errors`, `_samples`).
+
+        numpy's BLAS runs single-threaded meanwhile: the small matmuls of feature
+        extraction get slower, not faster, from threads that compete with the train step."""
+        with _blas_limit():
+            return self._build_rows(row_indices)
+
+    def _build_rows(self, row_indices: Sequence[int]) -> dict[str, Any]:
         out = omni_batch.empty_rows(self.shapes, len(row_indices))
         errors: list[tuple[str, DataError]] = []
         built = 0
@@ -265,6 +272,21 @@ class OmniPipeline:
                          f"weight={p.comp.weight:g}: {len(p.valid)}/{len(p.source)} usable records, "
                          f"{rows} rows/epoch, token fill {fill:.1%}")
         return "\n".join(lines)
+
+
+_CONTROLLER = None
+
+
+def _blas_limit():
+    global _CONTROLLER
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - optional speed-up
+        import contextlib
+        return contextlib.nullcontext()
+    if _CONTROLLER is None:
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="blas")
 
 
 def _tts_desc(tts) -> Any:
