@@ -22,8 +22,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         corpus=dict(dataset="text_corpus", format="text", weight=0.4, split_long=True,
                     num_documents=c.data.num_documents),
         text=dict(dataset=f"omni_text/{size}", format="text", weight=0.3, split_long=True),
-        captions=dict(dataset=f"omni_images/{size}", format="text", weight=0.2, fields=dict(text="caption"), split_long=True),
-        transcripts=dict(dataset=f"omni_speech/{size}", format="text", weight=0.1, fields=dict(text="transcript"), split_long=True),
+        captions=dict(dataset=f"omni_images/{size}", format="text", weight=0.2, fields=dict(text="caption"),
+                      split_long=True),
+        transcripts=dict(dataset=f"omni_speech/{size}", format="text", weight=0.1, fields=dict(text="transcript"),
+                         split_long=True),
     ))
     c.data = d
     return c

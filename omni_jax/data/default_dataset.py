@@ -162,10 +162,10 @@ def _scene(rng: np.random.Generator) -> dict[str, Any]:
         q, a = f"is the {colours[i]} {shapes[i]} big or small?", f"{sizes[i]}."
     else:
         j = 1 - i
-        if layout == "horizontal":
-            q, a = f"is the {colours[i]} {shapes[i]} left or right of the {colours[j]} {shapes[j]}?", ("left." if i == 0 else "right.")
-        else:
-            q, a = f"is the {colours[i]} {shapes[i]} above or below the {colours[j]} {shapes[j]}?", ("above." if i == 0 else "below.")
+        first, second = ("left", "right") if layout == "horizontal" else ("above", "below")
+        rel = "left or right of" if layout == "horizontal" else "above or below"
+        q = f"is the {colours[i]} {shapes[i]} {rel} the {colours[j]} {shapes[j]}?"
+        a = f"{first if i == 0 else second}."
     return {"image": img, "caption": caption, "question": q, "answer": a}
 
 
@@ -192,7 +192,7 @@ def interleaved_images(split: str, count: int, seed: int = 0) -> Iterator[tuple[
 _MOVES = {"left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1)}
 
 
-def videos(split: str, count: int, seed: int = 0, tts: BuiltinTTS | None = None) -> Iterator[tuple[str, dict]]:
+def videos(split: str, count: int, seed: int = 0, tts: Any = None) -> Iterator[tuple[str, dict]]:
     rng = _rng("videos", split, seed)
     tts = tts or BuiltinTTS()
     for k in range(count):
@@ -238,7 +238,7 @@ def _utterance(rng: np.random.Generator) -> str:
     return f"the {c} {s} is {rng.choice(['above', 'below', 'next to'])} the {c2} {s2}."
 
 
-def speech(split: str, count: int, seed: int = 0, tts: BuiltinTTS | None = None) -> Iterator[tuple[str, dict]]:
+def speech(split: str, count: int, seed: int = 0, tts: Any = None) -> Iterator[tuple[str, dict]]:
     rng = _rng("speech", split, seed)
     tts = tts or BuiltinTTS()
     for k in range(count):
@@ -260,7 +260,7 @@ def _question(rng: np.random.Generator) -> tuple[str, str]:
     return f"say the colour {c}.", f"{c}."
 
 
-def spoken_qa(split: str, count: int, seed: int = 0, tts: BuiltinTTS | None = None) -> Iterator[tuple[str, dict]]:
+def spoken_qa(split: str, count: int, seed: int = 0, tts: Any = None) -> Iterator[tuple[str, dict]]:
     rng = _rng("spoken_qa", split, seed)
     tts = tts or BuiltinTTS()
     for k in range(count):
@@ -270,7 +270,7 @@ def spoken_qa(split: str, count: int, seed: int = 0, tts: BuiltinTTS | None = No
                            "answer": a, "answer_audio": encode_wav(tts(a, v_a))}
 
 
-def interleaved_audio(split: str, count: int, seed: int = 0, tts: BuiltinTTS | None = None) -> Iterator[tuple[str, dict]]:
+def interleaved_audio(split: str, count: int, seed: int = 0, tts: Any = None) -> Iterator[tuple[str, dict]]:
     rng = _rng("interleaved_audio", split, seed)
     tts = tts or BuiltinTTS()
     for k in range(count):
@@ -298,12 +298,15 @@ GENERATORS = {"images": images, "interleaved_images": interleaved_images, "video
               "spoken_qa": spoken_qa, "interleaved_audio": interleaved_audio, "text": text}
 
 
-def generate(subset: str, split: str, size: str = "default", seed: int = 0) -> Iterator[tuple[str, dict]]:
-    """(key, example) pairs of one subset and split."""
+def generate(subset: str, split: str, size: str = "default", seed: int = 0, tts: Any = None) -> Iterator[tuple[str, dict]]:
+    """(key, example) pairs of one subset and split; `tts` replaces the built-in
+    synthesiser for the subsets with speech (e.g. omni_jax/data/espeak.EspeakTTS)."""
     if subset not in GENERATORS:
         raise ValueError(f"unknown default-dataset subset {subset!r}; known: {sorted(GENERATORS)}")
     if size not in SIZES:
         raise ValueError(f"unknown default-dataset size {size!r}; known: {sorted(SIZES)}")
     count = SIZES[size][subset][0 if split == "train" else 1]
+    if tts is not None and subset in ("videos", "speech", "spoken_qa", "interleaved_audio"):
+        return GENERATORS[subset](split, count, seed, tts=tts)
     return GENERATORS[subset](split, count, seed)
 

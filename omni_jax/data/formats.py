@@ -142,12 +142,13 @@ def _video(b: SequenceBuilder, ctx: FormatContext, rec) -> None:
 
 
 def _audio(b: SequenceBuilder, ctx: FormatContext, item: AudioItem) -> None:
-    b.audio(item.tokens(ctx.chunk_samples), item)
+    b.audio(item.tokens(ctx.chunk_samples, ctx.media.audio_pool), item)
 
 
 def _speech(b: SequenceBuilder, ctx: FormatContext, item: AudioItem, *, train_audio: bool,
             train_start: bool | None = None) -> None:
-    b.speech(item.tokens(ctx.chunk_samples), item, train_audio=train_audio, train_start=train_start)
+    b.speech(item.tokens(ctx.chunk_samples, ctx.media.audio_pool), item, train_audio=train_audio,
+             train_start=train_start)
 
 
 def _chat(ctx: FormatContext, rid: str) -> SequenceBuilder:

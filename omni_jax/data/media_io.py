@@ -42,6 +42,28 @@ class MediaConfig:
     video_max_frames: int = 32
     min_image_area: int = 257  # the release drops images of <= 16 x 16 pixels
     audio_chunk_seconds: int = media.CHUNK_SECONDS
+    audio_pool: int = media.POOL  # encoder frames (50 Hz) per audio token
+    # ---- vision input kind: "navit" (1.5: dynamic-resolution patches) or "tiles" (v1:
+    # SigLIP AnyRes tiles, ARCHITECTURE.md 2) ----
+    vision_mode: str = "navit"
+    tile_size: int = 384
+    tokens_per_tile: int = 182  # SigLIP 27 x 27 = 729 patches, mean-pooled by 4
+    video_tokens_per_frame: int = 182  # a frame is one global-view tile
+    anyres_grids: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (2, 1), (2, 2), (1, 3), (3, 1))  # (rows, cols)
+    tile_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # SiglipImageProcessor
+    tile_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self):
+        if self.vision_mode not in ("navit", "tiles"):
+            raise ValueError(f"config.data.media.vision_mode={self.vision_mode!r}; use 'navit' (1.5) or 'tiles' (v1)")
+        object.__setattr__(self, "anyres_grids", tuple(tuple(int(x) for x in g) for g in self.anyres_grids))
+        object.__setattr__(self, "tile_mean", tuple(float(x) for x in self.tile_mean))
+        object.__setattr__(self, "tile_std", tuple(float(x) for x in self.tile_std))
+
+    @property
+    def tile_slot(self) -> int:
+        """Token slots per tile in the row's tile-token space (the larger of the two counts)."""
+        return max(self.tokens_per_tile, self.video_tokens_per_frame)
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "config.data.media") -> "MediaConfig":
@@ -51,6 +73,49 @@ class MediaConfig:
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {unknown}; valid: {sorted(names)}")
         return cls(**d)
+
+
+# ------------------------------------------------------------------ v1 AnyRes tiling
+def select_grid(height: int, width: int, tile: int, grids: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """LLaVA-NeXT's select_best_resolution over (rows, cols) tile grids: the most effective
+    resolution after an aspect-preserving fit, then the least wasted canvas."""
+    best, best_eff, best_waste = None, -1, None
+    for r, c in grids:
+        H, W = r * tile, c * tile
+        scale = min(W / width, H / height)
+        eff = min(int(width * scale) * int(height * scale), width * height)
+        waste = W * H - eff
+        if eff > best_eff or (eff == best_eff and waste < best_waste):
+            best, best_eff, best_waste = (r, c), eff, waste
+    return best
+
+
+def _normalise(img: Image.Image, cfg: "MediaConfig") -> np.ndarray:
+    x = np.asarray(img, np.float32) / np.float32(255.0)
+    return ((x - np.asarray(cfg.tile_mean, np.float32)) / np.asarray(cfg.tile_std, np.float32)).transpose(2, 0, 1)
+
+
+def anyres_tiles(image: np.ndarray, cfg: "MediaConfig", *, video: bool = False) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """uint8 (H, W, 3) -> (tiles (n, 3, S, S) float32, (n, rows, cols)).
+
+    Tile 0 is the global view (the whole image resized to S x S); then, for images, the
+    crops of the image fitted (aspect kept, bicubic) and centred on a black rows*S x cols*S
+    canvas, row-major. Video frames are the global view only."""
+    S = cfg.tile_size
+    pil = Image.fromarray(image)
+    tiles = [_normalise(pil.resize((S, S), Image.BICUBIC), cfg)]
+    if video:
+        return np.stack(tiles), (1, 1, 1)
+    h, w = image.shape[:2]
+    r, c = select_grid(h, w, S, cfg.anyres_grids)
+    H, W = r * S, c * S
+    scale = min(W / w, H / h)
+    nw, nh = min(W, max(1, math.ceil(w * scale))), min(H, max(1, math.ceil(h * scale)))
+    canvas = Image.new("RGB", (W, H), (0, 0, 0))
+    canvas.paste(pil.resize((nw, nh), Image.BICUBIC), ((W - nw) // 2, (H - nh) // 2))
+    big = _normalise(canvas, cfg)
+    tiles += [big[:, i * S:(i + 1) * S, j * S:(j + 1) * S] for i in range(r) for j in range(c)]
+    return np.stack(tiles).astype(np.float32), (1 + r * c, r, c)
 
 
 # ------------------------------------------------------------------ audio arithmetic
@@ -63,13 +128,14 @@ def chunk_lengths(num_samples: int, chunk_samples: int) -> list[int]:
     return [n for n in out if n >= MIN_CHUNK_SAMPLES]
 
 
-def frames_to_tokens(mel_frames: int) -> int:
-    """12.5 Hz tokens from a chunk's 100 Hz mel frames: conv stride 2, then pooling 4 (padded)."""
-    return math.ceil(math.ceil(mel_frames / media.ENCODER_STRIDE) / media.POOL)
+def frames_to_tokens(mel_frames: int, pool: int = media.POOL) -> int:
+    """Tokens from a chunk's 100 Hz mel frames: conv stride 2, then pooling by `pool`
+    (padded): 12.5 Hz for the 1.5 bridge (4); v1's Conv-GMLP ablated 2, 4 and 8."""
+    return math.ceil(math.ceil(mel_frames / media.ENCODER_STRIDE) / pool)
 
 
-def chunk_tokens(chunk_samples: Sequence[int]) -> list[int]:
-    return [frames_to_tokens(media.mel_frames(n)) for n in chunk_samples]
+def chunk_tokens(chunk_samples: Sequence[int], pool: int = media.POOL) -> list[int]:
+    return [frames_to_tokens(media.mel_frames(n), pool) for n in chunk_samples]
 
 
 # ------------------------------------------------------------------ decoding
@@ -159,15 +225,40 @@ class ImageItem:
             raise DataError("invalid", str(e)) from e
         return 1, rh // media.PATCH, rw // media.PATCH
 
+    def num_tiles(self, cfg: MediaConfig) -> int:
+        """v1 tiles: the global view plus the AnyRes crops (video frames: 1)."""
+        if self.video:
+            return 1
+        h, w = self.size()
+        if h * w < cfg.min_image_area:
+            raise DataError("invalid", f"image of {h}x{w} pixels is below the minimum area {cfg.min_image_area}")
+        r, c = select_grid(h, w, cfg.tile_size, cfg.anyres_grids)
+        return 1 + r * c
+
     def tokens(self, cfg: MediaConfig) -> int:
+        if cfg.vision_mode == "tiles":
+            return self.num_tiles(cfg) * (cfg.video_tokens_per_frame if self.video else cfg.tokens_per_tile)
         return media.image_token_count(*self.grid(cfg))
+
+    def footprint(self, cfg: MediaConfig) -> tuple[int, int]:
+        """(patches, tiles) this item takes in a row."""
+        if cfg.vision_mode == "tiles":
+            return 0, self.num_tiles(cfg)
+        return 4 * self.tokens(cfg), 0
+
+    def _decode(self) -> np.ndarray:
+        try:
+            return vision_preprocessing.decode_image(self.data)
+        except ValueError as e:
+            raise DataError("corrupt_media", str(e)) from e
+
+    def load_tiles(self, cfg: MediaConfig) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """v1: (tiles (n, 3, S, S) float32, (n, rows, cols))."""
+        return anyres_tiles(self._decode(), cfg, video=self.video)
 
     def load(self, cfg: MediaConfig) -> tuple[np.ndarray, tuple[int, int, int]]:
         """(patches (n, 1176) float32 in merge-window order, grid)."""
-        try:
-            img = vision_preprocessing.decode_image(self.data)
-        except ValueError as e:
-            raise DataError("corrupt_media", str(e)) from e
+        img = self._decode()
         lo, hi = self._bounds(cfg)
         try:
             return vision_preprocessing.preprocess_image(img, video=self.video, min_pixels=lo, max_pixels=hi)
@@ -216,7 +307,8 @@ class AudioItem:
 
     def _count(self) -> int:
         if self._wave is not None:
-            return len(self._wave) if self.rate == media.SAMPLE_RATE else int(round(len(self._wave) * media.SAMPLE_RATE / self.rate))
+            n = len(self._wave)
+            return n if self.rate == media.SAMPLE_RATE else int(round(n * media.SAMPLE_RATE / self.rate))
         return audio_num_samples(self.data)
 
     def waveform(self, rate: int = media.SAMPLE_RATE) -> np.ndarray:
@@ -227,8 +319,8 @@ class AudioItem:
     def chunks(self, chunk_samples: int) -> list[int]:
         return chunk_lengths(self.num_samples(), chunk_samples)
 
-    def tokens(self, chunk_samples: int) -> int:
-        return sum(chunk_tokens(self.chunks(chunk_samples)))
+    def tokens(self, chunk_samples: int, pool: int = media.POOL) -> int:
+        return sum(chunk_tokens(self.chunks(chunk_samples), pool))
 
     def features(self, chunk_samples: int) -> list[np.ndarray]:
         """One (128, n // 160) log-mel matrix per chunk (trailing < 400 samples dropped)."""

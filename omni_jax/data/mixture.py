@@ -175,7 +175,10 @@ class ComponentPlan:
     def footprint(self, sample) -> np.ndarray:
         fp = np.zeros(len(FOOTPRINT_NAMES), np.int64)
         fp[0] = sample.num_inputs
-        fp[1] = sum(4 * len(v.positions) for v in sample.vision)
+        for v in sample.vision:
+            patches, tiles = v.item.footprint(self.ctx.media)
+            fp[1] += patches
+            fp[5] += tiles
         fp[2] = len(sample.vision)
         fp[3] = sum(len(a.item.chunks(self.ctx.chunk_samples)) for a in sample.audio)
         fp[4] = sum(len(s.item.chunks(self.ctx.chunk_samples)) for s in sample.speech)

@@ -4,7 +4,7 @@ Every field has the batch rows first and a static shape fixed by `OmniShapes`
 (`config.data.shapes` + `config.data.seq_len`). B = rows, T = seq_len,
 P = max_patches, V = max_vision_items, A = max_audio_chunks, G = max_speech_chunks,
 F = mel_frames (per audio chunk buffer), TPS = tokens per audio chunk slot =
-ceil(ceil(F / 2) / 4). A modality whose budget is 0 has no fields (e.g. text-only rows).
+ceil(ceil(F / 2) / pool), pool = config.data.media.audio_pool (4 in 1.5). A modality whose budget is 0 has no fields (e.g. text-only rows).
 
 Text (always; the same five fields as the `lm` task, plus `component`):
   tokens       int32 (B, T)  input ids; media placeholders keep their placeholder ids
@@ -29,6 +29,17 @@ Vision (NaViT, ARCHITECTURE.md 1.2; images and video frames alike, in row order)
                                           tokens, i.e. patches [4j, 4j + 4) after the 2x2
                                           PatchMerger (the bridge output, shape (B, P/4, D));
                                           -1 elsewhere
+
+Vision, v1 (`config.data.media.vision_mode="tiles"`: SigLIP AnyRes, ARCHITECTURE.md 2;
+K = max_tiles, S = tile_size, SLOT = max(tokens_per_tile, video_tokens_per_frame)) instead
+of the NaViT fields above:
+  vision_tiles        f32   (B, K, 3, S, S)  normalised tiles of every image/frame of the row:
+                                             per image its global view then its AnyRes crops
+                                             (row-major); per video frame one global view
+  vision_tile_items   int32 (B, K)           1-based item (image or frame) of each tile; 0 = unused
+  vision_tile_video   int32 (B, K)           1 where the tile is a video frame (video projector)
+  vision_grids        int32 (B, V, 3)        (tiles, grid rows, grid cols) of item v+1
+  vision_token_index  int32 (B, T)           tile k's j-th token -> k * SLOT + j; -1 elsewhere
 
 Input audio (Whisper encoder + bridge, ARCHITECTURE.md 1.3-1.4):
   audio_mels         f32   (B, A, 128, F)  log-mel chunks (<= 30 s each), zero beyond length
@@ -93,15 +104,27 @@ class OmniShapes:
     mel_frames: int = 3000
     n_mels: int = 128
     speech_wave_rate: int = 0
+    max_tiles: int = 0  # v1 tiles mode only
     audio_chunk_seconds: int = media.CHUNK_SECONDS
+    vision_mode: str = "navit"
+    tile_size: int = 384
+    tile_slot: int = 182
+    audio_pool: int = media.POOL
 
     def __post_init__(self):
         where = "config.data.shapes"
+        if self.vision_mode == "tiles":
+            if self.max_patches or (self.max_tiles > 0) != (self.max_vision_items > 0):
+                raise ValueError(f"{where}: with media.vision_mode='tiles' set max_tiles and max_vision_items "
+                                 f"(both > 0, or both 0) and max_patches=0; got max_tiles={self.max_tiles}, "
+                                 f"max_vision_items={self.max_vision_items}, max_patches={self.max_patches}")
+        elif self.max_tiles:
+            raise ValueError(f"{where}.max_tiles={self.max_tiles} needs config.data.media.vision_mode='tiles'")
         if self.seq_len < 2:
             raise ValueError(f"config.data.seq_len must be >= 2, got {self.seq_len}")
         if self.max_patches % (media.MERGE * media.MERGE):
             raise ValueError(f"{where}.max_patches={self.max_patches} must be a multiple of 4 (2x2 merge windows)")
-        if (self.max_patches > 0) != (self.max_vision_items > 0):
+        if self.vision_mode == "navit" and (self.max_patches > 0) != (self.max_vision_items > 0):
             raise ValueError(f"{where}: max_patches and max_vision_items must both be 0 (no vision) or both > 0, "
                              f"got {self.max_patches} and {self.max_vision_items}")
         if not 0 < self.mel_frames <= 3000:
@@ -109,17 +132,21 @@ class OmniShapes:
 
     @classmethod
     def from_config(cls, data: Any) -> "OmniShapes":
+        from omni_jax.data.media_io import MediaConfig
+
         d = dict(data.get("shapes", {}) or {})
-        names = {f.name for f in dataclasses.fields(cls)} - {"seq_len", "audio_chunk_seconds"}
+        derived = {"seq_len", "audio_chunk_seconds", "vision_mode", "tile_size", "tile_slot", "audio_pool"}
+        names = {f.name for f in dataclasses.fields(cls)} - derived
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"config.data.shapes: unknown key(s) {unknown}; valid: {sorted(names)}")
-        chunk_s = int(dict(data.get("media", {}) or {}).get("audio_chunk_seconds", media.CHUNK_SECONDS))
-        return cls(seq_len=int(data.seq_len), audio_chunk_seconds=chunk_s, **d)
+        m = MediaConfig.from_dict(data.get("media"))
+        return cls(seq_len=int(data.seq_len), audio_chunk_seconds=m.audio_chunk_seconds, vision_mode=m.vision_mode,
+                   tile_size=m.tile_size, tile_slot=m.tile_slot, audio_pool=m.audio_pool, **d)
 
     @property
     def vision(self) -> bool:
-        return self.max_patches > 0
+        return self.max_patches > 0 or self.max_tiles > 0
 
     @property
     def audio(self) -> bool:
@@ -136,21 +163,22 @@ class OmniShapes:
 
     @property
     def tokens_per_chunk(self) -> int:
-        return frames_to_tokens(self.mel_frames)
+        return frames_to_tokens(self.mel_frames, self.audio_pool)
 
     @property
     def wave_samples(self) -> int:
         return math.ceil(self.chunk_samples * self.speech_wave_rate / media.SAMPLE_RATE)
 
     def capacity(self) -> np.ndarray:
-        """Budgets in `Footprint` order: tokens, patches, vision items, audio, speech chunks."""
+        """Budgets in FOOTPRINT_NAMES order."""
         return np.array([self.seq_len, self.max_patches, self.max_vision_items, self.max_audio_chunks,
-                         self.max_speech_chunks], np.int64)
+                         self.max_speech_chunks, self.max_tiles], np.int64)
 
 
-FOOTPRINT_NAMES = ("tokens", "patches", "vision_items", "audio_chunks", "speech_chunks")
+FOOTPRINT_NAMES = ("tokens", "patches", "vision_items", "audio_chunks", "speech_chunks", "tiles")
 CAPACITY_KEYS = ("config.data.seq_len", "config.data.shapes.max_patches", "config.data.shapes.max_vision_items",
-                 "config.data.shapes.max_audio_chunks", "config.data.shapes.max_speech_chunks")
+                 "config.data.shapes.max_audio_chunks", "config.data.shapes.max_speech_chunks",
+                 "config.data.shapes.max_tiles")
 
 
 def field_specs(shapes: OmniShapes, rows: int) -> dict[str, tuple[tuple[int, ...], Any, tuple]]:
@@ -160,7 +188,16 @@ def field_specs(shapes: OmniShapes, rows: int) -> dict[str, tuple[tuple[int, ...
     tok = lambda dt: ((B, T), dt, TOKEN_AXES)
     out = {"tokens": tok(i32), "targets": tok(i32), "loss_mask": tok(f32), "segment_ids": tok(i32),
            "positions": tok(i32), "component": tok(i32)}
-    if shapes.vision:
+    if shapes.vision and shapes.vision_mode == "tiles":
+        K, V, S = shapes.max_tiles, shapes.max_vision_items, shapes.tile_size
+        out.update({
+            "vision_tiles": ((B, K, 3, S, S), f32, ("activation_batch", None, None, None, None)),
+            "vision_tile_items": ((B, K), i32, ("activation_batch", None)),
+            "vision_tile_video": ((B, K), i32, ("activation_batch", None)),
+            "vision_grids": ((B, V, 3), i32, ("activation_batch", None, None)),
+            "vision_token_index": tok(i32),
+        })
+    elif shapes.vision:
         P, V = shapes.max_patches, shapes.max_vision_items
         out.update({
             "vision_patches": ((B, P, PATCH_DIM), f32, ("activation_batch", None, None)),

@@ -15,7 +15,7 @@ with a clear message once the error budget is exceeded.
 `config.data` keys used here (besides the mixture's): seq_len, seed, data_dir,
 tokenizer {kind, path, vocab_size}, system, shapes {...}, media {...},
 errors {max_fraction, max_count, min_samples, log_first}, packing {open_rows},
-tts {kind: "builtin" | "python:module:factory", num_voices, seed, args}, validate
+tts {kind: "builtin" | "espeak" | "python:module:factory", num_voices, seed, args}, validate
 ("header" | "full"), num_threads, prefetch.
 """
 
@@ -61,6 +61,15 @@ def load_media(sample: Sample, ctx: formats_lib.FormatContext, wave_rate: int = 
     """Decodes every media item of a sample and checks token counts against placeholders."""
     out = Loaded([], [], [], [])
     for k, v in enumerate(sample.vision):
+        if ctx.media.vision_mode == "tiles":
+            tiles, grid = v.item.load_tiles(ctx.media)
+            got = len(tiles) * (ctx.media.video_tokens_per_frame if v.video else ctx.media.tokens_per_tile)
+            if got != len(v.positions):
+                raise DataError("count_mismatch", f"{'video frame' if v.video else 'image'} {k}: the decoded media "
+                                f"gives {len(tiles)} tiles = {got} tokens but the sequence has {len(v.positions)} "
+                                "placeholders")
+            out.vision.append((tiles, grid))
+            continue
         patches, grid = v.item.load(ctx.media)
         got = patches.shape[0] // 4
         if got != len(v.positions):
@@ -70,7 +79,7 @@ def load_media(sample: Sample, ctx: formats_lib.FormatContext, wave_rate: int = 
     for name, spans, dest in (("audio", sample.audio, out.audio), ("speech", sample.speech, out.speech)):
         for k, s in enumerate(spans):
             mels = s.item.features(ctx.chunk_samples)
-            got = sum(frames_to_tokens(m.shape[1]) for m in mels)
+            got = sum(frames_to_tokens(m.shape[1], ctx.media.audio_pool) for m in mels)
             if got != len(s.positions) or len(mels) != len(s.item.chunks(ctx.chunk_samples)):
                 raise DataError("count_mismatch", f"{name} clip {k}: the decoded audio gives {got} tokens in "
                                 f"{len(mels)} chunk(s) but the sequence has {len(s.positions)} placeholders")
@@ -87,7 +96,7 @@ def load_media(sample: Sample, ctx: formats_lib.FormatContext, wave_rate: int = 
 # ------------------------------------------------------------------ row writing
 class RowCursor:
     def __init__(self):
-        self.tok = self.patch = self.item = self.audio = self.speech = self.seg = 0
+        self.tok = self.patch = self.tile = self.item = self.audio = self.speech = self.seg = 0
 
 
 def write_sample(out: dict[str, np.ndarray], i: int, cur: RowCursor, sample: Sample, loaded: Loaded | None,
@@ -110,7 +119,19 @@ def write_sample(out: dict[str, np.ndarray], i: int, cur: RowCursor, sample: Sam
     cur.tok += n
     if loaded is None:
         return
-    for span, (patches, grid) in zip(sample.vision, loaded.vision):
+    if shapes.vision_mode == "tiles":
+        for span, (tiles, grid) in zip(sample.vision, loaded.vision):
+            k, t0 = len(tiles), cur.tile
+            out["vision_tiles"][i, t0:t0 + k] = tiles
+            out["vision_tile_items"][i, t0:t0 + k] = cur.item + 1
+            out["vision_tile_video"][i, t0:t0 + k] = int(span.video)
+            out["vision_grids"][i, cur.item] = grid
+            per = len(span.positions) // k
+            idx = (t0 + np.arange(k))[:, None] * shapes.tile_slot + np.arange(per)[None, :]
+            out["vision_token_index"][i, base + span.positions] = idx.reshape(-1)
+            cur.tile += k
+            cur.item += 1
+    for span, (patches, grid) in zip(sample.vision if shapes.vision_mode == "navit" else [], loaded.vision):
         k = patches.shape[0]
         p = cur.patch
         out["vision_patches"][i, p:p + k] = patches
@@ -127,7 +148,7 @@ def write_sample(out: dict[str, np.ndarray], i: int, cur: RowCursor, sample: Sam
             a = cur.audio
             out["audio_mels"][i, a, :, :m.shape[1]] = m
             out["audio_mel_lengths"][i, a] = m.shape[1]
-            idx.append(a * tps + np.arange(frames_to_tokens(m.shape[1])))
+            idx.append(a * tps + np.arange(frames_to_tokens(m.shape[1], shapes.audio_pool)))
             cur.audio += 1
         out["audio_token_index"][i, base + span.positions] = np.concatenate(idx)
     for k, (span, mels) in enumerate(zip(sample.speech, loaded.speech)):
@@ -140,7 +161,7 @@ def write_sample(out: dict[str, np.ndarray], i: int, cur: RowCursor, sample: Sam
                 w = loaded.speech_waves[k][c][:shapes.wave_samples]
                 out["speech_waves"][i, g, :len(w)] = w
                 out["speech_wave_lengths"][i, g] = len(w)
-            idx.append(g * tps + np.arange(frames_to_tokens(m.shape[1])))
+            idx.append(g * tps + np.arange(frames_to_tokens(m.shape[1], shapes.audio_pool)))
             cur.speech += 1
         frames = np.concatenate(idx)
         out["speech_token_index"][i, base + span.positions] = frames
@@ -158,10 +179,14 @@ def make_tts(c: Mapping[str, Any] | None):
         from omni_jax.data.speech_synth import BuiltinTTS
 
         return BuiltinTTS(num_voices=int(c.get("num_voices", 44)), seed=int(c.get("seed", 0)))
+    if kind == "espeak":
+        from omni_jax.data.espeak import EspeakTTS
+
+        return EspeakTTS(**dict(c.get("args", {}) or {}))
     if isinstance(kind, str) and kind.startswith("python:"):
         module, _, attr = kind[len("python:"):].partition(":")
         return getattr(importlib.import_module(module), attr)(**dict(c.get("args", {}) or {}))
-    raise ValueError(f"config.data.tts.kind={kind!r}; use 'builtin' or 'python:module:factory'")
+    raise ValueError(f"config.data.tts.kind={kind!r}; use 'builtin', 'espeak' or 'python:module:factory'")
 
 
 def _tokenizer(config: Any, d: Any):
@@ -219,7 +244,8 @@ class OmniPipeline:
                 system=c.system if c.system is not None else str(d.get("system", "") or ""),
                 prompts=c.prompts, fields=dict(c.fields), tts=self.tts)
             cacheable = not c.dataset.startswith("memory:") and c.dataset != "text_corpus"
-            key = plan_cache_key("footprints-v1", c.dataset, c.split, len(src), c.format, dataclasses.asdict(c),
+            key = plan_cache_key("footprints-v2", c.dataset, c.split, len(src), _source_stamp(src), c.format,
+                                 dataclasses.asdict(c),
                                  ctx.system, tok_desc, dataclasses.asdict(self.shapes), dataclasses.asdict(self.media),
                                  self.seed, _tts_desc(self.tts), validate)
             self.plans.append(ComponentPlan(
@@ -272,6 +298,16 @@ class OmniPipeline:
                          f"weight={p.comp.weight:g}: {len(p.valid)}/{len(p.source)} usable records, "
                          f"{rows} rows/epoch, token fill {fill:.1%}")
         return "\n".join(lines)
+
+
+def _source_stamp(src: Any) -> Any:
+    """Identifies a prepared TFDS dataset's files (so regenerated data is re-planned)."""
+    info = getattr(src, "dataset_info", None)
+    d = getattr(info, "data_dir", None)
+    if not d:
+        return None
+    f = os.path.join(d, "dataset_info.json")
+    return [str(getattr(info, "version", "")), d, os.path.getmtime(f) if os.path.exists(f) else None]
 
 
 _CONTROLLER = None

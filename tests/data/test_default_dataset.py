@@ -92,3 +92,22 @@ def test_unknown_names_are_clear():
     with pytest.raises(ValueError, match="has no split 'validation'"):
         open_source("omni_text/shapes_tiny", "validation", os.environ.get("OMNI_JAX_DATA_DIR"))
     assert encode_wav(np.zeros(10))[:4] == b"RIFF"
+
+
+def test_espeak_tts_where_installed(tmp_path):
+    import shutil
+
+    from omni_jax.data.espeak import EspeakTTS
+    from omni_jax.data.omni_pipeline import make_tts
+
+    if shutil.which("espeak-ng") is None:
+        with pytest.raises(RuntimeError, match="espeak-ng' is not installed"):
+            EspeakTTS()
+        with pytest.raises(RuntimeError, match="use the built-in synthesiser"):
+            prepare("omni_speech/shapes_espeak", str(tmp_path))
+        return
+    tts = make_tts({"kind": "espeak"})
+    x = tts("three red stars.", 2)
+    assert x.dtype == np.float32 and len(x) > 8000 and np.abs(x).max() > 0.01
+    src = prepare("omni_speech/shapes_espeak", str(tmp_path)).as_data_source()["test"]
+    assert len(src) == dd.SIZES["tiny"]["speech"][1]

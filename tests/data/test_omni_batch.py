@@ -177,6 +177,8 @@ def test_specs_and_shapes():
     assert f["vision_patches"][0] == (3, 32, 1176) and f["audio_mels"][0] == (3, 1, 128, 3000)
     assert f["speech_waves"][0] == (3, 1, 720000)
     assert s.tokens_per_chunk == 375 and s.chunk_samples == 480000
+    d = ml_collections.ConfigDict(dict(seq_len=8, shapes=dict(max_audio_chunks=1), media=dict(audio_pool=2)))
+    assert OmniShapes.from_config(d).tokens_per_chunk == 750  # v1 Conv-GMLP with downsampling 2
     assert set(field_specs(OmniShapes(seq_len=8), 1)) == {"tokens", "targets", "loss_mask", "segment_ids",
                                                          "positions", "component"}
     with pytest.raises(ValueError, match="multiple of 4"):
@@ -213,3 +215,55 @@ def test_omni_batch_shards_on_the_mesh(image_rows):
             arr = jax.make_array_from_process_local_data(sh, local[k], abstract.shape)
             assert arr.shape == abstract.shape and arr.dtype == abstract.dtype
             assert arr.sharding.spec[0] == ("data", "fsdp")
+
+
+def test_anyres_grid_matches_llava_next():
+    from transformers.image_processing_utils import select_best_resolution
+
+    from omni_jax.data.media_io import MediaConfig, select_grid
+
+    grids = MediaConfig().anyres_grids
+    for hw in [(384, 384), (300, 900), (900, 300), (1000, 800), (50, 60), (768, 1500), (2000, 500)]:
+        want = select_best_resolution(hw, [(r * 384, c * 384) for r, c in grids])
+        r, c = select_grid(*hw, 384, grids)
+        assert (r * 384, c * 384) == tuple(want), hw
+
+
+def test_v1_tiles_mode():
+    """SigLIP AnyRes tiles (v1): global view + crops per image, one tile per video frame."""
+    rng = np.random.default_rng(1)
+    wide = rng.integers(0, 256, (28, 56, 3), dtype=np.uint8)  # fits a 1x2 grid of 28 px tiles exactly
+    frames = [png(np.full((40, 40, 3), v, np.uint8)) for v in (10, 200)]
+    register_memory_source("tiles_img", [{"id": "w", "image": png(wide), "caption": "wide."}])
+    register_memory_source("tiles_vid", [{"id": "v", "frames": frames, "fps": np.float32(1.0),
+                                          "caption": "two frames."}])
+    c = config({"cap": dict(dataset="memory:tiles_img", format="caption", weight=1.0),
+                "vid": dict(dataset="memory:tiles_vid", format="video_caption", weight=1.0)}, seq_len=96, batch=2,
+               max_patches=0, max_vision_items=4, max_tiles=6, max_audio_chunks=0, max_speech_chunks=0)
+    c.data.media.update(vision_mode="tiles", tile_size=28, tokens_per_tile=4, video_tokens_per_frame=2,
+                        min_image_area=1)
+    pipe = OmniPipeline(c)
+    b = pipe.build_rows([0, 1])
+    assert "vision_patches" not in b and b["vision_tiles"].shape == (2, 6, 3, 28, 28)
+    comp = {pipe.plans[k].comp.name: k for k in range(2)}
+    img_row = 0 if pipe.rows[0][0] == comp["cap"] else 1
+    vid_row = 1 - img_row
+    x = wide.astype(np.float32) / 255.0
+    norm = ((x - 0.5) / 0.5).transpose(2, 0, 1)
+    t = b["vision_tiles"][img_row]
+    np.testing.assert_allclose(t[1], norm[:, :, :28], atol=1e-6)  # crops, row-major
+    np.testing.assert_allclose(t[2], norm[:, :, 28:], atol=1e-6)
+    glob = np.asarray(Image.fromarray(wide).resize((28, 28), Image.BICUBIC), np.float32) / 255.0
+    np.testing.assert_allclose(t[0], ((glob - 0.5) / 0.5).transpose(2, 0, 1), atol=1e-6)
+    assert b["vision_tile_items"][img_row].tolist() == [1, 1, 1, 0, 0, 0]
+    assert b["vision_grids"][img_row][0].tolist() == [3, 1, 2]
+    idx = b["vision_token_index"][img_row]
+    assert idx[idx >= 0].tolist() == [k * 4 + j for k in range(3) for j in range(4)]
+    # video: one global-view tile per frame, 2 tokens each, flagged as video
+    assert b["vision_tile_video"][vid_row].tolist() == [1, 1, 0, 0, 0, 0]
+    assert b["vision_tile_items"][vid_row].tolist() == [1, 2, 0, 0, 0, 0]
+    idx = b["vision_token_index"][vid_row]
+    assert idx[idx >= 0].tolist() == [0, 1, 4, 5]
+    np.testing.assert_allclose(b["vision_tiles"][vid_row][1], (200 / 255.0 - 0.5) / 0.5, atol=1e-6)
+    with pytest.raises(ValueError, match="needs config.data.media.vision_mode='tiles'"):
+        OmniShapes(seq_len=8, max_tiles=2)

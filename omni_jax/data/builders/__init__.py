@@ -59,6 +59,7 @@ class ShapesConfig(tfds.core.BuilderConfig):
 
     size: str = "default"
     seed: int = 0
+    tts: str = "builtin"  # "espeak": real speech from espeak-ng (must be installed)
 
 
 @dataclasses.dataclass(eq=False)
@@ -73,6 +74,9 @@ SHAPES_CONFIGS = [ShapesConfig(name="shapes", size="default", version=VERSION,
                                description="embedded default dataset (training size)"),
                   ShapesConfig(name="shapes_tiny", size="tiny", version=VERSION,
                                description="embedded default dataset (test size)")]
+# builders with speech also offer a small real-speech variant where espeak-ng is installed
+SPEECH_CONFIGS = SHAPES_CONFIGS + [ShapesConfig(name="shapes_espeak", size="tiny", tts="espeak", version=VERSION,
+                                                description="embedded dataset spoken by espeak-ng")]
 
 
 class OmniBuilder(tfds.core.GeneratorBasedBuilder):
@@ -96,13 +100,18 @@ class OmniBuilder(tfds.core.GeneratorBasedBuilder):
         cfg = self.builder_config
         if isinstance(cfg, ManifestConfig):
             return {s: self._manifest(cfg.manifest.format(split=s)) for s in cfg.splits}
-        return {s: self._generated(s, cfg.size, cfg.seed) for s in ("train", "test")}
+        return {s: self._generated(s, cfg.size, cfg.seed, cfg.tts) for s in ("train", "test")}
 
     def _generate_examples(self, **kwargs):  # pragma: no cover - splits use the generators below
         raise NotImplementedError
 
-    def _generated(self, split: str, size: str, seed: int) -> Iterator[tuple[str, dict]]:
-        for key, ex in default_dataset.generate(self.SUBSET, split, size, seed):
+    def _generated(self, split: str, size: str, seed: int, tts: str = "builtin") -> Iterator[tuple[str, dict]]:
+        synth = None
+        if tts == "espeak":
+            from omni_jax.data.espeak import EspeakTTS
+
+            synth = EspeakTTS()
+        for key, ex in default_dataset.generate(self.SUBSET, split, size, seed, tts=synth):
             yield key, {k: ex.get(k, _empty(f)) for k, f in self.FEATURES.items()}
 
     def _manifest(self, path: str) -> Iterator[tuple[str, dict]]:
@@ -145,7 +154,8 @@ def _empty(factory) -> Any:
 def builder_class(name: str) -> type[OmniBuilder]:
     import importlib
 
-    audio, images, text_mod, videos = (importlib.import_module(f"omni_jax.data.builders.{m}") for m in ("audio", "images", "text", "videos"))
+    audio, images, text_mod, videos = (importlib.import_module(f"omni_jax.data.builders.{m}")
+                                       for m in ("audio", "images", "text", "videos"))
 
     classes = {c.name: c for c in (images.OmniImages, images.OmniInterleavedImages, videos.OmniVideos,
                                    audio.OmniSpeech, audio.OmniSpokenQa, audio.OmniInterleavedAudio,

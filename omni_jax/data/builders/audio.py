@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
-from omni_jax.data.builders import OmniBuilder, bytes_feature, bytes_list_feature, text_feature
+from omni_jax.data.builders import SPEECH_CONFIGS, OmniBuilder, bytes_feature, bytes_list_feature, text_feature
 
 
 def voice():
@@ -16,7 +16,9 @@ def voice():
 class OmniSpeech(OmniBuilder):
     """Speech (WAV/FLAC bytes) with its transcript and a translation."""
 
-    FEATURES = {"id": text_feature, "audio": bytes_feature, "transcript": text_feature, "translation": text_feature, "voice": voice}
+    BUILDER_CONFIGS = SPEECH_CONFIGS
+    FEATURES = {"id": text_feature, "audio": bytes_feature, "transcript": text_feature,
+                "translation": text_feature, "voice": voice}
     SUBSET = "speech"
     MEDIA = ("audio",)
 
@@ -24,7 +26,9 @@ class OmniSpeech(OmniBuilder):
 class OmniSpokenQa(OmniBuilder):
     """A spoken question (`audio`, `transcript`) with a text answer and a spoken answer."""
 
-    FEATURES = {"id": text_feature, "audio": bytes_feature, "transcript": text_feature, "answer": text_feature, "answer_audio": bytes_feature}
+    BUILDER_CONFIGS = SPEECH_CONFIGS
+    FEATURES = {"id": text_feature, "audio": bytes_feature, "transcript": text_feature,
+                "answer": text_feature, "answer_audio": bytes_feature}
     SUBSET = "spoken_qa"
     MEDIA = ("audio", "answer_audio")
 
@@ -32,6 +36,8 @@ class OmniSpokenQa(OmniBuilder):
 class OmniInterleavedAudio(OmniBuilder):
     """Documents with `<|audio|>` markers in `text`, one clip per marker (+ transcripts)."""
 
-    FEATURES = {"id": text_feature, "text": text_feature, "audios": bytes_list_feature, "transcripts": bytes_list_feature}
+    BUILDER_CONFIGS = SPEECH_CONFIGS
+    FEATURES = {"id": text_feature, "text": text_feature, "audios": bytes_list_feature,
+                "transcripts": bytes_list_feature}
     SUBSET = "interleaved_audio"
     MEDIA = ("audios",)

@@ -8,7 +8,8 @@ from omni_jax.data.builders import OmniBuilder, bytes_feature, bytes_list_featur
 class OmniImages(OmniBuilder):
     """Images (PNG/JPEG bytes) with a caption and a question/answer pair."""
 
-    FEATURES = {"id": text_feature, "image": bytes_feature, "caption": text_feature, "question": text_feature, "answer": text_feature}
+    FEATURES = {"id": text_feature, "image": bytes_feature, "caption": text_feature,
+                "question": text_feature, "answer": text_feature}
     SUBSET = "images"
     MEDIA = ("image",)
 

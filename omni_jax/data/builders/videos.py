@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
-from omni_jax.data.builders import OmniBuilder, bytes_feature, bytes_list_feature, text_feature
+from omni_jax.data.builders import SPEECH_CONFIGS, OmniBuilder, bytes_feature, bytes_list_feature, text_feature
 
 
 def fps():
@@ -16,7 +16,9 @@ class OmniVideos(OmniBuilder):
     """Videos as JPEG/PNG frames (stored at `fps`), captions, QA and an optional audio
     track (`audio`, WAV/FLAC bytes or empty) with its transcript."""
 
-    FEATURES = {"id": text_feature, "frames": bytes_list_feature, "fps": fps, "audio": bytes_feature, "audio_transcript": text_feature,
-                "caption": text_feature, "question": text_feature, "answer": text_feature}
+    BUILDER_CONFIGS = SPEECH_CONFIGS
+    FEATURES = {"id": text_feature, "frames": bytes_list_feature, "fps": fps, "audio": bytes_feature,
+                "audio_transcript": text_feature, "caption": text_feature, "question": text_feature,
+                "answer": text_feature}
     SUBSET = "videos"
     MEDIA = ("frames", "audio")
