@@ -277,8 +277,6 @@ def _crossmodal(rec, ctx, rng, rid, video: bool) -> Sample:
         if not rest:
             raise DataError("invalid", "the narration says the whole caption; nothing is left to continue")
     else:
-        if ctx.tts is None:
-            raise ValueError(f"format {fmt!r} needs a TTS (config.data.tts)")
         spoken, rest = crossmodal.split_for_speech(caption)
         audio = TTSAudio(ctx.tts, spoken, crossmodal.choose_voice(ctx.tts, rng))
     b = _chat(ctx, rid)

@@ -33,6 +33,7 @@ other `config.data` key, with `config.stages.<stage>.data`):
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -171,6 +172,8 @@ class ComponentPlan:
             return self.comp.spec.fn(rec, self.ctx, self.rng(record), rid), rid
         except DataError as e:
             raise e.with_record(rid) from None
+        except Exception as e:  # anything else a strange record triggers is skipped too, never fatal
+            raise DataError("invalid", f"{type(e).__name__}: {e}", rid) from e
 
     def footprint(self, sample) -> np.ndarray:
         fp = np.zeros(len(FOOTPRINT_NAMES), np.int64)
@@ -191,8 +194,19 @@ class ComponentPlan:
             raise DataError("over_long", f"sample can never fit a row: {what}", rid)
 
     def _footprints(self, cache_dir, cache_key, validate, loader) -> None:
-        n = len(self.source)
         path = os.path.join(cache_dir, f"{cache_key}.npz") if cache_dir and cache_key else None
+        if path is None:
+            return self._measure(None, validate, loader)
+        os.makedirs(cache_dir, exist_ok=True)
+        with open(path[:-4] + ".lock", "w") as lock:  # one process measures, the others read its result
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self._measure(path, validate, loader)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _measure(self, path, validate, loader) -> None:
+        n = len(self.source)
         if path and os.path.exists(path):
             with np.load(path) as z:
                 self.fp = z["fp"]
@@ -212,7 +226,6 @@ class ComponentPlan:
                     self.fp[i] = -1
                     errors.append([e.kind, e.message, e.record_id])
             if path:
-                os.makedirs(cache_dir, exist_ok=True)
                 tmp = f"{path}.{os.getpid()}.tmp.npz"
                 np.savez(tmp, fp=self.fp)
                 with open(path[:-4] + ".errors.json", "w") as f:

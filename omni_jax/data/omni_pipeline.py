@@ -254,7 +254,9 @@ class OmniPipeline:
                 validate=validate, loader=lambda s, cx: load_media(s, cx, self.shapes.speech_wave_rate)))
             self.contexts.append(ctx)
         self.rows = mixed_rows(self.plans)
-        desc = {k: v for k, v in d.to_dict().items() if k not in ("num_threads", "prefetch")} if hasattr(d, "to_dict") else d
+        # what the batches depend on (not where the files are, threads or the error budget)
+        plain = d.to_dict() if hasattr(d, "to_dict") else dict(d)
+        desc = {k: v for k, v in plain.items() if k not in ("data_dir", "num_threads", "prefetch", "errors", "validate")}
         self.fingerprint_base = json.dumps(desc, sort_keys=True, default=str)
 
     # -- rows --
@@ -285,6 +287,10 @@ class OmniPipeline:
                     built += 1
                 except DataError as e:
                     errors.append((plan.comp.name, e.with_record(rid)))
+                except AssertionError:
+                    raise
+                except Exception as e:  # a decoder failing in an unforeseen way: skip, count, report
+                    errors.append((plan.comp.name, DataError("invalid", f"{type(e).__name__}: {e}", rid)))
         out["_errors"] = errors
         out["_samples"] = built + len(errors)
         return out

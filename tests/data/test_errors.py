@@ -44,19 +44,21 @@ def test_bad_records_are_skipped_counted_and_named(caplog):
         {"id": "wrong_type", "image": png(), "caption": 123},
         {"id": "no_caption", "image": png()},
         {"id": "big_image", "image": png(112, 112), "caption": "too many patches."},
+        {"id": "nul_byte", "image": png(), "caption": "a\x00b."},
     ]
     register_memory_source("err_mix", recs)
     with caplog.at_level(logging.WARNING, logger="omni_jax.data"):
         pipe = OmniPipeline(config("err_mix"))
     s = pipe.plan_errors.summary()
-    assert s["seen"] == 11
-    assert s["bad"] == {"corrupt_media": 1, "over_long": 2, "wrong_type": 1, "missing_field": 1}
+    assert s["seen"] == 12
+    assert s["bad"] == {"corrupt_media": 1, "over_long": 2, "wrong_type": 1, "missing_field": 1, "invalid": 1}
     ex = " ".join(sum(s["examples"].values(), []))
     for rid in ("c:corrupt", "c:too_long", "c:wrong_type", "c:no_caption", "c:big_image"):
         assert rid in ex
     assert "tokens 5" in ex and "> config.data.seq_len=96" in ex
     assert "patches 64 > config.data.shapes.max_patches=32" in ex
     assert "field 'caption' must be text, got int" in ex
+    assert "c:nul_byte (ValueError: text contains a NUL byte" in ex  # unforeseen failures are skipped too
     assert "skipped record c:corrupt [corrupt_media]" in caplog.text
     # the usable records still train
     assert sorted(pipe.plans[0].valid.tolist()) == list(range(6))
