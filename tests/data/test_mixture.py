@@ -149,3 +149,13 @@ def test_every_stage_mixture_builds(data_dir, stage):
     assert not b["_errors"]
     for i in range(len(first)):
         assert b["loss_mask"][i].sum() > 0 or b["speech_loss_mask"][i].sum() > 0
+
+
+def test_held_out_evaluation_sets_build(data_dir):
+    c = make_config(stage_mixtures.evaluation_sets("shapes_tiny"), batch=2)
+    c.data.seq_len = 512
+    c.data.shapes.update(max_patches=256, max_vision_items=12, max_audio_chunks=4, max_speech_chunks=4)
+    pipe = OmniPipeline(c)
+    assert {p.comp.split for p in pipe.plans} == {"test"}
+    b = pipe.build_rows(range(8))
+    assert not b["_errors"] and b["speech_loss_mask"].sum() > 0 and (b["vision_token_index"] >= 0).any()

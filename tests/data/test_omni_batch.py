@@ -267,3 +267,18 @@ def test_v1_tiles_mode():
     np.testing.assert_allclose(b["vision_tiles"][vid_row][1], (200 / 255.0 - 0.5) / 0.5, atol=1e-6)
     with pytest.raises(ValueError, match="needs config.data.media.vision_mode='tiles'"):
         OmniShapes(seq_len=8, max_tiles=2)
+
+
+def test_speech_waveforms_for_the_speech_stages():
+    from omni_jax.data.media_io import decode_audio
+
+    wav = encode_wav(tone(0.6, 330))
+    register_memory_source("waves", [{"id": "w", "transcript": "say it.", "audio": wav}])
+    c = config({"tts": dict(dataset="memory:waves", format="tts", weight=1.0)}, seq_len=64, batch=1,
+               max_patches=0, max_vision_items=0, max_audio_chunks=0, max_speech_chunks=1, speech_wave_rate=24000)
+    b = OmniPipeline(c).build_rows([0])
+    n = int(round(0.6 * 16000 * 24000 / 16000))
+    assert b["speech_waves"].shape == (1, 1, 300 * 160 * 24000 // 16000)
+    assert b["speech_wave_lengths"][0, 0] == n
+    np.testing.assert_array_equal(b["speech_waves"][0, 0, :n], decode_audio(wav, 24000))
+    assert b["speech_mel_lengths"][0, 0] == 60
