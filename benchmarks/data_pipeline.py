@@ -49,32 +49,46 @@ MIXTURES = {
 }
 
 
-def bench_pipeline(name: str, seq_len: int, rows: int, threads: list[int]) -> list[dict]:
-    out = []
+def bench_pipeline(name: str, seq_len: int, rows: int, threads: list[int], repeats: int = 3) -> list[dict]:
+    """Median over `repeats` fresh row ranges (no row is built twice), after a warm-up."""
     t0 = time.perf_counter()
     pipe = OmniPipeline(data_config(MIXTURES[name], seq_len, 8))
     plan_s = time.perf_counter() - t0
-    pipe.build_rows(range(8))  # warm caches (TTS harmonics, file handles)
-    t0 = time.perf_counter()
-    b = pipe.build_rows(range(8, 8 + rows))
-    dt = time.perf_counter() - t0
-    toks = int((b["segment_ids"] > 0).sum())
-    out.append(dict(mixture=name, how="build_rows, 1 thread", samples=b["_samples"] / dt, tokens=toks / dt,
-                    rows=rows / dt, plan_s=plan_s, fill=toks / (rows * seq_len)))
-    for th in threads:
-        c = data_config(MIXTURES[name], seq_len, 8, threads=th)
-        it = make_omni_iterator(c, start_step=100, pipeline=pipe)
-        next(it)
-        n_steps = max(rows // 8, 2)
+    steps = max(rows // 8, 2)
+    total = 8 * steps * repeats * (1 + len(threads)) + 64
+    for r in range(total):
+        pipe.rows[r]  # plans every epoch the measured rows need (a one-off per epoch, not per row)
+    pipe.build_rows(range(8))  # warm-up: readers, TTS caches, the BLAS thread controller
+    out, next_step = [], 1
+
+    def record(how, runs):
+        runs.sort(key=lambda x: x[2])
+        samples, toks, dt = runs[len(runs) // 2]
+        out.append(dict(mixture=name, how=how, samples=samples / dt, tokens=toks / dt, rows=8 * steps / dt,
+                        plan_s=plan_s, fill=toks / (8 * steps * seq_len)))
+
+    runs = []
+    for _ in range(repeats):
         t0 = time.perf_counter()
-        toks = samples = 0
-        for _ in range(n_steps):
-            bb = next(it)
-            toks += int((bb["segment_ids"] > 0).sum())
-            samples += int(bb["segment_ids"].max(axis=1).sum())  # packed samples (segments) per row
+        b = pipe.build_rows(range(8 * next_step, 8 * (next_step + steps)))
         dt = time.perf_counter() - t0
-        out.append(dict(mixture=name, how=f"iterator, {th} thread(s)", samples=samples / dt, tokens=toks / dt,
-                        rows=n_steps * 8 / dt, plan_s=float("nan"), fill=toks / (n_steps * 8 * seq_len)))
+        runs.append((int(b["segment_ids"].max(axis=1).sum()), int((b["segment_ids"] > 0).sum()), dt))
+        next_step += steps
+    record("build_rows, 1 thread", runs)
+    for th in threads:
+        runs = []
+        for _ in range(repeats):
+            it = make_omni_iterator(data_config(MIXTURES[name], seq_len, 8, threads=th), start_step=next_step,
+                                    pipeline=pipe)
+            t0 = time.perf_counter()
+            samples = toks = 0
+            for _ in range(steps):
+                bb = next(it)
+                toks += int((bb["segment_ids"] > 0).sum())
+                samples += int(bb["segment_ids"].max(axis=1).sum())  # packed samples (segments) per row
+            runs.append((samples, toks, time.perf_counter() - t0))
+            next_step += steps
+        record(f"step iterator, {th} thread(s)", runs)
     return out
 
 
@@ -126,6 +140,7 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", default="2")
     ap.add_argument("--skip-small", action="store_true")
+    ap.add_argument("--skip-steps", action="store_true", help="pipeline table only")
     a = ap.parse_args()
     threads = [int(t) for t in a.threads.split(",") if t]
     print(f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s), "
@@ -139,6 +154,8 @@ def main():
     for r in rows:
         print(f"| {r['mixture']} | {r['how']} | {r['samples']:.1f} | {r['tokens']:.0f} | {r['rows']:.1f} | "
               f"{r['fill']:.1%} | {r['plan_s']:.1f} |")
+    if a.skip_steps:
+        return
     steps = [bench_step("tiny", a.seq_len, a.batch, a.steps)]
     if not a.skip_small:
         steps.append(bench_step("small", a.seq_len, a.batch, max(1, a.steps // 2)))

@@ -223,7 +223,8 @@ class OmniPipeline:
         need_tts = any(c.format in ("crossmodal_image", "crossmodal_video") for c in self.components)
         self.tts = make_tts(d.get("tts")) if need_tts else None
         have = {"vision": self.shapes.vision, "audio": self.shapes.audio, "speech": self.shapes.speech}
-        budget_key = {"vision": "max_patches", "audio": "max_audio_chunks", "speech": "max_speech_chunks"}
+        budget_key = {"vision": "max_tiles" if self.shapes.vision_mode == "tiles" else "max_patches",
+                      "audio": "max_audio_chunks", "speech": "max_speech_chunks"}
         for c in self.components:
             missing = sorted(m for m in c.spec.needs if not have[m])
             if missing:
@@ -234,7 +235,8 @@ class OmniPipeline:
 
         root = data_dir or default_data_dir()
         open_rows = int(dict(d.get("packing", {}) or {}).get("open_rows", 8))
-        tok_desc = (type(self.tokenizer).__name__, self.tokenizer.vocab_size, dict(d.get("tokenizer", {}) or {}).get("path"))
+        tok_desc = (type(self.tokenizer).__name__, self.tokenizer.vocab_size,
+                    dict(d.get("tokenizer", {}) or {}).get("path"))
         self.plans: list[ComponentPlan] = []
         self.contexts = []
         for k, c in enumerate(self.components):
@@ -244,10 +246,9 @@ class OmniPipeline:
                 system=c.system if c.system is not None else str(d.get("system", "") or ""),
                 prompts=c.prompts, fields=dict(c.fields), tts=self.tts)
             cacheable = not c.dataset.startswith("memory:") and c.dataset != "text_corpus"
-            key = plan_cache_key("footprints-v2", c.dataset, c.split, len(src), _source_stamp(src), c.format,
-                                 dataclasses.asdict(c),
-                                 ctx.system, tok_desc, dataclasses.asdict(self.shapes), dataclasses.asdict(self.media),
-                                 self.seed, _tts_desc(self.tts), validate)
+            key = plan_cache_key("footprints-v2", c.dataset, c.split, len(src), _source_stamp(src),
+                                 dataclasses.asdict(c), ctx.system, tok_desc, dataclasses.asdict(self.shapes),
+                                 dataclasses.asdict(self.media), self.seed, _tts_desc(self.tts), validate)
             self.plans.append(ComponentPlan(
                 k, c, src, ctx, self.shapes, self.seed, open_rows, self.plan_errors,
                 cache_dir=os.path.join(root, "omni_jax_plans") if cacheable else None, cache_key=key,
@@ -256,7 +257,8 @@ class OmniPipeline:
         self.rows = mixed_rows(self.plans)
         # what the batches depend on (not where the files are, threads or the error budget)
         plain = d.to_dict() if hasattr(d, "to_dict") else dict(d)
-        desc = {k: v for k, v in plain.items() if k not in ("data_dir", "num_threads", "prefetch", "errors", "validate")}
+        ignore = ("data_dir", "num_threads", "prefetch", "errors", "validate")
+        desc = {k: v for k, v in plain.items() if k not in ignore}
         self.fingerprint_base = json.dumps(desc, sort_keys=True, default=str)
 
     # -- rows --
