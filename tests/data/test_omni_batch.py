@@ -119,7 +119,7 @@ def test_audio_chunks_mels_and_indices(audio_batch):
     assert tps == frames_to_tokens(100) == 13
     tok = ByteTokenizer()
     pad = tok.special("audio_pad")
-    # one row holds both samples (2 + 4 chunks fit the 4-slot budgets? no: 1 + 3 audio chunks = 4)
+    # 1 s chunks: the 0.7 s clip takes one audio slot, the 2.5 s clip three; find each sample
     rows = {}
     for row in range(2):
         for seg in range(1, b["segment_ids"][row].max() + 1):
