@@ -21,6 +21,8 @@ setup(
         "absl-py>=2.1",
         "numpy>=2.0",
         "pillow>=10",  # image decoding in the data pipeline
+        "soundfile>=0.12",  # FLAC (and non-16-bit WAV) decoding in the data pipeline
+        "threadpoolctl>=3",  # single-threaded BLAS while the data pipeline extracts features
         "tqdm>=4.66",
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     ],

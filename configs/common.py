@@ -53,6 +53,26 @@ def text_data(seq_len: int = 128) -> ml_collections.ConfigDict:
     ))
 
 
+def omni_data(seq_len: int = 512, **shapes) -> ml_collections.ConfigDict:
+    """The omni pipeline's config (omni_jax/data/omni_pipeline.py). `mixture` starts empty:
+    fill it per run or per stage (omni_jax/data/stage_mixtures.py has one per stage of
+    ARCHITECTURE.md 1.8 and 2). `shapes` are the per-row media budgets; the defaults suit the
+    embedded default dataset with tiny models."""
+    budgets = dict(max_patches=256, max_vision_items=16, max_audio_chunks=4, max_speech_chunks=4, mel_frames=600,
+                   n_mels=128, speech_wave_rate=0)
+    budgets.update(shapes)
+    return ml_collections.ConfigDict(dict(
+        seq_len=seq_len, seed=0, data_dir="",  # "" = $OMNI_JAX_DATA_DIR or ~/.cache/omni_jax/datasets
+        tokenizer=ml_collections.ConfigDict(dict(kind="byte", path="")),
+        system="",
+        shapes=ml_collections.ConfigDict(budgets),
+        media=ml_collections.ConfigDict(dict(video_fps=1.0, video_max_frames=32)),
+        errors=ml_collections.ConfigDict(dict(max_fraction=0.01, max_count=0, min_samples=100, log_first=5)),
+        packing=ml_collections.ConfigDict(dict(open_rows=8)),
+        tts=ml_collections.ConfigDict(dict(kind="builtin", num_voices=44, seed=0)),
+        validate="header", num_threads=1, prefetch=2,
+        mixture=ml_collections.ConfigDict(),
+    ))
 def flow_matching(size: str) -> ml_collections.ConfigDict:
     """Flow-matching mel decoder presets: tiny (CI) and release (Baichuan-Omni-1.5's)."""
     release = dict(

@@ -47,7 +47,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     # ---- parameters ----
     ("layers", None),  # the stacked (nn.scan) layer axis
     ("vocab", "tensor"),
-    ("embed", "fsdp"),
+    ("embed", ("fsdp", "context")),  # context-parallel devices also hold a weight shard (MaxText)
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
@@ -58,8 +58,8 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("channels", None),  # narrow conv/feature channels (mel bins, RGB, U-Net widths)
     ("codebook", None),  # codebook entries (RVQ codes, audio vocabularies)
     ("depth", None),  # per-depth-position weights (audio head)
+    ("positions", None),  # position tables (SigLIP's 729 patch positions; the flow-matching prenet's unused one)
     ("channels_out", None),  # the output side of narrow conv / feature kernels (paired with `channels`)
-    ("positions", None),  # stored position tables (e.g. the flow-matching prenet's unused one)
 )
 
 

@@ -15,6 +15,7 @@ espeak-ng, where present) can replace it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import string
 from typing import Protocol
@@ -56,6 +57,14 @@ def _harmonic(t: np.ndarray, f0: float, formants: tuple[float, ...], bw: float =
     return out
 
 
+@functools.lru_cache(maxsize=4096)
+def _harmonic_segment(n: int, sample_rate: int, f0: float, formants: tuple[float, ...]) -> np.ndarray:
+    """`_harmonic` over n samples, memoised (it has no randomness): a voice's vowels repeat."""
+    out = _harmonic(np.arange(n) / sample_rate, f0, formants)
+    out.setflags(write=False)
+    return out
+
+
 def _noise_band(n: int, centre: float, width: float, rng: np.random.Generator, sr: int) -> np.ndarray:
     spec = np.fft.rfft(rng.standard_normal(n))
     freqs = np.fft.rfftfreq(n, 1 / sr)
@@ -82,14 +91,14 @@ def synthesize(text: str, voice: Voice = Voice(), sample_rate: int = SAMPLE_RATE
         t = np.arange(seg) / sample_rate
         if ch in _VOWELS:
             f1, f2 = _VOWELS[ch]
-            x = _harmonic(t, voice.pitch_hz, (f1 * voice.formant_scale, f2 * voice.formant_scale))
-            x += voice.breathiness * rng.standard_normal(seg)
+            x = _harmonic_segment(seg, sample_rate, voice.pitch_hz, (f1 * voice.formant_scale, f2 * voice.formant_scale))
+            x = x + voice.breathiness * rng.standard_normal(seg)
         elif ch in _CONSONANTS:
             i = _CONSONANTS.index(ch)
             centre = (1500 + 250 * i) * voice.formant_scale
             x = _noise_band(seg, centre, 300 + 20 * i, rng, sample_rate)
             if i % 2 == 0:  # "voiced" consonants carry a low harmonic murmur
-                x = 0.6 * x + 0.4 * _harmonic(t, voice.pitch_hz, (250 + 30 * i,))
+                x = 0.6 * x + 0.4 * _harmonic_segment(seg, sample_rate, voice.pitch_hz, (250 + 30 * i,))
         elif ch in string.digits:
             d = int(ch)
             x = np.sin(2 * np.pi * (400 + 90 * d) * t) + np.sin(2 * np.pi * (1200 + 140 * d) * t)
@@ -103,7 +112,25 @@ def synthesize(text: str, voice: Voice = Voice(), sample_rate: int = SAMPLE_RATE
     return np.clip(wav, -1, 1).astype(np.float32)
 
 
+def num_samples(text: str, voice: Voice = Voice(), sample_rate: int = SAMPLE_RATE) -> int:
+    """len(synthesize(text, voice, sample_rate)), without synthesising (for data planning)."""
+    seg = int(sample_rate / voice.chars_per_second)
+    n = 0
+    for ch in text.lower():
+        if ch in _VOWELS or ch in _CONSONANTS or ch in string.digits:
+            n += seg
+        elif ch in ".,!?;:":
+            n += 2 * seg
+        else:
+            n += seg // 2
+    return n
+
+
 class TTS(Protocol):
+    """The pluggable TTS interface. Optionally also `num_samples(text, voice_id) -> int`
+    (the length of the waveform it would return), which lets pipelines plan rows
+    without synthesising."""
+
     sample_rate: int
 
     def __call__(self, text: str, voice_id: int) -> np.ndarray: ...
@@ -118,3 +145,6 @@ class BuiltinTTS:
 
     def __call__(self, text: str, voice_id: int) -> np.ndarray:
         return synthesize(text, self.voices[voice_id % len(self.voices)], self.sample_rate)
+
+    def num_samples(self, text: str, voice_id: int) -> int:
+        return num_samples(text, self.voices[voice_id % len(self.voices)], self.sample_rate)

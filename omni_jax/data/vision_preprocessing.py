@@ -68,3 +68,67 @@ def sample_frame_indices(num_frames: int, fps: float, max_frames: int = 32) -> n
 def preprocess_video(frames: np.ndarray, fps: float, max_frames: int = 32) -> list[tuple[np.ndarray, tuple[int, int, int]]]:
     """uint8 (N, H, W, 3) frames -> per sampled frame (patches, grid) with grid_t = 1."""
     return [preprocess_image(frames[i], video=True) for i in sample_frame_indices(len(frames), fps, max_frames)]
+
+
+# ---------------------------------------------------------------------------------
+# Packing several images / frames into one padded row for the encoder (models/navit.py)
+# ---------------------------------------------------------------------------------
+
+
+def patch_positions(grid: tuple[int, int, int]) -> np.ndarray:
+    """(t*h*w, 2) int32 (h, w) coordinates of a grid's patches in merge-window order (the
+    order `patchify` emits), repeated for each temporal patch: transformers'
+    get_vision_position_ids."""
+    t, h, w = (int(g) for g in grid)
+    m = media.MERGE
+    hh, ww = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    hh = hh.reshape(h // m, m, w // m, m).transpose(0, 2, 1, 3).reshape(-1)
+    ww = ww.reshape(h // m, m, w // m, m).transpose(0, 2, 1, 3).reshape(-1)
+    return np.tile(np.stack([hh, ww], -1), (t, 1)).astype(np.int32)
+
+
+def pack_vision_row(items, max_patches: int) -> dict[str, np.ndarray]:
+    """Packs images/frames, in order, into one static encoder row (models/navit.py layout).
+
+    items: sequence of (patches (t*h*w, 1176), grid (t, h, w)) from preprocess_image /
+        preprocess_video (or transformers' processor, grid_t > 1 for its videos).
+    Returns
+      patches (max_patches, 1176) float32, zero padded
+      positions (max_patches, 2) int32: (h, w) per patch
+      segment_ids (max_patches,) int32: 1, 2, ... per image or temporal frame, 0 = padding
+      token_item (max_patches / 4,) int32: index into `items` of each merged token, -1 = padding
+    """
+    m2 = media.MERGE * media.MERGE
+    if max_patches % m2:
+        raise ValueError(f"max_patches={max_patches} must be a multiple of {m2} (2x2 merge windows)")
+    patches = np.zeros((max_patches, PATCH_DIM), np.float32)
+    positions = np.zeros((max_patches, 2), np.int32)
+    segments = np.zeros((max_patches,), np.int32)
+    token_item = np.full((max_patches // m2,), -1, np.int32)
+    offset, segment = 0, 0
+    for i, (p, grid) in enumerate(items):
+        t, h, w = (int(g) for g in grid)
+        if h % media.MERGE or w % media.MERGE:
+            raise ValueError(f"vision item {i}: grid {(t, h, w)} has an odd side; h and w must be "
+                             f"multiples of {media.MERGE} (use smart_resize)")
+        n = t * h * w
+        if p.shape != (n, PATCH_DIM):
+            raise ValueError(f"vision item {i}: patches have shape {p.shape}, grid {(t, h, w)} needs "
+                             f"({n}, {PATCH_DIM})")
+        if offset + n > max_patches:
+            raise ValueError(
+                f"vision item {i} ({n} patches, grid {(t, h, w)}) does not fit the row: {offset} of "
+                f"max_patches={max_patches} are used. Raise max_patches or lower max_pixels.")
+        patches[offset:offset + n] = p
+        positions[offset:offset + n] = patch_positions((t, h, w))
+        segments[offset:offset + n] = np.repeat(np.arange(segment + 1, segment + t + 1), h * w)
+        token_item[offset // m2:(offset + n) // m2] = i
+        offset += n
+        segment += t
+    return {"patches": patches, "positions": positions, "segment_ids": segments, "token_item": token_item}
+
+
+def pack_vision_batch(rows, max_patches: int) -> dict[str, np.ndarray]:
+    """One row per text row: `rows[b]` is the item list of row b. Fields get batch rows first."""
+    packed = [pack_vision_row(items, max_patches) for items in rows]
+    return {k: np.stack([p[k] for p in packed]) for k in packed[0]} if packed else {}

@@ -56,6 +56,13 @@ class LanguageModelTask(Task):
         return loss, {"loss": loss, "accuracy": correct / norms["tokens"], "tokens": batch["loss_mask"].sum()}
 
     def make_data(self, stage, *, start_step, process_index, process_count):
+        if "mixture" in self.config.data:  # a multi-dataset text mixture (omni_jax/data/mixture.py)
+            from omni_jax.data.omni_batch import TEXT_FIELDS
+            from omni_jax.data.omni_pipeline import make_omni_iterator
+
+            return make_omni_iterator(self.config, stage=getattr(stage, "name", None), start_step=start_step,
+                                      process_index=process_index, process_count=process_count,
+                                      fields=TEXT_FIELDS)
         from omni_jax.data.text import make_text_iterator
 
         return make_text_iterator(self.config, start_step=start_step,
@@ -69,6 +76,18 @@ class LanguageModelTask(Task):
         flavour = self.config.init.get("flavour", "hf")
         return {"llm": import_params(load_state_dict(path), conv.rules(self.model_cfg, flavour),
                                      abstract_params["llm"], ignore=conv.IGNORE, source=path)}
+
+    def export_state_dict(self, params, flavour: str = "release", dtype=None) -> dict:
+        """Our params -> {PyTorch name: numpy array} in the given layout."""
+        from omni_jax.convert import qwen2 as conv
+        from omni_jax.convert.mapping import export_params
+
+        return export_params(params["llm"], conv.rules(self.model_cfg, flavour), dtype=dtype)
+
+    def export_config(self, flavour: str = "hf") -> dict:
+        from omni_jax.convert import qwen2 as conv
+
+        return conv.hf_config_dict(self.model_cfg)
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6 * matmul params + causal attention (12 L T d_attn / 2)."""

@@ -124,6 +124,30 @@ class Checkpointer:
         )
         return out["state"], dict(out["meta"]), dict(out["data"])
 
+    def restore_params(self, step: int, abstract_params: Any) -> Any:
+        """Only the parameters (no optimizer state is read), e.g. for export or inference."""
+        self.check_compatible_params(step, abstract_params)
+        item = {"params": abstract_params}
+        restore_args = jax.tree.map(
+            lambda a: ocp.ArrayRestoreArgs(sharding=getattr(a, "sharding", None), global_shape=a.shape, dtype=a.dtype)
+            if getattr(a, "sharding", None) is not None else ocp.RestoreArgs(restore_type=np.ndarray, dtype=a.dtype),
+            item)
+        out = ocp.PyTreeCheckpointer().restore(
+            os.path.join(self.directory, str(step), "state"),
+            args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
+        return out["params"]
+
+    def check_compatible_params(self, step: int, abstract_params: Any) -> None:
+        saved_md = self._mgr.item_metadata(step)["state"]
+        saved = {k[len("params/"):]: v for k, v in _flat_shapes(getattr(saved_md, "tree", saved_md)).items()
+                 if k.startswith("params/")}
+        want = _flat_shapes(abstract_params)
+        bad = sorted(k for k in set(want) | set(saved) if want.get(k) != saved.get(k))
+        if bad:
+            raise CheckpointMismatchError(
+                f"checkpoint {self.directory}/{step} has parameters that do not match this config:\n"
+                + "\n".join(f"  {k}: saved {saved.get(k)} expected {want.get(k)}" for k in bad[:40]))
+
     def wait(self) -> None:
         self._mgr.wait_until_finished()
 

@@ -51,7 +51,7 @@ def test_sharded_step_matches_single_device():
         np.testing.assert_allclose(a, b, atol=1e-5)
     # parameters really are sharded: the MLP kernel is split over fsdp (embed) and tensor (mlp)
     k = st8.params["llm"]["layers"]["mlp"]["gate_proj"]["kernel"]
-    assert k.sharding.spec == jax.P(None, "fsdp", "tensor")
+    assert k.sharding.spec == jax.P(None, ("fsdp", "context"), "tensor")
     assert k.addressable_shards[0].data.shape == (2, 16, 32)
 
 

@@ -1,0 +1,132 @@
+r"""Ahead-of-time compile a config's train step for a device topology and report the plan.
+
+  python -m launch.aot --config=configs/backbone_7b.py --topology=v5p:4x4x4
+  python -m launch.aot --config=configs/backbone_tiny.py --topology=cpu    # this machine's devices
+
+With the `tpu` extra (libtpu) installed, `--topology` names a TPU slice (e.g. v5p:4x4x4,
+v5e:8x8, v4:2x2x2); the real TPU compiler runs here without the hardware (MaxText's
+train_compile.py idea). The report: mesh, per-device memory from the compiled program
+(arguments, outputs, temporaries; the compiler refuses programs that do not fit HBM),
+compile time, the compiler's flop estimate (set --config.model.llm.scan_unroll to the
+layer count for an exact count: a scanned layer is counted once) and the analytic
+6*N*tokens estimate with the MFU it implies at a given step time.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.", lock_config=True)
+_TOPOLOGY = flags.DEFINE_string("topology", "cpu", "TPU topology name (e.g. v5p:4x4x4) or 'cpu'.")
+_STAGE = flags.DEFINE_string("stage", "", "Stage to compile (default: the first in stage_order).")
+_JSON = flags.DEFINE_string("json_out", "", "Also write the report as JSON here.")
+flags.mark_flags_as_required(["config"])
+
+PEAK_BF16_TFLOPS = {"v5p": 459.0, "v5e": 197.0, "v5litepod": 197.0, "v4": 275.0, "v6e": 918.0}
+
+
+def topology_devices(name: str):
+    import jax
+
+    if name == "cpu":
+        return jax.devices(), None
+    from jax.experimental import topologies
+
+    try:
+        topo = topologies.get_topology_desc(platform="tpu", topology_name=name)
+    except Exception as e:  # libtpu missing or unknown name
+        raise SystemExit(
+            f"cannot describe TPU topology {name!r}: {e}\n"
+            "Install the TPU extra (pip install -e '.[tpu]') and use names like v5p:4x4x4."
+        ) from e
+    return topo.devices, name.split(":")[0]
+
+
+def plan(config, topology: str, stage_name: str = "") -> dict:
+    import jax
+    import numpy as np
+    from flax import linen as nn
+
+    from omni_jax import sharding as shd
+    from omni_jax.tasks import get_task
+    from omni_jax.train import step as step_lib
+    from omni_jax.train.optimizer import build_optimizer
+    from omni_jax.train.trainer import parse_stages
+
+    devices, kind = topology_devices(topology)
+    mesh = shd.make_mesh(config.mesh.to_dict(), devices)
+    task = get_task(config)
+    stages = parse_stages(config)
+    stage = next((s for s in stages if s.name == stage_name), stages[0]) if stage_name else stages[0]
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
+        layout = step_lib.make_layout(task, mesh, config.train.batch_size)
+        opt = build_optimizer(stage, layout.abstract_params)
+        state = step_lib.abstract_state(layout, opt)
+        batch = {k: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=layout.batch_shardings[k])
+                 for k, a in layout.batch_abstract.items()}
+        fn = step_lib.make_train_step(task, opt, layout, microbatches=config.train.microbatches)
+        t0 = time.perf_counter()
+        compiled = fn.lower(state, batch).compile()
+        compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(layout.abstract_params))
+    tokens = int(np.prod(layout.batch_abstract["tokens"].shape)) if "tokens" in layout.batch_abstract else 0
+    analytic = task.flops_per_token() * tokens if hasattr(task, "flops_per_token") else float("nan")
+    report = {
+        "topology": topology, "devices": len(devices), "mesh": dict(mesh.shape), "stage": stage.name,
+        "params": n_params, "tokens_per_step": tokens, "compile_s": round(compile_s, 1),
+        "per_device_bytes": {
+            "arguments": int(mem.argument_size_in_bytes), "outputs": int(mem.output_size_in_bytes),
+            "temporaries": int(mem.temp_size_in_bytes), "aliased": int(mem.alias_size_in_bytes),
+            "total": int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+                         - mem.alias_size_in_bytes),
+        },
+        "compiler_flops_per_device": float(cost.get("flops", float("nan"))),
+        "analytic_flops_per_step": analytic,
+    }
+    if kind in PEAK_BF16_TFLOPS and analytic == analytic:
+        peak = PEAK_BF16_TFLOPS[kind] * 1e12 * len(devices)
+        report["ideal_step_s_at_100pct_mfu"] = analytic / peak
+    return report
+
+
+def _print(r: dict) -> None:
+    m = r["per_device_bytes"]
+    print(f"\n{r['topology']}: {r['devices']} devices, mesh {r['mesh']}, stage {r['stage']}")
+    print(f"params {r['params'] / 1e9:.3f} B, {r['tokens_per_step']} tokens/step, compiled in {r['compile_s']} s")
+    print("| per device | MiB |\n|---|---|")
+    for k in ("arguments", "outputs", "temporaries", "aliased", "total"):
+        print(f"| {k} | {m[k] / 2**20:.1f} |")
+    print(f"compiler flops/device (a scanned layer counts once): {r['compiler_flops_per_device']:.3e}")
+    print(f"analytic flops/step (6*N*tokens + attention): {r['analytic_flops_per_step']:.3e}")
+    if "ideal_step_s_at_100pct_mfu" in r:
+        s = r["ideal_step_s_at_100pct_mfu"]
+        print(f"step time at 100% / 50% / 40% MFU: {s:.3f} / {s / 0.5:.3f} / {s / 0.4:.3f} s")
+
+
+def _main(argv):
+    del argv
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    r = plan(_CONFIG.value, _TOPOLOGY.value, _STAGE.value)
+    _print(r)
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump(r, f, indent=2)
+    return 0
+
+
+def main():
+    app.run(_main)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+r"""Weights to and from PyTorch, and a logit checker (MaxText's forward_pass_logit_checker idea).
+
+Export a trained checkpoint (the trainer's --workdir) as safetensors + config.json:
+  python -m launch.convert --mode=export --config=configs/backbone_tiny.py --workdir=runs/x \
+      --out=exported/ --flavour=hf [--dtype=bfloat16] [--step=N] [--max_shard_mb=5000]
+
+Check that a Hugging Face checkpoint directory gives the same logits in transformers and
+in omni_jax (after our import), on random tokens:
+  python -m launch.convert --mode=check --src=exported/ [--tolerance=1e-4]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "The config the checkpoint was trained with.", lock_config=True)
+_MODE = flags.DEFINE_enum("mode", None, ["export", "check"], "What to do.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Trainer workdir to export from.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+_OUT = flags.DEFINE_string("out", None, "Output directory for safetensors + config.json.")
+_FLAVOUR = flags.DEFINE_enum("flavour", "hf", ["hf", "release"], "PyTorch naming layout.")
+_DTYPE = flags.DEFINE_string("dtype", None, "Cast exported tensors, e.g. bfloat16.")
+_SHARD = flags.DEFINE_integer("max_shard_mb", 5000, "Shard size for the safetensors files.")
+_SRC = flags.DEFINE_string("src", None, "Hugging Face checkpoint directory to check.")
+_TOL = flags.DEFINE_float("tolerance", 1e-4, "Max abs logit difference accepted by --mode=check.")
+flags.mark_flags_as_required(["mode"])
+
+
+def export(config, workdir: str, out: str, flavour: str, dtype=None, step=None, max_shard_mb=5000) -> list[str]:
+    import jax
+    from flax import linen as nn
+
+    from omni_jax import sharding as shd
+    from omni_jax.convert.safetensors_io import save_state_dict
+    from omni_jax.tasks import get_task
+    from omni_jax.train.checkpoint import Checkpointer
+
+    task = get_task(config)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+        raise SystemExit(f"no checkpoint in {workdir}/checkpoints")
+    abstract = shd.unbox(jax.eval_shape(task.init, jax.ShapeDtypeStruct((2,), jax.numpy.uint32)))
+    params = jax.device_get(ckpt.restore_params(step, abstract))
+    tensors = task.export_state_dict(params, flavour, dtype)
+    files = save_state_dict(out, tensors, max_shard_bytes=max_shard_mb << 20,
+                            metadata={"omni_jax_step": str(step), "flavour": flavour})
+    cfg = task.export_config(flavour)
+    if dtype:
+        cfg["torch_dtype"] = dtype
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    return files
+
+
+def check(src: str, tolerance: float, batch: int = 2, length: int = 32) -> float:
+    """Max abs difference of logits: transformers (eager, fp32) vs omni_jax on random tokens."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from omni_jax import sharding as shd
+    from omni_jax.convert import qwen2 as conv
+    from omni_jax.convert.mapping import import_params
+    from omni_jax.convert.safetensors_io import load_state_dict
+    from omni_jax.models.qwen2 import Qwen2LM
+
+    with open(os.path.join(src, "config.json")) as f:
+        cfg = conv.config_from_hf(json.load(f))
+    model = Qwen2LM(cfg)
+    z = jnp.zeros((1, 4), jnp.int32)
+    abstract = shd.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), z, z, z)["params"])
+    params = import_params(load_state_dict(src), conv.rules(cfg, "hf"), abstract, ignore=conv.IGNORE, source=src)
+    ids = np.random.RandomState(0).randint(1, cfg.vocab_size, (batch, length)).astype(np.int32)
+    pos = np.broadcast_to(np.arange(length, dtype=np.int32), ids.shape)
+    ours = np.asarray(model.apply({"params": params}, ids, pos, np.ones_like(ids)))
+    ref_model = AutoModelForCausalLM.from_pretrained(src, torch_dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        ref = ref_model(torch.from_numpy(ids).long()).logits.numpy()
+    diff = float(np.abs(ours - ref).max())
+    top1 = float((ours.argmax(-1) == ref.argmax(-1)).mean())
+    print(f"logits max abs diff {diff:.3e} (tolerance {tolerance:g}); top-1 agreement {top1:.1%}")
+    return diff
+
+
+def _main(argv):
+    del argv
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    if _MODE.value == "export":
+        if not (_CONFIG.value and _WORKDIR.value and _OUT.value):
+            raise app.UsageError("--mode=export needs --config, --workdir and --out")
+        files = export(_CONFIG.value, _WORKDIR.value, _OUT.value, _FLAVOUR.value, _DTYPE.value, _STEP.value, _SHARD.value)
+        print(f"wrote {len(files)} file(s) to {_OUT.value}")
+        return 0
+    if not _SRC.value:
+        raise app.UsageError("--mode=check needs --src")
+    return 0 if check(_SRC.value, _TOL.value) <= _TOL.value else 1
+
+
+def main():
+    app.run(_main)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

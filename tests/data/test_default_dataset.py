@@ -1,0 +1,113 @@
+"""omni_jax/data/default_dataset.py + builders/: deterministic, complete, with held-out tests."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from omni_jax.data import default_dataset as dd
+from omni_jax.data.audio_features import decode_wav, encode_wav
+from omni_jax.data.builders import ManifestConfig, prepare
+from omni_jax.data.builders.images import OmniImages
+from omni_jax.data.sources import open_source
+from omni_jax.data.vision_preprocessing import decode_image
+from tests.data.conftest import SUBSETS
+
+
+def test_generation_is_deterministic_and_decodable():
+    for sub in dd.GENERATORS:
+        a = list(dd.generate(sub, "test", "tiny"))
+        b = list(dd.generate(sub, "test", "tiny"))
+        assert [k for k, _ in a] == [k for k, _ in b]
+        for (_, x), (_, y) in zip(a, b):
+            for f in x:
+                if isinstance(x[f], list):
+                    assert all(np.array_equal(u, v) for u, v in zip(x[f], y[f]))
+                else:
+                    assert np.array_equal(x[f], y[f])
+    _, ex = next(dd.generate("videos", "train", "tiny"))
+    frames = [decode_image(f) for f in ex["frames"]]
+    assert len(frames) == 4 and frames[0].shape in ((56, 56, 3), (84, 84, 3))
+    assert not np.array_equal(frames[0], frames[3])  # the shape moves
+    _, ex = next(dd.generate("spoken_qa", "test", "tiny"))
+    assert len(decode_wav(ex["answer_audio"])) > 1600
+    assert dd.translate("there are three red crosses.") == "il y a trois croix rouge."
+
+
+def test_train_and_test_splits_differ():
+    tr = {e["question"] + e["caption"] for _, e in dd.generate("images", "train", "tiny")}
+    te = [e["question"] + e["caption"] for _, e in dd.generate("images", "test", "tiny")]
+    assert sum(t in tr for t in te) < len(te)
+
+
+def test_builders_store_every_subset_with_test_splits(data_dir):
+    counts = {}
+    for name in SUBSETS:
+        b = prepare(f"{name}/shapes_tiny", data_dir)
+        src = b.as_data_source()
+        counts[name] = (len(src["train"]), len(src["test"]))
+    sizes = dd.SIZES["tiny"]
+    assert counts["omni_images"] == sizes["images"] and counts["omni_speech"] == sizes["speech"]
+    test = open_source("omni_images/shapes_tiny", "test", data_dir)
+    assert all(test[i]["answer"] for i in range(len(test)))  # image QA with answers
+    asr = open_source("omni_speech/shapes_tiny", "test", data_dir)
+    assert all(asr[i]["transcript"] and asr[i]["audio"][:4] == b"RIFF" for i in range(len(asr)))
+    sqa = open_source("omni_spoken_qa/shapes_tiny", "test", data_dir)
+    assert all(len(sqa[i]["answer_audio"]) > 1000 for i in range(len(sqa)))  # speech replies
+
+
+def test_regenerating_gives_identical_records(data_dir, tmp_path):
+    a = prepare("omni_speech/shapes_tiny", data_dir).as_data_source()["test"]
+    b = prepare("omni_speech/shapes_tiny", str(tmp_path)).as_data_source()["test"]
+    ra = sorted((a[i]["id"], a[i]["audio"]) for i in range(len(a)))
+    rb = sorted((b[i]["id"], b[i]["audio"]) for i in range(len(b)))
+    assert ra == rb
+
+
+def test_manifest_builder_reads_your_files(tmp_path):
+    root = tmp_path / "mine"
+    root.mkdir()
+    _, ex = next(dd.generate("images", "train", "tiny"))
+    (root / "a.png").write_bytes(ex["image"])
+    for split in ("train", "test"):
+        with open(root / f"{split}.jsonl", "w") as f:
+            f.write(json.dumps({"id": f"{split}-1", "image": "a.png", "caption": "my caption."}) + "\n")
+    cfg = ManifestConfig(name="mine", manifest=str(root / "{split}.jsonl"))
+    b = prepare("omni_images", str(tmp_path / "data"), config=cfg)
+    rec = b.as_data_source()["train"][0]
+    assert rec["image"] == ex["image"] and rec["caption"] == b"my caption." and rec["question"] == b""
+    with open(root / "train.jsonl", "w") as f:
+        f.write(json.dumps({"id": "x", "image": "a.png", "captoin": "typo"}) + "\n")
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['captoin'\]"):
+        OmniImages(config=ManifestConfig(name="bad", manifest=str(root / "{split}.jsonl")),
+                   data_dir=str(tmp_path / "data2"), file_format="array_record").download_and_prepare()
+
+
+def test_unknown_names_are_clear():
+    with pytest.raises(ValueError, match="unknown omni_jax dataset 'omni_imgs'"):
+        prepare("omni_imgs", "/tmp/unused")
+    with pytest.raises(ValueError, match="unknown default-dataset subset"):
+        dd.generate("pictures", "train")
+    with pytest.raises(ValueError, match="has no split 'validation'"):
+        open_source("omni_text/shapes_tiny", "validation", os.environ.get("OMNI_JAX_DATA_DIR"))
+    assert encode_wav(np.zeros(10))[:4] == b"RIFF"
+
+
+def test_espeak_tts_where_installed(tmp_path):
+    import shutil
+
+    from omni_jax.data.espeak import EspeakTTS
+    from omni_jax.data.omni_pipeline import make_tts
+
+    if shutil.which("espeak-ng") is None:
+        with pytest.raises(RuntimeError, match="espeak-ng' is not installed"):
+            EspeakTTS()
+        with pytest.raises(RuntimeError, match="use the built-in synthesiser"):
+            prepare("omni_speech/shapes_espeak", str(tmp_path))
+        return
+    tts = make_tts({"kind": "espeak"})
+    x = tts("three red stars.", 2)
+    assert x.dtype == np.float32 and len(x) > 8000 and np.abs(x).max() > 0.01
+    src = prepare("omni_speech/shapes_espeak", str(tmp_path)).as_data_source()["test"]
+    assert len(src) == dd.SIZES["tiny"]["speech"][1]
