@@ -13,6 +13,7 @@ params live under `flow_matching/` (the omni model's top-level name).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -77,3 +78,20 @@ class FlowMatchingTask(Task):
             rules = prefixed(rules, theirs=conv.RELEASE_FM_PREFIX)
             ignore = (r"(?!audio_tokenizer\.audio_flow_matching_decoder\.).*",)
         return {"flow_matching": import_params(sd, rules, abstract_params["flow_matching"], ignore=ignore, source=path)}
+
+    def export_state_dict(self, params, flavour: str = "release", dtype=None) -> dict:
+        """Our params -> {PyTorch name: array}: "release" = full release names
+        (audio_tokenizer.audio_flow_matching_decoder.*), "module" = names inside the decoder."""
+        from omni_jax.convert import speech as conv
+        from omni_jax.convert.mapping import export_params, prefixed
+
+        flavours = ("release", "module")
+        if flavour not in flavours:
+            raise ValueError(f"flow-matching export flavour {flavour!r}; use one of {flavours}")
+        rules = conv.flow_matching_rules(self.model_cfg)
+        if flavour == "release":
+            rules = prefixed(rules, theirs=conv.RELEASE_FM_PREFIX)
+        return export_params(params["flow_matching"], rules, dtype=dtype)
+
+    def export_config(self, flavour: str = "release") -> dict:
+        return {"flow_matching_config": dataclasses.asdict(self.model_cfg)}

@@ -13,6 +13,7 @@ generator terms without the adversarial and feature-matching ones: no discrimina
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -103,3 +104,14 @@ class VocoderTask(Task):
         from omni_jax.convert.safetensors_io import load_state_dict
 
         return {"vocoder": conv.import_vocoder(load_state_dict(path), self.model_cfg, abstract_params["vocoder"], source=path)}
+
+    def export_state_dict(self, params, flavour: str = "weight_norm", dtype=None) -> dict:
+        """Our params -> a HiFT state dict: "weight_norm" (weight_g / weight_v, like hift.pt) or
+        "folded" (plain .weight, torch's remove_weight_norm layout)."""
+        from omni_jax.convert import speech as conv
+        from omni_jax.convert.mapping import export_params
+
+        return export_params(params["vocoder"], conv.vocoder_rules(self.model_cfg, flavour), dtype=dtype)
+
+    def export_config(self, flavour: str = "weight_norm") -> dict:
+        return {"vocoder_config": dataclasses.asdict(self.model_cfg), "weight_norm": flavour == "weight_norm"}

@@ -161,6 +161,16 @@ def test_cli_training_brings_sampled_mels_closer(tmp_path, ref_and_ours):
     print(f"held-out sampled mel L1 to target: untrained {err['untrained']:.3f}, trained ({steps} steps) {err['trained']:.3f}")
     assert err["trained"] < 0.5 * err["untrained"]
 
+    # launch/convert.py exports the run with the release names; importing that back is bit-exact
+    from launch.convert import export
+    from omni_jax.convert.safetensors_io import load_state_dict
+
+    export(c, str(tmp_path), str(tmp_path / "exported"), "release")
+    sd = load_state_dict(str(tmp_path / "exported"))
+    assert "audio_tokenizer.audio_flow_matching_decoder.conditional_decoder.final_proj.weight" in sd
+    back = get_task(c).import_params(str(tmp_path / "exported"), {"flow_matching": trained})["flow_matching"]
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(back)))
+
 
 def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match=r"channels=\[256, 256\]"):

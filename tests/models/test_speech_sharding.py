@@ -36,8 +36,10 @@ def test_release_shapes_use_known_axes_and_divide_a_pod_mesh():
     mesh = jax.sharding.Mesh(devices.reshape(1, 4, 2, 1), shd.MESH_AXES)
     shd.check_divisible(boxed, mesh)  # fsdp 4 x tensor 2
     specs = shd.tree_shardings(boxed, mesh)
-    assert specs["audio_head"]["layers"]["linear1"]["kernel"].spec == P(None, None, "fsdp", "tensor")
-    assert specs["audio_head"]["layers"]["in_proj"]["kernel"].spec == P(None, "fsdp", None, "tensor", None)
+    spec = lambda *names: shd.logical_to_spec(names)
+    assert specs["audio_head"]["layers"]["linear1"]["kernel"].spec == spec("layers", "depth", "embed", "mlp")
+    assert specs["audio_head"]["layers"]["in_proj"]["kernel"].spec == spec("layers", "embed", "qkv", "heads", "head_dim")
+    assert "tensor" in str(specs["audio_head"]["layers"]["linear1"]["kernel"].spec)
     assert specs["vocoder"]["ups_0"]["kernel"].spec == P(None, None, None)  # narrow convs stay replicated
 
 
@@ -59,5 +61,6 @@ def test_sharded_audio_head_loss_equals_single_device():
         placed = jax.device_put(params, ps)
         h = jax.device_put(hidden, NamedSharding(mesh, P(("data", "fsdp"))))
         sharded = float(jax.jit(loss, in_shardings=(ps, h.sharding))(placed, h))
-    assert placed["audio_head"]["layers"]["linear1"]["kernel"].sharding.spec == P(None, None, "fsdp", "tensor")
+    assert placed["audio_head"]["layers"]["linear1"]["kernel"].sharding.spec == shd.logical_to_spec(
+        ("layers", "depth", "embed", "mlp"))
     assert abs(sharded - single) <= 1e-4 * abs(single)
