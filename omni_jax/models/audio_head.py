@@ -135,6 +135,9 @@ class PerPositionLinear(nn.Module):
         self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.kernel_axes[-1],)),
                    (self.features,), self.param_dtype)  # stored, unused (release forward skips it)
         s = x.shape[-2]
+        if s == 1:  # one depth position (sampling): a plain matmul with that position's matrix
+            w = jax.lax.dynamic_index_in_dim(kernel, offset, axis=0, keepdims=False)
+            return jnp.dot(x[:, 0].astype(self.dtype), w.astype(self.dtype))[:, None]
         w = jax.lax.dynamic_slice_in_dim(kernel, offset, s, axis=0) if s != self.depth else kernel
         return jnp.einsum("nsd,sdf->nsf", x.astype(self.dtype), w.astype(self.dtype))
 
