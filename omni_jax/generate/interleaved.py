@@ -226,8 +226,28 @@ def generate(models: SpeechModels, params: Any, prompt_ids: Array, prompt_mask: 
                             st["step"], st["mode"] == DONE, st["chunk_id"] + 1)
 
 
+def check_setup(models: SpeechModels, ids: SpecialIds, cfg: GenerationConfig) -> None:
+    """Clear errors for configurations the loop cannot run."""
+    if cfg.max_new_steps < 1 or cfg.max_text_tokens_per_chunk < 1 or cfg.max_audio_frames_per_chunk < 1:
+        raise ValueError("GenerationConfig: max_new_steps, max_text_tokens_per_chunk and max_audio_frames_per_chunk "
+                         f"must be >= 1 (got {cfg.max_new_steps}, {cfg.max_text_tokens_per_chunk}, "
+                         f"{cfg.max_audio_frames_per_chunk})")
+    cfg.text.validate()
+    cfg.audio.validate()
+    vocab = models.llm.cfg.vocab_size
+    bad = {k: v for k, v in dataclasses.asdict(ids).items() if not 0 <= v < vocab}
+    if bad:
+        raise ValueError(f"special token ids {bad} are outside the LLM vocabulary ({vocab}); take them from the "
+                         "tokenizer the model was trained with (SpecialIds.from_tokenizer)")
+    if cfg.speech and (models.head.cfg.hidden_size != models.llm.cfg.hidden_size
+                       or models.embed.cfg.hidden_size != models.llm.cfg.hidden_size):
+        raise ValueError(f"audio head / embedding width ({models.head.cfg.hidden_size} / {models.embed.cfg.hidden_size}) "
+                         f"must equal the LLM hidden_size ({models.llm.cfg.hidden_size})")
+
+
 def make_generate(models: SpeechModels, ids: SpecialIds, cfg: GenerationConfig):
     """jax.jit-ed (params, prompt_ids, prompt_mask, rng[, prompt_embeds]) -> GenerationOutput."""
+    check_setup(models, ids, cfg)
     fn = functools.partial(generate, models, ids=ids, cfg=cfg)
     return jax.jit(lambda params, prompt_ids, prompt_mask, rng, prompt_embeds=None:
                    fn(params, prompt_ids, prompt_mask, rng, prompt_embeds=prompt_embeds))

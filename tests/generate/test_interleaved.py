@@ -210,3 +210,14 @@ def test_greedy_text_decoding_equals_transformers_generate():
             want = want[: want.index(eos) + 1]
         assert rows[r].tokens == want, (rows[r].tokens, want)
         assert rows[r].audio_chunks == []
+
+
+def test_setup_errors_name_the_problem():
+    with pytest.raises(ValueError, match=r"outside the LLM vocabulary \(384\)"):
+        make_generate(MODELS, SpecialIds(eos=5, audiogen_start=151700, audiogen_end=151701, audio_pad=151678), GCFG)
+    wide = SpeechModels(MODELS.llm, AudioEmbed(AudioHeadConfig(hidden_size=64, head_dim=16)),
+                        AudioHead(AudioHeadConfig(hidden_size=64, head_dim=16)))
+    with pytest.raises(ValueError, match="must equal the LLM hidden_size"):
+        make_generate(wide, IDS, GCFG)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        make_generate(MODELS, IDS, GenerationConfig(max_new_steps=0))
