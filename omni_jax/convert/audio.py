@@ -98,6 +98,46 @@ def encoder_rules(cfg, flavour: str = "release", *, params: str = "", buffers: s
     return (pos + stem if flavour == "release" else stem + pos) + layers + tail
 
 
+def bridge_rules(cfg, *, params: str = "", stats: str = "") -> list[Rule]:
+    """AudioBridge rules (PyTorch names relative to `audio_bridge_model`), release order:
+    gate_proj, up_proj, down_proj, layer_norm, proj_decoder, vq_list.N.codebook.{cluster_size,
+    embed_avg, embed}. params / stats: our prefixes of the bridge's params and vq_stats."""
+    rules = [
+        _conv(params + "gate_proj/kernel", "gate_proj.weight"),
+        _conv(params + "up_proj/kernel", "up_proj.weight"),
+        linear(params + "down_proj/kernel", "down_proj.weight"),
+        *_norm(params + "layer_norm/", "layer_norm."),
+        linear(params + "proj_decoder/kernel", "proj_decoder.weight"),
+        same(params + "proj_decoder/bias", "proj_decoder.bias"),
+    ]
+    for i in range(len(cfg.codebook_sizes)):
+        for n in ("cluster_size", "embed_avg", "embed"):
+            rules.append(same(f"{stats}vq_{i}/{n}", f"vq_list.{i}.codebook.{n}"))
+    return rules
+
+
+def decoder_rules(cfg, *, params: str = "", buffers: str | None = None) -> list[Rule]:
+    """AudioDecoder rules (names relative to `audio_decoder`), release order: positional_embedding,
+    dconv1.{conv,norm}, layers, layer_norm, dconv2.{conv,norm}, post_net.layers.{0,1,3,4,...,12}."""
+    pos = [] if buffers is None else [same(buffers + "positional_embedding", "positional_embedding")]
+
+    def convt(name):
+        return [_conv_t(f"{params}{name}/conv/kernel", f"{name}.conv.weight"),
+                same(f"{params}{name}/conv/bias", f"{name}.conv.bias"),
+                *_norm(f"{params}{name}/norm/", f"{name}.norm.")]
+
+    post = []
+    for i in range(len(cfg.postnet_channels)):
+        post += [_conv(f"{params}post_net/conv_{i}/kernel", f"post_net.layers.{3 * i}.weight"),
+                 same(f"{params}post_net/conv_{i}/bias", f"post_net.layers.{3 * i}.bias"),
+                 *_norm(f"{params}post_net/norm_{i}/", f"post_net.layers.{3 * i + 1}.")]
+    n = 3 * len(cfg.postnet_channels)
+    post += [_conv(f"{params}post_net/proj/kernel", f"post_net.layers.{n}.weight"),
+             same(f"{params}post_net/proj/bias", f"post_net.layers.{n}.bias")]
+    return (pos + convt("dconv1") + layer_rules(cfg.d_model, cfg.num_heads, params + "layers/", "layers.{i}.")
+            + _norm(params + "layer_norm/", "layer_norm.") + convt("dconv2") + post)
+
+
 # ---------------------------------------------------------------------------------
 # Position tables ("buffers").
 # ---------------------------------------------------------------------------------
@@ -159,5 +199,96 @@ def import_encoder(state_dict: Mapping[str, Any], cfg, abstract_params: Mapping[
     return out["params"]
 
 
-__all__ = ["encoder_rules", "layer_rules", "check_sinusoids", "RELEASE_PREFIX", "MODULES",
+# ---------------------------------------------------------------------------------
+# The whole audio tokenizer (release names).
+# ---------------------------------------------------------------------------------
+
+
+def _check_modules(modules: Sequence[str]) -> tuple[str, ...]:
+    bad = [m for m in modules if m not in MODULES]
+    if bad:
+        raise ValueError(f"unknown audio module(s) {bad}; choose from {list(MODULES)}")
+    return tuple(m for m in MODULES if m in modules)
+
+
+def tokenizer_rules(cfg, modules: Sequence[str] = MODULES) -> list[Rule]:
+    """Release rules over {"params": {module: ...}, "vq_stats": {"audio_bridge": ...},
+    "buffers": {module: {"positional_embedding"}}} for the chosen modules, in release order."""
+    modules = _check_modules(modules)
+    out = []
+    if "audio_encoder" in modules:
+        out += prefixed(encoder_rules(cfg.encoder, "release", params="params/audio_encoder/",
+                                      buffers="buffers/audio_encoder/"), theirs=RELEASE_PREFIX["audio_encoder"])
+    if "audio_bridge" in modules:
+        out += prefixed(bridge_rules(cfg.bridge, params="params/audio_bridge/", stats="vq_stats/audio_bridge/"),
+                        theirs=RELEASE_PREFIX["audio_bridge"])
+    if "audio_decoder" in modules:
+        out += prefixed(decoder_rules(cfg.decoder, params="params/audio_decoder/", buffers="buffers/audio_decoder/"),
+                        theirs=RELEASE_PREFIX["audio_decoder"])
+    return out
+
+
+def _tables(cfg, modules) -> dict[str, Any]:
+    from omni_jax.models.whisper import sinusoids
+
+    out = {}
+    if "audio_encoder" in modules:
+        out["audio_encoder"] = {"positional_embedding": sinusoids(cfg.encoder.max_source_positions, cfg.encoder.d_model)}
+    if "audio_decoder" in modules:
+        out["audio_decoder"] = {"positional_embedding": sinusoids(cfg.decoder.max_positions, cfg.decoder.d_model)}
+    return out
+
+
+def _subset(variables: Mapping[str, Any], modules) -> dict[str, Any]:
+    params = dict(variables["params"])
+    missing = [m for m in modules if m not in params]
+    if missing:
+        raise ValueError(f"the variables have no params for {missing} (top-level params: {sorted(params)})")
+    out = {"params": {m: params[m] for m in modules}}
+    if "audio_bridge" in modules:
+        stats = dict(variables.get("vq_stats", {}))
+        if "audio_bridge" not in stats:
+            raise ValueError("exporting the audio bridge needs its codebooks: variables['vq_stats']['audio_bridge']")
+        out["vq_stats"] = {"audio_bridge": stats["audio_bridge"]}
+    return out
+
+
+def export_tokenizer(variables: Mapping[str, Any], cfg, modules: Sequence[str] = MODULES, dtype: Any = None) -> dict:
+    """{"params": ..., "vq_stats": ...} -> {release name: array} in the release's order, with the
+    sinusoid position buffers. dtype: e.g. "bfloat16" for the release format."""
+    modules = _check_modules(modules)
+    tree = dict(_subset(variables, modules), buffers=_tables(cfg, modules))
+    return export_params(tree, tokenizer_rules(cfg, modules), dtype)
+
+
+def tokenizer_export_shapes(abstract_variables: Mapping[str, Any], cfg, modules: Sequence[str] = MODULES) -> dict:
+    """{release name: shape} from abstract variables (no memory used), release order."""
+    modules = _check_modules(modules)
+    tables = {m: {"positional_embedding": _abstract_table(*t["positional_embedding"].shape)}
+              for m, t in _tables(cfg, modules).items()}
+    return export_shapes(dict(_subset(abstract_variables, modules), buffers=tables), tokenizer_rules(cfg, modules))
+
+
+def import_tokenizer(state_dict: Mapping[str, Any], cfg, abstract_variables: Mapping[str, Any],
+                     modules: Sequence[str] = MODULES, *, ignore: Sequence[str] = (),
+                     source: str = "checkpoint") -> dict:
+    """{release name: array} -> {"params": {module: ...}, "vq_stats": {"audio_bridge": ...}} (numpy).
+    Every tensor is checked (missing / wrong shape / unexpected); position buffers must be the sinusoids.
+    Tensors of other release modules (LLM, vision, flow matching...) must be listed in `ignore`."""
+    modules = _check_modules(modules)
+    tables = _tables(cfg, modules)
+    for m, t in tables.items():
+        name = RELEASE_PREFIX[m] + "positional_embedding"
+        if name in state_dict:
+            check_sinusoids(name, state_dict[name], t["positional_embedding"])
+    abstract = dict(_subset(abstract_variables, modules),
+                    buffers={m: {"positional_embedding": _abstract_table(*t["positional_embedding"].shape)}
+                             for m, t in tables.items()})
+    out = import_params(state_dict, tokenizer_rules(cfg, modules), abstract, ignore=ignore, source=source)
+    out.pop("buffers", None)
+    return out
+
+
+__all__ = ["bridge_rules", "decoder_rules", "tokenizer_rules", "export_tokenizer", "tokenizer_export_shapes",
+           "import_tokenizer", "export_encoder", "import_encoder", "encoder_rules", "layer_rules", "check_sinusoids", "RELEASE_PREFIX", "MODULES",
            "prefixed", "export_params", "export_shapes", "import_params"]

@@ -180,10 +180,10 @@ class AudioTransformerLayer(nn.Module):
 
 
 def scanned_layers(spec: AudioLayerSpec, num_layers: int, *, remat: str = "none", unroll: int = 1,
-                   name: str = "layers"):
+                   name: str | None = "layers"):
     """`num_layers` AudioTransformerLayers under nn.scan (params stacked on axis 0, logical axis
-    'layers'), as a submodule named `name`; call it as `x, _ = stack(x, segment_ids)` inside a
-    compact method."""
+    'layers'), as a submodule named `name` (None inside `setup`, where the attribute names it);
+    call it as `x, _ = stack(x, segment_ids)`."""
     layer = AudioTransformerLayer
     if remat != "none":
         layer = nn.remat(layer, policy=remat_policy(remat), prevent_cse=False)
@@ -191,7 +191,7 @@ def scanned_layers(spec: AudioLayerSpec, num_layers: int, *, remat: str = "none"
         layer, variable_axes={"params": 0}, split_rngs={"params": True},
         in_axes=(nn.broadcast,), length=num_layers, unroll=unroll,
         metadata_params={nn.PARTITION_NAME: "layers"},
-    )(spec, name=name)
+    )(spec, **({} if name is None else {"name": name}))
 
 
 @dataclasses.dataclass(frozen=True)
