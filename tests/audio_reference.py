@@ -206,3 +206,46 @@ class ReleaseAudioDecoder(nn.Module):
         coarse100 = self.dconv2(h)
         refined, coarse = self.post_net(coarse100, out_len)
         return dict(hidden=h, coarse100=coarse100, refined=refined, coarse=coarse)
+
+
+class ReleaseEncoder(nn.Module):
+    """OmniAudioEncoder for one clip: conv stem, + stored sinusoid buffer, layers, layer_norm."""
+
+    def __init__(self, mels, d, heads, ffn, layers, max_pos):
+        super().__init__()
+        self.conv1 = nn.Conv1d(mels, d, 3, padding=1)
+        self.conv2 = nn.Conv1d(d, d, 3, stride=2, padding=1)
+        self.register_buffer("positional_embedding", sinusoids(max_pos, d))
+        self.layers = nn.ModuleList([ReleaseTransformerLayer(d, heads, ffn, False) for _ in range(layers)])
+        self.layer_norm = nn.LayerNorm(d)
+
+    def forward(self, mel):  # (mels, L)
+        x = F.gelu(self.conv2(F.gelu(self.conv1(mel[None]))))[0].T
+        h = x + self.positional_embedding[: x.shape[0]]
+        for layer in self.layers:
+            h = layer(h)
+        return self.layer_norm(h)
+
+
+class ReleaseAudioTokenizer(nn.Module):
+    """`audio_tokenizer.{audio_model, audio_bridge_model, audio_decoder}` (state-dict names as released)."""
+
+    def __init__(self, mels, d, heads, ffn, enc_layers, dec_layers, pool, codebook_sizes, out_mels, channels,
+                 max_pos):
+        super().__init__()
+        self.audio_model = ReleaseEncoder(mels, d, heads, ffn, enc_layers, max_pos // 2)
+        self.audio_bridge_model = ReleaseBridge(d, pool, codebook_sizes)
+        self.audio_decoder = ReleaseAudioDecoder(d, heads, ffn, dec_layers, pool, 2, out_mels, channels, max_pos)
+
+    def forward(self, mel):  # one clip's valid mel frames (mels, L) -> codes, decoder outputs
+        h = self.audio_model(mel)
+        n = h.shape[0] // self.audio_bridge_model.pool
+        codes = self.audio_bridge_model(h, n)
+        return codes, self.audio_decoder(self.audio_bridge_model.decode(codes))
+
+
+class Container(nn.Module):
+    def __init__(self, **children):
+        super().__init__()
+        for k, v in children.items():
+            setattr(self, k, v)
