@@ -175,11 +175,11 @@ class PostNet(nn.Module):
         valid = length_mask(out_lengths, out_frames)
         h, pad = c, cfg.postnet_kernel // 2
         for i, ch in enumerate(cfg.postnet_channels):
-            h = Conv1D(ch, cfg.postnet_kernel, ("conv_window", "channels", "channels"), padding=(pad, pad),
+            h = Conv1D(ch, cfg.postnet_kernel, ("conv_window", None, "channels"), padding=(pad, pad),
                        dtype=dt, param_dtype=pdt, kernel_init=init, name=f"conv_{i}")(h)
             h = MaskedGroupNorm(cfg.group_norm_eps, dt, pdt, name=f"norm_{i}")(h, valid)
             h = jnp.where(valid[..., None], h * jnp.tanh(jax.nn.softplus(h)), 0)  # Mish
-        h = Conv1D(cfg.num_mel_bins, 1, ("conv_window", "channels", "channels"), dtype=dt, param_dtype=pdt,
+        h = Conv1D(cfg.num_mel_bins, 1, ("conv_window", None, "channels"), dtype=dt, param_dtype=pdt,
                    kernel_init=init, name="proj")(h)
         refined = jnp.where(valid[..., None], h + c, 0)
         return refined, c

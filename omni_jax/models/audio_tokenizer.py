@@ -361,6 +361,10 @@ class AudioTokenizer(nn.Module):
       decode(codes, lengths, mel_lengths=None, mel_frames=None) -> AudioDecoder outputs
       embed_codes(codes, lengths) -> (B, N, d) decoder embeddings (proj_decoder of the code sums)
       features(mel, mel_lengths) -> (z (B, N, pool*d), lengths)  continuous bridge features
+      train_forward(mel, mel_lengths, rng, quant_prob, mel_target_lengths, mel_frames) -> dict
+          training: quantize_train (STE, commitment, EMA statistics, stage dropout), progressive
+          replacement (each frame feeds the decoder its quantised vector with probability
+          quant_prob, else its continuous one), decoder outputs
       __call__(mel, mel_lengths) -> decoder outputs of the encoded codes (the inference round trip)
     """
 
@@ -385,6 +389,17 @@ class AudioTokenizer(nn.Module):
     def decode(self, codes: Array, lengths: Array, mel_lengths: Array | None = None,
                mel_frames: int | None = None) -> dict[str, Array]:
         return self.audio_decoder(self.embed_codes(codes, lengths), lengths, mel_lengths, mel_frames)
+
+    def train_forward(self, mel: Array, mel_lengths: Array, rng: Array, quant_prob: Array,
+                      mel_target_lengths: Array | None = None, mel_frames: int | None = None) -> dict[str, Any]:
+        z, lengths = self.features(mel, mel_lengths)
+        k_q, k_mix = jax.random.split(rng)
+        q = self.audio_bridge.quantize_train(z, lengths, k_q)
+        use_q = jax.random.uniform(k_mix, z.shape[:2]) < jnp.asarray(quant_prob)[..., None]
+        mixed = jnp.where(use_q[..., None], q["quantized"], z)
+        out = self.audio_decoder(self.audio_bridge.project(mixed, lengths), lengths, mel_target_lengths, mel_frames)
+        return dict(out, mixed=mixed, continuous=z, lengths=lengths, codes=q["codes"], replaced=use_q,
+                    commit_sq_sum=q["commit_sq_sum"], stats=q["stats"], num_stages=q["num_stages"])
 
     def __call__(self, mel: Array, mel_lengths: Array) -> dict[str, Array]:
         codes, lengths = self.encode(mel, mel_lengths)

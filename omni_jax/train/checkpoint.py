@@ -124,6 +124,11 @@ class Checkpointer:
         )
         return out["state"], dict(out["meta"]), dict(out["data"])
 
+    def restore_tree(self, step: int) -> Any:
+        """The saved TrainState as a plain tree (numpy/jax arrays), without a target structure:
+        for warm starts that take some of another run's tensors."""
+        return self._mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+
     def wait(self) -> None:
         self._mgr.wait_until_finished()
 
