@@ -360,6 +360,8 @@ class AudioTokenizer(nn.Module):
       encode(mel, mel_lengths) -> (codes (B, N, 8), lengths (B,))
       decode(codes, lengths, mel_lengths=None, mel_frames=None) -> AudioDecoder outputs
       embed_codes(codes, lengths) -> (B, N, d) decoder embeddings (proj_decoder of the code sums)
+      hidden_states_before_dconv2(codes, lengths) -> ((B, 4N - 1, d), (B,) lengths 4L - 1): the
+          flow-matching decoder's input (ARCHITECTURE.md 1.5), without running dconv2/post-net
       features(mel, mel_lengths) -> (z (B, N, pool*d), lengths)  continuous bridge features
       train_forward(mel, mel_lengths, rng, quant_prob, mel_target_lengths, mel_frames) -> dict
           training: quantize_train (STE, commitment, EMA statistics, stage dropout), progressive
@@ -385,6 +387,9 @@ class AudioTokenizer(nn.Module):
 
     def embed_codes(self, codes: Array, lengths: Array) -> Array:
         return self.audio_bridge.decode(codes, lengths)
+
+    def hidden_states_before_dconv2(self, codes: Array, lengths: Array) -> tuple[Array, Array]:
+        return self.audio_decoder.hidden_states_before_dconv2(self.embed_codes(codes, lengths), lengths)
 
     def decode(self, codes: Array, lengths: Array, mel_lengths: Array | None = None,
                mel_frames: int | None = None) -> dict[str, Array]:

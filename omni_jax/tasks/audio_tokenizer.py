@@ -23,7 +23,8 @@ quantised features with probability ramping from `quant_prob_start` to 1 over
                   code embeddings instead (audio_embed); those are trained in a later stage.
 
 After the gradient step `update_state` applies the EMA codebook update with dead-code restarts
-to the statistics of the whole batch (merged over microbatches).
+to the statistics of the whole batch (merged over microbatches); `loss.update_codebooks=False`
+keeps the codebooks fixed.
 
 Batch fields: omni_jax/data/tokenizer_data.py.
 """
@@ -51,7 +52,7 @@ ROWS = ("activation_batch",)
 AUDIO_MODULES = ("audio_encoder", "audio_bridge", "audio_decoder")
 LOSS_DEFAULTS = dict(reconstruction=1.0, multi_scale=1.0, scales=(2, 4, 8), commitment=0.25, transcription=0.5,
                      quant_prob_start=0.25, quant_warmup_steps=0, stft_impl="matmul", target_log_floor=1e-5,
-                     target_mean=-5.5, target_std=3.5)
+                     target_mean=-5.5, target_std=3.5, update_codebooks=True)
 
 
 class AudioTextAdapter(nn.Module):
@@ -228,6 +229,8 @@ class AudioTokenizerTask(Task):
         return merge_stats(a, b)
 
     def update_state(self, state, stats, rng):
+        if not self.loss_cfg["update_codebooks"]:  # e.g. fine-tuning the decoder on fixed codes
+            return state, {}
         new, metrics = ema_update(state["audio_bridge"], stats, self.cfg.bridge)
         return {"audio_bridge": new}, metrics
 

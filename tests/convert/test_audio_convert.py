@@ -103,9 +103,12 @@ def test_end_to_end_matches_release_modules(ours_and_torch):
     def run(v, mel, n):
         m = AudioTokenizer(cfg)
         codes, lengths = m.apply(v, mel, n, method=AudioTokenizer.encode)
-        return codes, lengths, m.apply(v, codes, lengths, method=AudioTokenizer.decode)
+        hidden = m.apply(v, codes, lengths, method=AudioTokenizer.hidden_states_before_dconv2)
+        return codes, lengths, m.apply(v, codes, lengths, method=AudioTokenizer.decode), hidden
 
-    codes, lengths, out = jax.jit(run)(variables, mel, mel_len)
+    codes, lengths, out, (hidden, hidden_len) = jax.jit(run)(variables, mel, mel_len)
+    np.testing.assert_array_equal(hidden, out["hidden_before_dconv2"])  # the flow-matching input, alone
+    np.testing.assert_array_equal(hidden_len, out["hidden_lengths"])
     worst = 0.0
     for b in range(3):
         with torch.no_grad():
@@ -114,6 +117,8 @@ def test_end_to_end_matches_release_modules(ours_and_torch):
         assert np.array_equal(np.asarray(codes[b, :n]), want_codes.numpy())
         m = int(out["mel_lengths"][b])
         assert m == want["refined"].shape[0]
+        h = int(hidden_len[b])
+        np.testing.assert_allclose(np.asarray(hidden[b, :h]), want["hidden"].numpy(), atol=5e-5)
         worst = max(worst, float(np.abs(np.asarray(out["refined_mel"][b, :m]) - want["refined"].numpy()).max()))
     print(f"audio tokenizer end to end (mel -> codes -> refined mel): codes identical, mel max abs diff {worst:.3e}")
     assert worst <= 5e-5

@@ -131,3 +131,22 @@ def test_sharded_remat_equals_plain(ref_and_ours):
     np.testing.assert_allclose(np.asarray(h1), np.asarray(h0), atol=2e-5)
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-4, rtol=1e-4)
+
+
+def test_causal_rmsnorm_layer_variant():
+    """The layer variant other audio branches reuse (causal, RMSNorm without bias: the flow-matching
+    prenet's OmniWhisperTransformerLayer(ln_type='RMSNorm')): future frames never leak into the past."""
+    from omni_jax.models.whisper import AudioLayerSpec, AudioTransformerLayer
+
+    spec = AudioLayerSpec(d_model=16, num_heads=2, ffn_dim=32, causal=True, norm="rmsnorm", norm_eps=1e-6)
+    layer = AudioTransformerLayer(spec)
+    x = np.random.RandomState(0).randn(1, 10, 16).astype(np.float32)
+    seg = np.ones((1, 10), np.int32)
+    v = layer.init(jax.random.PRNGKey(0), x, seg)
+    assert set(v["params"]["self_attn_layer_norm"]) == {"scale"}
+    y, _ = layer.apply(v, x, seg)
+    x2 = x.copy()
+    x2[:, 6:] += 5.0
+    y2, _ = layer.apply(v, x2, seg)
+    np.testing.assert_allclose(np.asarray(y2[:, :6]), np.asarray(y[:, :6]), atol=1e-6)
+    assert not np.allclose(np.asarray(y2[:, 6:]), np.asarray(y[:, 6:]))

@@ -84,6 +84,17 @@ def test_whisper_log_mel_matches_release_extractor(batch):
         assert not mel[i][:, v:].any()  # frames beyond the valid length are zero
 
 
+def test_numpy_release_features_match(batch):
+    """omni_jax/data/audio_features.py `release_chunk_features` (host side) == the JAX front end."""
+    from omni_jax.data.audio_features import release_chunk_features
+
+    names, sig, mel, valid = batch
+    for i, name in enumerate(names[:3]):
+        feats, v = release_chunk_features(sig[name])
+        assert v == valid[i]
+        assert float(np.abs(feats - mel[i]).max()) <= 1e-4
+
+
 def test_fft_impl_and_short_buffer():
     """impl='fft' equals 'matmul'; a 4 s buffer equals the extractor with chunk_length=4."""
     x = BuiltinTTS()("blue ring", 3)

@@ -99,3 +99,22 @@ def test_progressive_replacement(trained):
     _, _, _, history, _, early = trained
     assert float(history[-1]["quantized_fraction"]) == 1.0
     assert 0.05 < float(early["quantized_fraction"]) < 0.5
+
+
+def test_config_errors_name_the_key():
+    c = _config()
+    c.loss.comitment = 1.0
+    with pytest.raises(ValueError, match=r"config.loss: unknown key\(s\) \['comitment'\]"):
+        get_task(c)
+    c = _config()
+    c.data.chunk_seconds = 3.0  # 300 mel frames -> 150 encoder frames > max_source_positions=100
+    with pytest.raises(ValueError, match="raise config.model.audio.encoder.max_source_positions"):
+        get_task(c)
+    c = _config()
+    c.model.audio.bridge.pool = 2
+    with pytest.raises(ValueError, match=r"decoder upsample1 \(4\) must equal the bridge pool \(2\)"):
+        get_task(c)
+    c = _config()
+    c.model.audio.decoder.num_layer = 3
+    with pytest.raises(ValueError, match=r"config.model.audio.decoder: unknown key\(s\) \['num_layer'\]"):
+        get_task(c)
