@@ -388,6 +388,11 @@ class AudioTokenizer(nn.Module):
     def embed_codes(self, codes: Array, lengths: Array) -> Array:
         return self.audio_bridge.decode(codes, lengths)
 
+    def init_codebooks(self) -> list[Array]:
+        """Touches only the RVQ codebooks: `init(rng, method=AudioTokenizer.init_codebooks)` returns
+        just the "vq_stats" collection (a cheap state initialiser, no forward pass)."""
+        return [cb() for cb in self.audio_bridge.codebooks]
+
     def hidden_states_before_dconv2(self, codes: Array, lengths: Array) -> tuple[Array, Array]:
         return self.audio_decoder.hidden_states_before_dconv2(self.embed_codes(codes, lengths), lengths)
 

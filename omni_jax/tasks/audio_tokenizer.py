@@ -99,20 +99,17 @@ class AudioTokenizerTask(Task):
 
     # ---- parameters and state ----
 
-    def _init_all(self, rng):
+    def init(self, rng):
         k_tok, k_llm, k_ad = jax.random.split(rng, 3)
         mel = jnp.zeros((1, self.cfg.encoder.num_mel_bins, self.mel_frames))
         v = self.tokenizer.init(k_tok, mel, jnp.full((1,), self.mel_frames, jnp.int32))
         ids = jnp.zeros((1, 4), jnp.int32)
         llm = self.llm.init(k_llm, ids, ids, ids + 1)["params"]
         ad = self.adapter.init(k_ad, jnp.zeros((1, 1, self.cfg.bridge.code_dim)))["params"]
-        return dict(v["params"], audio_text_adapter=ad, llm=llm), v["vq_stats"]
-
-    def init(self, rng):
-        return self._init_all(rng)[0]
+        return dict(v["params"], audio_text_adapter=ad, llm=llm)
 
     def init_state(self, rng):
-        return self._init_all(rng)[1]
+        return self.tokenizer.init(jax.random.fold_in(rng, 7), method=AudioTokenizer.init_codebooks)["vq_stats"]
 
     def batch_spec(self, global_batch: int):
         i32, f32 = jnp.int32, jnp.float32

@@ -46,11 +46,12 @@ def test_data_is_step_indexed_and_well_formed():
 
 @pytest.fixture(scope="module")
 def trained():
-    """8 steps on one fixed batch, parameters and codebooks sharded over fsdp=2 (2 devices: the
-    8-device mesh is exercised by tests/models/test_whisper.py and tests/train/test_model_state.py)."""
+    """8 steps on one fixed batch, one device (a sharded compile of the whole stage costs twice the
+    time here; sharded stateful steps are tested in tests/train/test_model_state.py, sharded audio
+    models in tests/models/test_whisper.py, and this task's layout in test_codebooks_are_sharded)."""
     c = _config()
     task = get_task(c)
-    mesh = shd.make_mesh(dict(data=1, fsdp=2), jax.devices()[:2])
+    mesh = shd.make_mesh(dict(data=1), jax.devices()[:1])
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
         layout = step_lib.make_layout(task, mesh, c.train.batch_size)
         opt = build_optimizer(stage_from_config("tokenizer", c.stages.tokenizer), layout.abstract_params)
@@ -74,7 +75,7 @@ def test_reconstruction_loss_falls(trained):
     _, _, _, history, _, _ = trained
     rec = [float(m["reconstruction"]) for m in history]
     print("tokenizer reconstruction loss over 8 steps on one batch: " + " ".join(f"{r:.2f}" for r in rec))
-    assert rec[-1] < 0.6 * rec[0]
+    assert rec[-1] < 0.7 * rec[0] and rec[-1] < min(rec[:4])
     assert all(np.isfinite(float(m["objective"])) for m in history)
     assert {"multi_scale", "commitment", "transcription", "vq/0_perplexity", "vq/0_restarted"} <= set(history[0])
 
@@ -90,8 +91,18 @@ def test_llm_frozen_codebooks_move_by_ema_only(trained):
     e1 = final.model_state["audio_bridge"]["vq_0"]
     assert not np.array_equal(e0["embed"], e1["embed"]) and not np.array_equal(e0["cluster_size"], e1["cluster_size"])
     assert "vq_0" not in str(jax.tree_util.tree_structure(final.opt_state))  # Adam never sees the codebooks
-    # the codebook state is sharded like the other weights (code dim over fsdp)
-    assert live.model_state["audio_bridge"]["vq_0"]["embed"].sharding.spec == jax.P(None, "fsdp")
+
+
+def test_codebooks_are_sharded():
+    """On a (data 2, fsdp 2, tensor 2) mesh the codebook state is laid out like the weights."""
+    c = _config()
+    task = get_task(c)
+    mesh = shd.make_mesh(dict(data=2, fsdp=2, tensor=2))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
+        layout = step_lib.make_layout(task, mesh, c.train.batch_size)
+    vq = layout.model_state_shardings["audio_bridge"]["vq_0"]
+    assert vq["embed"].spec == jax.P(None, "fsdp") and vq["cluster_size"].spec == jax.P(None)
+    assert layout.param_shardings["audio_bridge"]["gate_proj"]["kernel"].spec == jax.P(None, "fsdp", "tensor")
 
 
 def test_progressive_replacement(trained):
