@@ -16,7 +16,7 @@ from omni_jax.convert.mapping import ConversionError
 from omni_jax.models.audio_decoder import AudioDecoderConfig
 from omni_jax.models.audio_tokenizer import AudioBridgeConfig, AudioTokenizer, AudioTokenizerConfig
 from omni_jax.models.whisper import WhisperEncoderConfig
-from tests.audio_reference import Container, ReleaseAudioTokenizer, randomize_
+from tests.audio_reference import Container, ReleaseAudioTokenizer
 from tests.conftest import FIXTURES, read_tsv
 
 MELS, D, SIZES = 128, 32, (16, 8, 8, 4, 4, 4, 4, 4)

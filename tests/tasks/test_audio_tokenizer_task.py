@@ -129,3 +129,30 @@ def test_config_errors_name_the_key():
     c.model.audio.decoder.num_layer = 3
     with pytest.raises(ValueError, match=r"config.model.audio.decoder: unknown key\(s\) \['num_layer'\]"):
         get_task(c)
+
+
+def test_import_from_a_release_checkpoint(tmp_path):
+    """config.init.checkpoint with release safetensors: the audio modules, the codebooks and the
+    LLM are imported; the adapter (not in the release) is initialised."""
+    from omni_jax.convert import audio as conv
+    from omni_jax.convert import qwen2 as qconv
+    from omni_jax.convert.mapping import export_params
+    from omni_jax.convert.safetensors_io import save_state_dict
+
+    task = get_task(_config())
+    r = np.random.RandomState(0)
+    abstract_p = jax.eval_shape(lambda: shd.unbox(task.init(jax.random.PRNGKey(0))))
+    abstract_s = jax.eval_shape(lambda: shd.unbox(task.init_state(jax.random.PRNGKey(0))))
+    rand = lambda t: jax.tree.map(lambda a: r.randn(*a.shape).astype(np.float32), t)
+    params, state = rand(abstract_p), rand(abstract_s)
+    sd = conv.export_tokenizer({"params": params, "vq_stats": state}, task.cfg)
+    sd.update(export_params(params["llm"], qconv.rules(task.llm_cfg, "release")))
+    sd["model.visual_model.patch_embed.proj.weight"] = np.zeros((2, 3), np.float32)  # other modules are skipped
+    save_state_dict(str(tmp_path), sd)
+    got_p = task.import_params(str(tmp_path), abstract_p)
+    got_s = task.import_state(str(tmp_path), abstract_s)
+    for k in ("audio_encoder", "audio_bridge", "audio_decoder", "llm"):
+        for a, b in zip(jax.tree.leaves(params[k]), jax.tree.leaves(got_p[k])):
+            assert np.array_equal(a, b), k
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(got_s)))
+    assert jax.tree.structure(got_p) == jax.tree.structure(params)
