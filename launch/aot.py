@@ -21,11 +21,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.", lock_config=True)
-_TOPOLOGY = flags.DEFINE_string("topology", "cpu", "TPU topology name (e.g. v5p:4x4x4) or 'cpu'.")
-_STAGE = flags.DEFINE_string("stage", "", "Stage to compile (default: the first in stage_order).")
-_JSON = flags.DEFINE_string("json_out", "", "Also write the report as JSON here.")
-flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+
 
 PEAK_BF16_TFLOPS = {"v5p": 459.0, "v5e": 197.0, "v5litepod": 197.0, "v4": 275.0, "v6e": 918.0}
 
@@ -116,15 +113,25 @@ def _main(argv):
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)
-    r = plan(_CONFIG.value, _TOPOLOGY.value, _STAGE.value)
+    r = plan(FLAGS.config, FLAGS.topology, FLAGS.stage)
     _print(r)
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
+    if FLAGS.json_out:
+        with open(FLAGS.json_out, "w") as f:
             json.dump(r, f, indent=2)
     return 0
 
 
+def _define_flags() -> None:
+    """Defined when the command runs, so several launch modules can be imported together."""
+    config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.", lock_config=True)
+    flags.DEFINE_string("topology", "cpu", "TPU topology name (e.g. v5p:4x4x4) or 'cpu'.")
+    flags.DEFINE_string("stage", "", "Stage to compile (default: the first in stage_order).")
+    flags.DEFINE_string("json_out", "", "Also write the report as JSON here.")
+    flags.mark_flags_as_required(["config"])
+
+
 def main():
+    _define_flags()
     app.run(_main)
 
 

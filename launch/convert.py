@@ -18,17 +18,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "The config the checkpoint was trained with.", lock_config=True)
-_MODE = flags.DEFINE_enum("mode", None, ["export", "check"], "What to do.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Trainer workdir to export from.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-_OUT = flags.DEFINE_string("out", None, "Output directory for safetensors + config.json.")
-_FLAVOUR = flags.DEFINE_enum("flavour", "hf", ["hf", "release"], "PyTorch naming layout.")
-_DTYPE = flags.DEFINE_string("dtype", None, "Cast exported tensors, e.g. bfloat16.")
-_SHARD = flags.DEFINE_integer("max_shard_mb", 5000, "Shard size for the safetensors files.")
-_SRC = flags.DEFINE_string("src", None, "Hugging Face checkpoint directory to check.")
-_TOL = flags.DEFINE_float("tolerance", 1e-4, "Max abs logit difference accepted by --mode=check.")
-flags.mark_flags_as_required(["mode"])
+FLAGS = flags.FLAGS
 
 
 def export(config, workdir: str, out: str, flavour: str, dtype=None, step=None, max_shard_mb=5000) -> list[str]:
@@ -95,18 +85,34 @@ def _main(argv):
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)
-    if _MODE.value == "export":
-        if not (_CONFIG.value and _WORKDIR.value and _OUT.value):
+    if FLAGS.mode == "export":
+        if not (FLAGS.config and FLAGS.workdir and FLAGS.out):
             raise app.UsageError("--mode=export needs --config, --workdir and --out")
-        files = export(_CONFIG.value, _WORKDIR.value, _OUT.value, _FLAVOUR.value, _DTYPE.value, _STEP.value, _SHARD.value)
-        print(f"wrote {len(files)} file(s) to {_OUT.value}")
+        files = export(FLAGS.config, FLAGS.workdir, FLAGS.out, FLAGS.flavour, FLAGS.dtype, FLAGS.step, FLAGS.max_shard_mb)
+        print(f"wrote {len(files)} file(s) to {FLAGS.out}")
         return 0
-    if not _SRC.value:
+    if not FLAGS.src:
         raise app.UsageError("--mode=check needs --src")
-    return 0 if check(_SRC.value, _TOL.value) <= _TOL.value else 1
+    return 0 if check(FLAGS.src, FLAGS.tolerance) <= FLAGS.tolerance else 1
+
+
+def _define_flags() -> None:
+    """Defined when the command runs, so several launch modules can be imported together."""
+    config_flags.DEFINE_config_file("config", None, "The config the checkpoint was trained with.", lock_config=True)
+    flags.DEFINE_enum("mode", None, ["export", "check"], "What to do.")
+    flags.DEFINE_string("workdir", None, "Trainer workdir to export from.")
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+    flags.DEFINE_string("out", None, "Output directory for safetensors + config.json.")
+    flags.DEFINE_enum("flavour", "hf", ["hf", "release"], "PyTorch naming layout.")
+    flags.DEFINE_string("dtype", None, "Cast exported tensors, e.g. bfloat16.")
+    flags.DEFINE_integer("max_shard_mb", 5000, "Shard size for the safetensors files.")
+    flags.DEFINE_string("src", None, "Hugging Face checkpoint directory to check.")
+    flags.DEFINE_float("tolerance", 1e-4, "Max abs logit difference accepted by --mode=check.")
+    flags.mark_flags_as_required(["mode"])
 
 
 def main():
+    _define_flags()
     app.run(_main)
 
 

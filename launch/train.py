@@ -12,9 +12,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
-flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
 
 
 def _main(argv):
@@ -25,14 +23,22 @@ def _main(argv):
     logging.getLogger("omni_jax").setLevel(logging.INFO)
     from omni_jax.train.trainer import train
 
-    result = train(_CONFIG.value, _WORKDIR.value)
+    result = train(FLAGS.config, FLAGS.workdir)
     m = result["last_metrics"]
     print(f"{result['status']} at step {result['step']}: "
           + ", ".join(f"{k}={m[k]:.4g}" for k in ("loss", "accuracy", "tokens_per_s") if k in m))
     return 0 if result["status"] in ("done", "preempted") else 1
 
 
+def _define_flags() -> None:
+    """Defined when the command runs, so several launch modules can be imported together."""
+    config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
 def main():
+    _define_flags()
     app.run(_main)
 
 

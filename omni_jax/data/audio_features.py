@@ -77,6 +77,22 @@ def clip_features(waveform: np.ndarray) -> list[np.ndarray]:
     return [log_mel(waveform[s:s + n]) for s, n in zip(range(0, len(waveform), size), media.audio_chunks(len(waveform)))]
 
 
+def release_chunk_features(chunk: np.ndarray, buffer_samples: int = media.CHUNK_SECONDS * media.SAMPLE_RATE
+                           ) -> tuple[np.ndarray, int]:
+    """One <= 30 s chunk -> ((128, buffer // 160) features, valid frames), as the release's processor
+    computes them: the chunk is zero-padded to the buffer BEFORE the STFT (so the last frames and
+    the clamp see zeros, not reflections), and frames from min(T, n // 160 + 1) on are zero.
+    `log_mel` on the unpadded clip differs in its last ~2 frames and has one frame fewer.
+    omni_jax/ops/mel_jax.py `whisper_log_mel` is the batched on-device twin."""
+    x = np.asarray(chunk, np.float64)
+    if x.ndim != 1 or not 0 < len(x) <= buffer_samples:
+        raise ValueError(f"expected a mono chunk of 1..{buffer_samples} samples, got shape {x.shape}")
+    feats = log_mel(np.pad(x, (0, buffer_samples - len(x))))
+    valid = media.valid_mel_frames(len(x), feats.shape[1])
+    feats[:, valid:] = 0.0
+    return feats, valid
+
+
 def pad_frames(features: np.ndarray, frames: int = CHUNK_FRAMES) -> tuple[np.ndarray, int]:
     """(128, n) -> ((128, frames) zero-padded, valid length n)."""
     n = features.shape[1]

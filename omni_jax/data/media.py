@@ -24,6 +24,7 @@ HOP = 160
 CHUNK_SECONDS = 30
 ENCODER_STRIDE = 2  # conv2 stride: 100 Hz mel -> 50 Hz
 POOL = 4  # audio bridge pooling: 50 Hz -> 12.5 Hz
+N_FFT = 400  # Whisper STFT window; shorter chunks are dropped by the release
 
 
 def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int = IMAGE_MIN_PIXELS,
@@ -67,14 +68,45 @@ def audio_chunks(num_samples: int, sample_rate: int = SAMPLE_RATE) -> list[int]:
 
 
 def mel_frames(num_samples: int) -> int:
-    """Whisper log-mel frames (100 Hz) for one chunk: the last STFT frame is dropped."""
+    """Log-mel frames of an UNPADDED clip's STFT with the last frame dropped (n // 160):
+    what `audio_features.log_mel` returns. The release counts one more (`valid_mel_frames`)."""
     return num_samples // HOP
 
 
+def valid_mel_frames(num_samples: int, max_frames: int = CHUNK_SECONDS * SAMPLE_RATE // HOP) -> int:
+    """Valid (non-zeroed) mel frames of one chunk in the release's feature extractor:
+    min(3000, n // 160 + 1) (processor_omni.py `extract_fbank_features`; 0 for an empty chunk)."""
+    return 0 if num_samples <= 0 else min(max_frames, num_samples // HOP + 1)
+
+
+def encoder_frames(mel_len: int) -> int:
+    """50 Hz encoder frames of `mel_len` mel frames: conv1 (k3, pad 1) keeps the length,
+    conv2 (k3, stride 2, pad 1) gives (L - 1) // 2 + 1 (processor_omni.py `inference_output_length`)."""
+    return 0 if mel_len <= 0 else (mel_len - 1) // ENCODER_STRIDE + 1
+
+
+def bridge_frames(enc_len: int, pool: int = POOL) -> int:
+    """Audio tokens of `enc_len` encoder frames: floor(enc_len / pool). A trailing partial group
+    makes no token (the release's `bridge_length`; pool 4 = 12.5 Hz). v1's Conv-GMLP projector
+    (pool 2, 4 or 8) follows the same rule."""
+    return enc_len // pool
+
+
+def chunk_audio_tokens(valid_mel: int, pool: int = POOL) -> int:
+    """Tokens of one chunk with `valid_mel` valid mel frames: encoder stride 2, then pooling."""
+    return bridge_frames(encoder_frames(valid_mel), pool)
+
+
 def audio_token_count(num_samples: int) -> int:
-    """12.5 Hz tokens of a clip: per chunk, mel frames -> conv stride 2 -> pooling 4 (padded)."""
+    """12.5 Hz tokens (<audio_pad> placeholders) of a clip, as the release's processor counts them.
+
+    Per 30 s chunk: valid mel frames n // 160 + 1 (at most 3000) -> encoder frames
+    (L - 1) // 2 + 1 -> tokens floor(enc / 4). Chunks shorter than n_fft (400 samples) are
+    dropped, as are chunks that make no token (processor_omni.py `split_with_overlap`, `_get_audio`).
+    """
     total = 0
     for n in audio_chunks(num_samples):
-        enc = math.ceil(mel_frames(n) / ENCODER_STRIDE)
-        total += math.ceil(enc / POOL)
+        if n < N_FFT:
+            continue
+        total += bridge_frames(encoder_frames(valid_mel_frames(n)))
     return total

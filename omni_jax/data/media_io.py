@@ -8,9 +8,11 @@ exactly the planned number of tokens (`DataError('count_mismatch')` otherwise).
 Audio chunking: a clip is cut into chunks of `chunk_samples` (30 s, or less when the
 row's mel buffer is shorter: `mel_frames * 160` samples); a trailing piece shorter than
 one STFT window (400 samples) is dropped, as the release's processor does. A chunk of n
-samples gives n // 160 log-mel frames (omni_jax/data/audio_features.py) and
-ceil(ceil(frames / 2) / 4) tokens at 12.5 Hz (omni_jax/data/media.py arithmetic); with
-30 s chunks the total equals `media.audio_token_count`.
+samples gives min(T, n // 160 + 1) valid log-mel frames computed as the release's processor
+does (`audio_features.release_chunk_features`: zero-padded to the buffer before the STFT,
+zero beyond the valid frames) and `media.chunk_audio_tokens` tokens: encoder frames
+(L - 1) // 2 + 1, then floor(/ pool), pool 4 = 12.5 Hz. A chunk that makes no token is
+dropped. With 30 s chunks the total equals `media.audio_token_count`.
 """
 
 from __future__ import annotations
@@ -125,17 +127,21 @@ def chunk_lengths(num_samples: int, chunk_samples: int) -> list[int]:
         raise DataError("corrupt_media", f"audio clip of {num_samples} samples is shorter than one "
                         f"STFT window ({MIN_CHUNK_SAMPLES} samples at {media.SAMPLE_RATE} Hz)")
     out = [min(chunk_samples, num_samples - s) for s in range(0, num_samples, chunk_samples)]
-    return [n for n in out if n >= MIN_CHUNK_SAMPLES]
+    mel = chunk_samples // media.HOP
+    return [n for n in out
+            if n >= MIN_CHUNK_SAMPLES and media.chunk_audio_tokens(media.valid_mel_frames(n, mel)) > 0]
 
 
 def frames_to_tokens(mel_frames: int, pool: int = media.POOL) -> int:
-    """Tokens from a chunk's 100 Hz mel frames: conv stride 2, then pooling by `pool`
-    (padded): 12.5 Hz for the 1.5 bridge (4); v1's Conv-GMLP ablated 2, 4 and 8."""
-    return math.ceil(math.ceil(mel_frames / media.ENCODER_STRIDE) / pool)
+    """Tokens from a chunk's valid 100 Hz mel frames (media.chunk_audio_tokens): 12.5 Hz for
+    the 1.5 bridge (pool 4); v1's Conv-GMLP ablated 2, 4 and 8."""
+    return media.chunk_audio_tokens(mel_frames, pool)
 
 
-def chunk_tokens(chunk_samples: Sequence[int], pool: int = media.POOL) -> list[int]:
-    return [frames_to_tokens(media.mel_frames(n), pool) for n in chunk_samples]
+def chunk_tokens(chunk_samples: Sequence[int], pool: int = media.POOL,
+                 buffer_samples: int = media.CHUNK_SECONDS * media.SAMPLE_RATE) -> list[int]:
+    """Tokens of each chunk (sample counts) whose features fill a `buffer_samples` buffer."""
+    return [frames_to_tokens(media.valid_mel_frames(n, buffer_samples // media.HOP), pool) for n in chunk_samples]
 
 
 # ------------------------------------------------------------------ decoding
@@ -320,13 +326,18 @@ class AudioItem:
         return chunk_lengths(self.num_samples(), chunk_samples)
 
     def tokens(self, chunk_samples: int, pool: int = media.POOL) -> int:
-        return sum(chunk_tokens(self.chunks(chunk_samples), pool))
+        return sum(chunk_tokens(self.chunks(chunk_samples), pool, chunk_samples))
 
     def features(self, chunk_samples: int) -> list[np.ndarray]:
-        """One (128, n // 160) log-mel matrix per chunk (trailing < 400 samples dropped)."""
+        """One (128, valid frames) log-mel matrix per chunk, computed as the release does
+        (padded to the chunk buffer before the STFT; valid = min(buffer, n // 160 + 1))."""
         x = self.waveform()
         lens = chunk_lengths(len(x), chunk_samples)
-        return [audio_features.log_mel(x[i * chunk_samples:i * chunk_samples + n]) for i, n in enumerate(lens)]
+        out = []
+        for i, n in enumerate(lens):
+            feats, valid = audio_features.release_chunk_features(x[i * chunk_samples:i * chunk_samples + n], chunk_samples)
+            out.append(feats[:, :valid])
+        return out
 
 
 class TTSAudio(AudioItem):

@@ -4,7 +4,7 @@ Every field has the batch rows first and a static shape fixed by `OmniShapes`
 (`config.data.shapes` + `config.data.seq_len`). B = rows, T = seq_len,
 P = max_patches, V = max_vision_items, A = max_audio_chunks, G = max_speech_chunks,
 F = mel_frames (per audio chunk buffer), TPS = tokens per audio chunk slot =
-ceil(ceil(F / 2) / pool), pool = config.data.media.audio_pool (4 in 1.5). A modality whose budget is 0 has no fields (e.g. text-only rows).
+((F - 1) // 2 + 1) // pool (media.chunk_audio_tokens), pool = config.data.media.audio_pool (4 in 1.5). A modality whose budget is 0 has no fields (e.g. text-only rows).
 
 Text (always; the same five fields as the `lm` task, plus `component`):
   tokens       int32 (B, T)  input ids; media placeholders keep their placeholder ids
@@ -47,7 +47,7 @@ Input audio (Whisper encoder + bridge, ARCHITECTURE.md 1.3-1.4):
   audio_token_index  int32 (B, T)          at an <audio_pad> of an input-audio span: the
                                            index into the row's audio tokens, laid out
                                            slot-major: chunk slot a, token k -> a * TPS + k
-                                           (k < ceil(ceil(length / 2) / 4)); -1 elsewhere
+                                           (k < ((length - 1) // 2 + 1) // 4); -1 elsewhere
 
 Output speech / audio in history (audiogen spans, ARCHITECTURE.md 1.5):
   speech_mels          f32   (B, G, 128, F)  log-mel chunks of the speech, for the frozen

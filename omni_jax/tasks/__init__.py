@@ -8,6 +8,7 @@ from omni_jax.tasks.base import Task
 
 _REGISTRY: dict[str, str] = {
     "lm": "omni_jax.tasks.lm:LanguageModelTask",
+    "audio_tokenizer": "omni_jax.tasks.audio_tokenizer:AudioTokenizerTask",
     "flow_matching": "omni_jax.tasks.flow_matching:FlowMatchingTask",
     "vocoder": "omni_jax.tasks.vocoder:VocoderTask",
 }

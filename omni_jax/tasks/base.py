@@ -14,6 +14,13 @@ and every metric are linear in the microbatches and add up to the full-batch val
 
 Batch convention: every field has the batch rows as its leading axis (so microbatching
 is a reshape), and static shapes (pad with masks, never ragged).
+
+Optional model state (variables the optimizer must not touch, e.g. EMA-updated codebooks):
+a task returning a tree from `init_state` gets it back in `loss_with_state`, which also
+returns batch statistics; the step adds the statistics of all microbatches with
+`merge_stats` (starting from zeros, which must be its identity) and calls `update_state`
+once per step. The state lives in TrainState.model_state: sharded by its logical axes,
+checkpointed and restored with the rest. Stateless tasks implement `loss` only.
 """
 
 from __future__ import annotations
@@ -51,3 +58,27 @@ class Task(abc.ABC):
 
     def import_params(self, path: str, abstract_params: Any) -> Any:  # pragma: no cover
         raise NotImplementedError(f"{type(self).__name__} cannot import PyTorch weights")
+
+    # ---- optional: non-trainable model state updated by the step itself ----
+
+    def init_state(self, rng: jax.Array) -> Any:
+        """Boxed model state (like `init`), or None: the task has none (the default)."""
+        return None
+
+    def loss_with_state(self, params: Any, state: Any, batch: Mapping[str, jax.Array], rng: jax.Array,
+                        norms: Mapping[str, jax.Array]) -> tuple[jax.Array, Mapping[str, jax.Array], Any]:
+        """(objective, metrics, statistics for update_state). Default: `loss`, no statistics."""
+        objective, metrics = self.loss(params, batch, rng, norms)
+        return objective, metrics, None
+
+    def merge_stats(self, a: Any, b: Any) -> Any:
+        """Statistics of two microbatches -> of both (default: sum)."""
+        return jax.tree.map(lambda x, y: x + y, a, b)
+
+    def update_state(self, state: Any, stats: Any, rng: jax.Array) -> tuple[Any, Mapping[str, jax.Array]]:
+        """(new state, extra metrics) from the whole step's statistics. Default: unchanged."""
+        return state, {}
+
+    def import_state(self, path: str, abstract_state: Any) -> Any:
+        """Model state from a PyTorch checkpoint (config.init.checkpoint); None = initialise it."""
+        return None

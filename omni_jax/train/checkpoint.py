@@ -148,6 +148,11 @@ class Checkpointer:
                 f"checkpoint {self.directory}/{step} has parameters that do not match this config:\n"
                 + "\n".join(f"  {k}: saved {saved.get(k)} expected {want.get(k)}" for k in bad[:40]))
 
+    def restore_tree(self, step: int) -> Any:
+        """The saved TrainState as a plain tree (numpy/jax arrays), without a target structure:
+        for warm starts that take some of another run's tensors."""
+        return self._mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+
     def wait(self) -> None:
         self._mgr.wait_until_finished()
 

@@ -10,6 +10,9 @@
   task, so the accumulated gradient equals the full-batch gradient up to rounding.
 * Randomness: the step key is fold_in(state.rng, state.step) (then the microbatch
   index), so a resumed run draws exactly the same numbers as an uninterrupted one.
+* Model state (Task.init_state, e.g. EMA codebooks) rides in TrainState.model_state: the
+  loss reads it, the microbatch statistics are merged, `Task.update_state` writes it once
+  per step. It is never seen by the optimizer.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array  # uint32[2] base key; per-step keys are derived, never carried
+    model_state: Any = None  # Task.init_state variables (None for stateless tasks)
 
 
 @dataclasses.dataclass
@@ -46,6 +50,8 @@ class Layout:
     param_shardings: Any
     batch_shardings: Mapping[str, NamedSharding]
     batch_abstract: Mapping[str, jax.ShapeDtypeStruct]
+    abstract_model_state: Any = None
+    model_state_shardings: Any = None
 
     @property
     def replicated(self) -> NamedSharding:
@@ -57,12 +63,18 @@ def make_layout(task: Task, mesh: Mesh, global_batch: int) -> Layout:
     shd.check_rules_cover(boxed)
     shd.check_divisible(boxed, mesh)
     spec = task.batch_spec(global_batch)
+    boxed_state = jax.eval_shape(task.init_state, jax.ShapeDtypeStruct((2,), jnp.uint32))
+    if boxed_state is not None:
+        shd.check_rules_cover(boxed_state)
+        shd.check_divisible(boxed_state, mesh)
     return Layout(
         mesh=mesh,
         abstract_params=shd.unbox(boxed),
         param_shardings=shd.tree_shardings(boxed, mesh),
         batch_shardings={k: shd.logical_sharding(axes, mesh) for k, (_, axes) in spec.items()},
         batch_abstract={k: a for k, (a, _) in spec.items()},
+        abstract_model_state=None if boxed_state is None else shd.unbox(boxed_state),
+        model_state_shardings=None if boxed_state is None else shd.tree_shardings(boxed_state, mesh),
     )
 
 
@@ -74,6 +86,7 @@ def state_shardings(layout: Layout, opt: StageOptimizer) -> TrainState:
         params=layout.param_shardings,
         opt_state=opt_state_shardings(abstract_opt, layout.abstract_params, layout.param_shardings, rep),
         rng=rep,
+        model_state=layout.model_state_shardings,
     )
 
 
@@ -85,6 +98,7 @@ def abstract_state(layout: Layout, opt: StageOptimizer) -> TrainState:
         params=layout.abstract_params,
         opt_state=jax.eval_shape(opt.tx.init, layout.abstract_params),
         rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
+        model_state=layout.abstract_model_state,
     )
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
 
@@ -92,6 +106,14 @@ def abstract_state(layout: Layout, opt: StageOptimizer) -> TrainState:
 def init_params(task: Task, layout: Layout, seed: int) -> Any:
     """Parameters born sharded: the init itself runs under jit with out_shardings."""
     init = jax.jit(lambda r: nn.unbox(task.init(r)), out_shardings=layout.param_shardings)
+    return init(jax.random.PRNGKey(seed))
+
+
+def init_model_state(task: Task, layout: Layout, seed: int) -> Any:
+    """The task's model state born sharded (None for stateless tasks); same key as init_params."""
+    if layout.abstract_model_state is None:
+        return None
+    init = jax.jit(lambda r: nn.unbox(task.init_state(r)), out_shardings=layout.model_state_shardings)
     return init(jax.random.PRNGKey(seed))
 
 
@@ -119,43 +141,53 @@ def make_train_step(
     task: Task, opt: StageOptimizer, layout: Layout, *, microbatches: int = 1, donate: bool = True,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict]]:
     trainable = opt.trainable
+    stateful = layout.abstract_model_state is not None
 
-    def loss_and_grad(params, batch, rng, norms):
+    def loss_and_grad(params, model_state, batch, rng, norms):
         def f(p):
-            obj, metrics = task.loss(_freeze(p, trainable), batch, rng, norms)
-            return obj, metrics
-        return jax.value_and_grad(f, has_aux=True)(params)
+            obj, metrics, stats = task.loss_with_state(_freeze(p, trainable), model_state, batch, rng, norms)
+            return obj, (metrics, stats)
+        (obj, (metrics, stats)), grads = jax.value_and_grad(f, has_aux=True)(params)
+        return (obj, metrics, stats), grads
 
     def step_fn(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
         norms = task.norms(batch)
         if microbatches == 1:
-            (obj, metrics), grads = loss_and_grad(state.params, batch, rng, norms)
+            (obj, metrics, stats), grads = loss_and_grad(state.params, state.model_state, batch, rng, norms)
         else:
             mbs = _split_microbatches(batch, microbatches)
 
             def body(carry, xs):
                 k, mb = xs
-                (o, m), g = loss_and_grad(state.params, mb, jax.random.fold_in(rng, k), norms)
-                acc_o, acc_m, acc_g = carry
+                (o, m, st), g = loss_and_grad(state.params, state.model_state, mb, jax.random.fold_in(rng, k), norms)
+                acc_o, acc_m, acc_g, acc_st = carry
                 add = lambda a, b: a + b.astype(a.dtype)
-                return (acc_o + o, jax.tree.map(add, acc_m, m), jax.tree.map(add, acc_g, g)), None
+                acc_st = None if st is None else task.merge_stats(acc_st, st)
+                return (acc_o + o, jax.tree.map(add, acc_m, m), jax.tree.map(add, acc_g, g), acc_st), None
 
             zeros_g = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-            first = jax.eval_shape(lambda: loss_and_grad(state.params, jax.tree.map(lambda x: x[0], mbs), rng, norms))
+            first = jax.eval_shape(lambda: loss_and_grad(state.params, state.model_state,
+                                                         jax.tree.map(lambda x: x[0], mbs), rng, norms))
             zeros_m = jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), first[0][1])
-            (obj, metrics, grads), _ = jax.lax.scan(
-                body, (jnp.zeros((), jnp.float32), zeros_m, zeros_g), (jnp.arange(microbatches), mbs))
+            zeros_st = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), first[0][2])
+            (obj, metrics, grads, stats), _ = jax.lax.scan(
+                body, (jnp.zeros((), jnp.float32), zeros_m, zeros_g, zeros_st), (jnp.arange(microbatches), mbs))
             grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
 
         updates, opt_state = opt.tx.update(grads, state.opt_state, state.params)
         params = jax.tree.map(lambda p, u, t: (p + u.astype(p.dtype)) if t else p,
                               state.params, updates, trainable)
         metrics = dict(metrics)
+        model_state = state.model_state
+        if stateful:
+            model_state, extra = task.update_state(state.model_state, stats, jax.random.fold_in(rng, 0x7FFFFFFF))
+            metrics.update(extra)
         metrics["objective"] = obj
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["param_norm"] = optax.tree.norm(params)
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng), metrics
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng,
+                          model_state=model_state), metrics
 
     st_sh = state_shardings(layout, opt)
     return jax.jit(

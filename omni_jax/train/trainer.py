@@ -108,13 +108,21 @@ def train(config, workdir: str) -> dict[str, Any]:
             if stage_step >= stages[si].steps:  # that stage was complete: enter the next
                 si, stage_step, data_state = si + 1, 0, None
         else:
+            model_state = None
             if config.init.get("checkpoint"):
                 params = task.import_params(config.init.checkpoint, layout.abstract_params)
                 params = jax.device_put(params, layout.param_shardings)
+                if layout.abstract_model_state is not None:
+                    model_state = task.import_state(config.init.checkpoint, layout.abstract_model_state)
+                    if model_state is not None:
+                        model_state = jax.device_put(model_state, layout.model_state_shardings)
             else:
                 params = step_lib.init_params(task, layout, config.train.seed)
+            if model_state is None:
+                model_state = step_lib.init_model_state(task, layout, config.train.seed)
             state = step_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                                        opt_state=None, rng=jax.random.PRNGKey(config.train.seed))
+                                        opt_state=None, rng=jax.random.PRNGKey(config.train.seed),
+                                        model_state=model_state)
         metrics_log = MetricsWriter(workdir, resume_step=latest if latest is not None else 0)
         last: dict[str, float] = {}
         status = "done"

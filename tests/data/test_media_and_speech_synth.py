@@ -18,7 +18,11 @@ def test_token_counts():
     assert media.image_grid(1080, 1920, video=True)[1:] == tuple(
         s // 14 for s in hf_smart_resize(1080, 1920, factor=28, min_pixels=3136, max_pixels=602112))
     assert media.audio_token_count(16000 * 30) == 375  # 30 s -> 1500 encoder frames -> 375 at 12.5 Hz
-    assert media.audio_token_count(16000 * 31) == 375 + 13
+    # the release's count (processor_omni.py): valid mel n//160 + 1, encoder (L-1)//2 + 1, tokens floor(/4)
+    assert media.audio_token_count(16000 * 31) == 375 + 12  # 1 s tail: 101 mel -> 51 enc -> 12 tokens
+    assert media.audio_token_count(16000 * 30 + 399) == 375  # a tail shorter than n_fft is dropped
+    assert media.audio_token_count(1120) == 1  # 8 mel frames -> 4 encoder frames -> 1 token
+    assert media.audio_token_count(959) == 0  # 6 mel -> 3 encoder frames: no complete group of 4
     with pytest.raises(ValueError, match="empty"):
         media.audio_token_count(0)
 

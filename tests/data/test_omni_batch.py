@@ -9,7 +9,7 @@ from PIL import Image
 
 from configs import common
 from omni_jax.data import media
-from omni_jax.data.audio_features import decode_wav, encode_wav, log_mel
+from omni_jax.data.audio_features import release_chunk_features, decode_wav, encode_wav, log_mel
 from omni_jax.data.media_io import frames_to_tokens
 from omni_jax.data.omni_batch import OmniShapes, field_specs, merge_window_positions
 from omni_jax.data.omni_pipeline import OmniPipeline, make_omni_iterator
@@ -116,7 +116,7 @@ def audio_batch():
 def test_audio_chunks_mels_and_indices(audio_batch):
     recs, pipe, b = audio_batch
     tps = pipe.shapes.tokens_per_chunk
-    assert tps == frames_to_tokens(100) == 13
+    assert tps == frames_to_tokens(100) == 12  # ((100 - 1) // 2 + 1) // 4
     tok = ByteTokenizer()
     pad = tok.special("audio_pad")
     # 1 s chunks: the 0.7 s clip takes one audio slot, the 2.5 s clip three; find each sample
@@ -132,17 +132,19 @@ def test_audio_chunks_mels_and_indices(audio_batch):
         idx = b["audio_token_index"][row][m & (b["audio_token_index"][row] >= 0)]
         n = int(clip_s * 16000)
         chunks = [min(16000, n - s) for s in range(0, n, 16000)]
-        want = np.concatenate([s * tps + np.arange(frames_to_tokens(c // 160)) for s, c in enumerate(chunks)])
+        want = np.concatenate([s * tps + np.arange(frames_to_tokens(min(100, c // 160 + 1))) for s, c in enumerate(chunks)])
         slots = sorted(set((idx // tps).tolist()))
-        base = np.concatenate([s * tps + np.arange(frames_to_tokens(c // 160)) for s, c in zip(slots, chunks)])
+        valid = [min(100, c // 160 + 1) for c in chunks]  # the release's valid mel frames
+        base = np.concatenate([s * tps + np.arange(frames_to_tokens(v)) for s, v in zip(slots, valid)])
         assert np.array_equal(idx, base) and len(idx) == len(want)
         assert len(idx) == media.audio_token_count(n) or clip_s > 1  # 30 s chunks agree for short clips
         wav = decode_wav(recs[0 if rid == "a0" else 1]["audio"])
-        for s, c in zip(slots, chunks):
-            assert b["audio_mel_lengths"][row][s] == c // 160
-            ref = log_mel(wav[slots.index(s) * 16000:][:c])
-            np.testing.assert_array_equal(b["audio_mels"][row][s][:, :c // 160], ref)
-            assert (b["audio_mels"][row][s][:, c // 160:] == 0).all()
+        for s, c, v in zip(slots, chunks, valid):
+            assert b["audio_mel_lengths"][row][s] == v
+            ref, ref_valid = release_chunk_features(wav[slots.index(s) * 16000:][:c], 16000)
+            assert ref_valid == v
+            np.testing.assert_array_equal(b["audio_mels"][row][s][:, :v], ref[:, :v])
+            assert (b["audio_mels"][row][s][:, v:] == 0).all()
         # every <audio_pad> of the input span (not of the speech reply) has an index
         pads = m & (b["tokens"][row] == pad) & (b["speech_token_index"][row] < 0)
         assert (b["audio_token_index"][row][pads] >= 0).all()
@@ -281,4 +283,4 @@ def test_speech_waveforms_for_the_speech_stages():
     assert b["speech_waves"].shape == (1, 1, 300 * 160 * 24000 // 16000)
     assert b["speech_wave_lengths"][0, 0] == n
     np.testing.assert_array_equal(b["speech_waves"][0, 0, :n], decode_audio(wav, 24000))
-    assert b["speech_mel_lengths"][0, 0] == 60
+    assert b["speech_mel_lengths"][0, 0] == 9600 // 160 + 1  # release: valid frames n // 160 + 1

@@ -59,7 +59,7 @@ def test_microbatch_accumulation_matches_full_batch():
     c = _config()
     full, _, pf, _ = _run(c, dict(data=1), jax.devices()[:1])
     acc, _, pa, _ = _run(c, dict(data=1), jax.devices()[:1], microbatches=4)
-    np.testing.assert_allclose(acc, full, atol=1e-6)
+    np.testing.assert_allclose(acc, full, rtol=1e-6)  # fp32 sums reassociated over 4 microbatches
     for a, b in zip(jax.tree.leaves(pf), jax.tree.leaves(pa)):
         np.testing.assert_allclose(a, b, atol=1e-6)
 

@@ -1,0 +1,1 @@
+"""Device-side (jit-able) signal operations shared by the audio branches."""
