@@ -111,3 +111,63 @@ def hift(size: str) -> ml_collections.ConfigDict:
     if size not in presets:
         raise ValueError(f"unknown vocoder size {size!r}; use one of {sorted(presets)}")
     return ml_collections.ConfigDict({**release, **presets[size]})
+
+
+def navit(size: str, llm_hidden: int) -> ml_collections.ConfigDict:
+    """NaViT vision encoder + PatchMerger presets (omni_jax/models/navit.py)."""
+    presets = {
+        "release": dict(embed_dim=1280, depth=32, num_heads=16, mlp_dim=5120),
+        "small": dict(embed_dim=384, depth=6, num_heads=6, mlp_dim=1536),
+        "tiny": dict(embed_dim=64, depth=2, num_heads=4, mlp_dim=128),
+    }
+    if size not in presets:
+        raise ValueError(f"unknown vision size {size!r}; use one of {sorted(presets)}")
+    return ml_collections.ConfigDict(dict(presets[size], out_hidden_size=llm_hidden, dtype="float32",
+                                          param_dtype="float32", remat_policy="none", attention_impl="xla"))
+
+
+def audio_tokenizer(size: str) -> ml_collections.ConfigDict:
+    """Baichuan-Audio-Tokenizer presets (encoder / bridge / decoder; omni_jax/models/audio_tokenizer.py).
+    The encoder's positions cover the omni pipeline's mel buffers (`omni_data` mel_frames)."""
+    if size == "release":
+        return ml_collections.ConfigDict(dict(encoder={}, bridge={}, decoder={}))  # dataclass defaults
+    d, heads, ffn, layers = {"tiny": (64, 4, 128, 2), "small": (256, 4, 1024, 4)}[size]
+    books = (128, 64, 64, 32, 32, 32, 32, 32) if size == "tiny" else (1024, 512, 256, 128, 128, 128, 128, 128)
+    return ml_collections.ConfigDict(dict(
+        encoder=dict(d_model=d, num_layers=layers, num_heads=heads, ffn_dim=ffn, max_source_positions=1500),
+        bridge=dict(d_model=d, pool=4, codebook_sizes=books, ema_decay=0.95, dead_code_threshold=0.05,
+                    restart_candidates=256, stage_dropout=0.3, min_stages=1),
+        decoder=dict(d_model=d, num_layers=layers, num_heads=heads, ffn_dim=ffn, max_positions=3000,
+                     postnet_channels=(d, d, d, d)),
+    ))
+
+
+def audio_head(llm_hidden: int, codebook_sizes, head_dim: int) -> ml_collections.ConfigDict:
+    """Audio embedding + depth-transformer audio head (omni_jax/models/audio_head.py)."""
+    return ml_collections.ConfigDict(dict(hidden_size=llm_hidden, codebook_sizes=tuple(codebook_sizes),
+                                          num_layers=3, head_dim=head_dim, ffn_mult=2, dtype="float32",
+                                          param_dtype="float32"))
+
+
+def omni15_model(size: str) -> ml_collections.ConfigDict:
+    """Baichuan-Omni-1.5 model config: tiny (CI), small (~100M, benchmarks), 7b (the release).
+
+    Keys = the omni parameter tree's components: llm, vision (visual + visual_bridge), audio
+    (audio_encoder + audio_bridge + audio_decoder), audio_head (audio_embed + audio_head),
+    flow_matching, vocoder.
+    """
+    llm = qwen2(size)
+    sub = {"tiny": "tiny", "small": "small", "7b": "release"}[size]
+    audio = audio_tokenizer(sub)
+    books = audio.bridge.get("codebook_sizes", (8192, 4096, 2048, 1024, 1024, 1024, 1024, 1024))
+    audio_d = audio.encoder.get("d_model", 1280)
+    fm = flow_matching("release" if size == "7b" else "tiny")
+    fm.prenet_in_dim = audio_d
+    return ml_collections.ConfigDict(dict(
+        llm=llm,
+        vision=navit(sub, llm.hidden_size),
+        audio=audio,
+        audio_head=audio_head(llm.hidden_size, books, llm.head_dim),
+        flow_matching=fm,
+        vocoder=hift("release" if size == "7b" else "tiny"),
+    ))

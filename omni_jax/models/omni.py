@@ -1,0 +1,224 @@
+"""Baichuan-Omni-1.5 assembled (ARCHITECTURE.md 1.1-1.6): one parameter tree, functional forward.
+
+The omni model is the branch modules side by side, each under its top-level name:
+
+  llm            Qwen2LM (omni_jax/models/qwen2.py)
+  visual         NaViT vision encoder          } omni_jax/models/navit.py (VisionTower)
+  visual_bridge  PatchMerger                   }
+  audio_encoder  Whisper encoder               } omni_jax/models/audio_tokenizer.py
+  audio_bridge   Conv-GMLP + RVQ + proj_decoder } (AudioTokenizer); the RVQ codebooks are
+  audio_decoder  mel decoder                   }  model state `vq_stats`, not parameters
+  audio_embed    8 code tables                 } omni_jax/models/audio_head.py
+  audio_head     depth-transformer audio head  }
+  flow_matching  prenet + causal U-Net (codes -> 24 kHz mel; omni_jax/models/flow_matching.py)
+  vocoder        HiFT (mel -> waveform; omni_jax/models/hift.py; released as its own state dict)
+
+`Omni15` holds the modules and applies each to its own subtree (params[name]); there is no
+wrapper module, so every branch's tree, logical axes and conversion rules stay exactly as the
+branch defined them.
+
+Forward (`hidden`): text embeddings; input audio -> frozen tokenizer -> RVQ codes -> summed
+code embeddings (in 1.5 the LLM sees audio only as code embeddings, for input and output
+audio alike); images / video frames -> NaViT -> PatchMerger; speech in audiogen spans -> codes
+-> summed code embeddings; each placed at its placeholders through the host-built gather
+indices of the batch (omni_jax/data/omni_batch.py; counts were verified there); the text
+embedding at those positions is dropped (omni_jax/models/merge.py semantics). Then the LLM.
+The audio tokenizer is always applied under stop_gradient here: in every stage of 1.8 it is
+frozen (it trains in its own stage, omni_jax/tasks/audio_tokenizer.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from omni_jax.models.audio_head import AudioEmbed, AudioHead, AudioHeadConfig
+from omni_jax.models.audio_tokenizer import AudioTokenizer, AudioTokenizerConfig
+from omni_jax.models.flow_matching import FlowMatchingConfig, FlowMatchingDecoder
+from omni_jax.models.hift import HiFTConfig, HiFTGenerator
+from omni_jax.models.navit import NaViTConfig, VisionTower
+from omni_jax.models.qwen2 import Qwen2Config, Qwen2LM
+
+Array = jax.Array
+
+COMPONENTS = ("llm", "visual", "visual_bridge", "audio_encoder", "audio_bridge", "audio_decoder",
+              "audio_embed", "audio_head", "flow_matching", "vocoder")
+MODEL_KEYS = ("llm", "vision", "audio", "audio_head", "flow_matching", "vocoder")
+
+
+@dataclasses.dataclass(frozen=True)
+class Omni15Config:
+    llm: Qwen2Config
+    vision: NaViTConfig
+    audio: AudioTokenizerConfig
+    audio_head: AudioHeadConfig
+    flow_matching: FlowMatchingConfig
+    vocoder: HiFTConfig
+
+    @classmethod
+    def from_config(cls, model: Mapping[str, Any], where: str = "config.model") -> "Omni15Config":
+        """From `config.model` (configs/common.py `omni15_model`), checking that the parts fit."""
+        d = {k: (v.to_dict() if hasattr(v, "to_dict") else dict(v)) for k, v in dict(model).items()}
+        unknown, missing = sorted(set(d) - set(MODEL_KEYS)), sorted(set(MODEL_KEYS) - set(d))
+        if unknown or missing:
+            raise ValueError(f"{where}: the omni model needs exactly the keys {list(MODEL_KEYS)}; "
+                             f"unknown {unknown}, missing {missing}")
+        cfg = cls(
+            llm=Qwen2Config.from_dict(d["llm"], f"{where}.llm"),
+            vision=NaViTConfig.from_dict(d["vision"], f"{where}.vision"),
+            audio=AudioTokenizerConfig.from_dict(d["audio"], f"{where}.audio"),
+            audio_head=AudioHeadConfig.from_dict(d["audio_head"], f"{where}.audio_head"),
+            flow_matching=FlowMatchingConfig.from_dict(d["flow_matching"], f"{where}.flow_matching"),
+            vocoder=HiFTConfig.from_dict(d["vocoder"], f"{where}.vocoder"),
+        )
+        cfg.validate(where)
+        return cfg
+
+    def validate(self, where: str = "config.model") -> None:
+        h = self.llm.hidden_size
+        checks = [
+            (self.vision.out_hidden_size == h, f"{where}.vision.out_hidden_size={self.vision.out_hidden_size} "
+                                               f"must equal {where}.llm.hidden_size={h}"),
+            (self.audio_head.hidden_size == h, f"{where}.audio_head.hidden_size={self.audio_head.hidden_size} "
+                                               f"must equal {where}.llm.hidden_size={h}"),
+            (tuple(self.audio_head.codebook_sizes) == tuple(self.audio.bridge.codebook_sizes),
+             f"{where}.audio_head.codebook_sizes {tuple(self.audio_head.codebook_sizes)} must equal "
+             f"{where}.audio.bridge.codebook_sizes {tuple(self.audio.bridge.codebook_sizes)}"),
+            (self.flow_matching.prenet_in_dim == self.audio.decoder.d_model,
+             f"{where}.flow_matching.prenet_in_dim={self.flow_matching.prenet_in_dim} must equal "
+             f"{where}.audio.decoder.d_model={self.audio.decoder.d_model} (it reads the decoder's hidden states)"),
+            (self.flow_matching.n_mels == self.vocoder.n_mels,
+             f"{where}.flow_matching.n_mels={self.flow_matching.n_mels} must equal {where}.vocoder.n_mels="
+             f"{self.vocoder.n_mels}"),
+        ]
+        bad = [m for ok, m in checks if not ok]
+        if bad:
+            raise ValueError("the omni model's parts do not fit together:\n  " + "\n  ".join(bad))
+
+
+def _gather(buffer: Array, index: Array) -> Array:
+    """buffer (B, N, D) at index (B, T) (-1 = none, clipped) -> (B, T, D)."""
+    idx = jnp.clip(index, 0, buffer.shape[1] - 1)
+    return jnp.take_along_axis(buffer, idx[..., None], axis=1)
+
+
+def _place(x: Array, buffer: Array, index: Array) -> Array:
+    return jnp.where((index >= 0)[..., None], _gather(buffer, index).astype(x.dtype), x)
+
+
+class Omni15:
+    """The 1.5 model as modules + functions over `params` (a dict keyed by COMPONENTS) and the
+    model state `{"audio_bridge": vq_stats}`."""
+
+    def __init__(self, cfg: Omni15Config):
+        self.cfg = cfg
+        self.llm = Qwen2LM(cfg.llm)
+        self.vision = VisionTower(cfg.vision)
+        self.tokenizer = AudioTokenizer(cfg.audio)
+        self.audio_embed = AudioEmbed(cfg.audio_head)
+        self.audio_head = AudioHead(cfg.audio_head)
+        self.flow_matching = FlowMatchingDecoder(cfg.flow_matching)
+        self.vocoder = HiFTGenerator(cfg.vocoder)
+
+    # ---- parameters ----
+
+    def init(self, rng: Array, mel_frames: int = 200) -> dict[str, Any]:
+        """Boxed params for every component (use under jax.eval_shape for shapes/axes)."""
+        c = self.cfg
+        k = dict(zip(COMPONENTS, jax.random.split(rng, len(COMPONENTS))))
+        ids = jnp.zeros((1, 4), jnp.int32)
+        out = {"llm": self.llm.init(k["llm"], ids, ids, ids + 1)["params"]}
+        p = 4 * c.vision.spatial_merge_size ** 2
+        vis = self.vision.init(k["visual"], jnp.zeros((1, p, 3 * c.vision.temporal_patch_size * c.vision.patch_size ** 2)),
+                               jnp.zeros((1, p, 2), jnp.int32), jnp.ones((1, p), jnp.int32))["params"]
+        out.update(vis)
+        mel = jnp.zeros((1, c.audio.encoder.num_mel_bins, mel_frames))
+        tok = self.tokenizer.init(k["audio_encoder"], mel, jnp.full((1,), mel_frames, jnp.int32))["params"]
+        out.update(tok)
+        codes = jnp.zeros((1, 2, c.audio_head.depth), jnp.int32)
+        out["audio_embed"] = self.audio_embed.init(k["audio_embed"], codes)["params"]
+        h = jnp.zeros((2, c.llm.hidden_size))
+        out["audio_head"] = self.audio_head.init(k["audio_head"], h, jnp.zeros((2, c.audio_head.depth, c.llm.hidden_size)))["params"]
+        fm = c.flow_matching
+        t = 8
+        out["flow_matching"] = self.flow_matching.init(
+            k["flow_matching"], jnp.zeros((1, t, fm.prenet_in_dim)), jnp.ones((1, t)), jnp.zeros((1, t, fm.n_mels)),
+            jnp.zeros((1,)))["params"]
+        k_voc, k_src = jax.random.split(k["vocoder"])
+        out["vocoder"] = self.vocoder.init(k_voc, jnp.zeros((1, 4, c.vocoder.n_mels)), k_src)["params"]
+        return out
+
+    def init_state(self, rng: Array) -> dict[str, Any]:
+        """The RVQ codebooks and their EMA statistics: {"audio_bridge": {"vq_i": ...}}."""
+        return self.tokenizer.init(rng, method=AudioTokenizer.init_codebooks)["vq_stats"]
+
+    # ---- modality encoders ----
+
+    def _tokenizer_vars(self, params, state):
+        return {"params": {k: params[k] for k in ("audio_encoder", "audio_bridge", "audio_decoder")},
+                "vq_stats": state}
+
+    def audio_codes(self, params, state, mels: Array, lengths: Array) -> tuple[Array, Array]:
+        """(B, S, n_mels, F) mel chunks + (B, S) valid frames -> codes (B, S * N, depth) in
+        slot-major order (chunk s, frame k -> s * N + k) and per-chunk code lengths (B, S).
+        Frozen: no gradient reaches the tokenizer."""
+        b, s = mels.shape[:2]
+        codes, clen = self.tokenizer.apply(self._tokenizer_vars(params, state), mels.reshape((b * s,) + mels.shape[2:]),
+                                           lengths.reshape(-1), method=AudioTokenizer.encode)
+        codes = jax.lax.stop_gradient(codes)
+        return codes.reshape(b, s * codes.shape[1], codes.shape[2]), clen.reshape(b, s)
+
+    def code_embeddings(self, params, codes: Array) -> Array:
+        return self.audio_embed.apply({"params": params["audio_embed"]}, codes)
+
+    def vision_tokens(self, params, patches: Array, positions: Array, segment_ids: Array) -> Array:
+        return self.vision.apply({"params": {"visual": params["visual"], "visual_bridge": params["visual_bridge"]}},
+                                 patches, positions, segment_ids)
+
+    # ---- the LLM over merged embeddings ----
+
+    def input_embeddings(self, params, state, batch: Mapping[str, Array]) -> tuple[Array, dict]:
+        """Text embeddings with every modality placed at its placeholders; also returns
+        the speech frames' codes (for the audio-head targets)."""
+        x = self.llm.apply({"params": params["llm"]}, batch["tokens"], method=Qwen2LM.embed)
+        extras = {}
+        if "audio_mels" in batch:
+            codes, _ = self.audio_codes(params, state, batch["audio_mels"], batch["audio_mel_lengths"])
+            x = _place(x, self.code_embeddings(params, codes), batch["audio_token_index"])
+        if "vision_patches" in batch:
+            vt = self.vision_tokens(params, batch["vision_patches"], batch["vision_positions"], batch["vision_segment_ids"])
+            x = _place(x, vt, batch["vision_token_index"])
+        if "speech_mels" in batch:
+            codes, _ = self.audio_codes(params, state, batch["speech_mels"], batch["speech_mel_lengths"])
+            x = _place(x, self.code_embeddings(params, codes), batch["speech_token_index"])
+            extras["speech_codes"] = codes
+        return x, extras
+
+    def hidden(self, params, state, batch: Mapping[str, Array]) -> tuple[Array, dict]:
+        x, extras = self.input_embeddings(params, state, batch)
+        h, _ = self.llm.apply({"params": params["llm"]}, x, batch["positions"], batch["segment_ids"],
+                              method=Qwen2LM.hidden)
+        return h, extras
+
+    def logits(self, params, hidden: Array) -> Array:
+        return self.llm.apply({"params": params["llm"]}, hidden, method=Qwen2LM.logits)
+
+
+def speech_head_targets(batch: Mapping[str, Array], speech_codes: Array, codebook_sizes) -> tuple[Array, Array]:
+    """Audio-head targets from the batch's host-built indices (omni_jax/data/omni_batch.py):
+    at a predicting position the codes of frame `speech_target_index`, or the end code on
+    codebook 0 where `speech_target_end`; weights = speech_loss_mask (codebook 0 only at ends).
+    Returns (codes (B, T, depth) int32, weights (B, T, depth) f32)."""
+    depth = len(codebook_sizes)
+    tidx = batch["speech_target_index"]
+    end = batch["speech_target_end"] > 0
+    frame = (tidx >= 0) & ~end
+    codes = jnp.take_along_axis(speech_codes, jnp.clip(tidx, 0, speech_codes.shape[1] - 1)[..., None], axis=1)
+    end_codes = jnp.broadcast_to(jnp.asarray(codebook_sizes, jnp.int32), codes.shape)
+    codes = jnp.where(end[..., None], end_codes, jnp.where(frame[..., None], codes, 0)).astype(jnp.int32)
+    first = jnp.arange(depth) == 0
+    w = batch["speech_loss_mask"][..., None] * (frame[..., None] | (end[..., None] & first))
+    return codes, w.astype(jnp.float32)
