@@ -58,12 +58,20 @@ class Layout:
         return NamedSharding(self.mesh, P())
 
 
-def make_layout(task: Task, mesh: Mesh, global_batch: int) -> Layout:
-    boxed = jax.eval_shape(task.init, jax.ShapeDtypeStruct((2,), jnp.uint32))  # abstract key: no device needed
+def abstract_boxed(task: Task) -> tuple[Any, Any]:
+    """(params, model state) of a task as boxed ShapeDtypeStructs (abstract key: no device)."""
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    return jax.eval_shape(task.init, key), jax.eval_shape(task.init_state, key)
+
+
+def make_layout(task: Task, mesh: Mesh, global_batch: int, boxed: Any = None, boxed_state: Any = None) -> Layout:
+    """Shardings for a task's batch and for the parameters (by default the task's own; a
+    multi-task run passes the union of its stage tasks' trees as `boxed` / `boxed_state`)."""
+    if boxed is None:
+        boxed, boxed_state = abstract_boxed(task)
     shd.check_rules_cover(boxed)
     shd.check_divisible(boxed, mesh)
     spec = task.batch_spec(global_batch)
-    boxed_state = jax.eval_shape(task.init_state, jax.ShapeDtypeStruct((2,), jnp.uint32))
     if boxed_state is not None:
         shd.check_rules_cover(boxed_state)
         shd.check_divisible(boxed_state, mesh)

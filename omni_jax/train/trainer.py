@@ -26,10 +26,10 @@ from flax import linen as nn
 from tqdm import tqdm
 
 from omni_jax import sharding as shd
-from omni_jax.tasks import get_task
 from omni_jax.train import step as step_lib
 from omni_jax.train.checkpoint import Checkpointer
 from omni_jax.train.metrics import MetricsWriter
+from omni_jax.train.multitask import StageTasks, init_union, union_trees
 from omni_jax.train.optimizer import build_optimizer, learning_rates, stage_from_config, transfer_state
 
 log = logging.getLogger("omni_jax")
@@ -70,8 +70,9 @@ def parse_stages(config) -> list:
 
 
 def _meta(config, stage, stage_index, stage_step, step) -> dict:
+    task = config.stages[stage.name].get("task", None) or config.task
     return {"stage": stage.name, "stage_index": stage_index, "stage_step": int(stage_step),
-            "step": int(step), "task": config.task, "model": config.model.to_dict()}
+            "step": int(step), "task": task, "model": config.model.to_dict()}
 
 
 def train(config, workdir: str) -> dict[str, Any]:
@@ -80,7 +81,8 @@ def train(config, workdir: str) -> dict[str, Any]:
     stages = parse_stages(config)
     starts = np.cumsum([0] + [s.steps for s in stages]).tolist()
     mesh = shd.make_mesh(config.mesh.to_dict())
-    task = get_task(config)
+    tasks = StageTasks(config, [s.name for s in stages])
+    task = tasks.main
     ckpt = Checkpointer(
         os.path.join(workdir, "checkpoints"),
         max_to_keep=config.checkpoint.keep,
@@ -92,7 +94,13 @@ def train(config, workdir: str) -> dict[str, Any]:
             f.write(config.to_json_best_effort(indent=2))
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES), _StopFlag() as stop:
-        layout = step_lib.make_layout(task, mesh, config.train.batch_size)
+        # one parameter tree for the whole run: the union of the stage tasks' trees
+        trees = [(type(t).__name__, step_lib.abstract_boxed(t)) for t in tasks.unique]
+        boxed = union_trees([(n, b[0]) for n, b in trees], "parameters")
+        boxed_state = union_trees([(n, b[1]) for n, b in trees], "model state")
+        layouts = {s.name: step_lib.make_layout(tasks[s.name], mesh, config.train.batch_size, boxed, boxed_state)
+                   for s in stages}
+        layout = layouts[stages[0].name]
         # ---- where to start: a checkpoint, imported weights, or random init ----
         state, data_state, si, stage_step = None, None, 0, 0
         latest = ckpt.latest_step()
@@ -108,18 +116,19 @@ def train(config, workdir: str) -> dict[str, Any]:
             if stage_step >= stages[si].steps:  # that stage was complete: enter the next
                 si, stage_step, data_state = si + 1, 0, None
         else:
-            model_state = None
+            params = init_union(tasks.unique, layout, config.train.seed, "params")
+            model_state = init_union(tasks.unique, layout, config.train.seed, "state")
             if config.init.get("checkpoint"):
-                params = task.import_params(config.init.checkpoint, layout.abstract_params)
-                params = jax.device_put(params, layout.param_shardings)
+                # the main task imports what the checkpoint has; other components keep their init
+                imported = task.import_params(config.init.checkpoint, layout.abstract_params)
+                params = dict(params, **jax.device_put(imported, {k: layout.param_shardings[k] for k in imported}))
+                log.info("imported %s from %s; initialised %s", sorted(imported), config.init.checkpoint,
+                         sorted(set(params) - set(imported)))
                 if layout.abstract_model_state is not None:
-                    model_state = task.import_state(config.init.checkpoint, layout.abstract_model_state)
-                    if model_state is not None:
-                        model_state = jax.device_put(model_state, layout.model_state_shardings)
-            else:
-                params = step_lib.init_params(task, layout, config.train.seed)
-            if model_state is None:
-                model_state = step_lib.init_model_state(task, layout, config.train.seed)
+                    st = task.import_state(config.init.checkpoint, layout.abstract_model_state)
+                    if st is not None:
+                        model_state = dict(model_state, **jax.device_put(
+                            st, {k: layout.model_state_shardings[k] for k in st}))
             state = step_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
                                         opt_state=None, rng=jax.random.PRNGKey(config.train.seed),
                                         model_state=model_state)
@@ -130,6 +139,7 @@ def train(config, workdir: str) -> dict[str, Any]:
 
         for si in range(si, len(stages)):
             stage = stages[si]
+            stage_task, layout = tasks[stage.name], layouts[stage.name]
             opt = build_optimizer(stage, layout.abstract_params)
             if data_state is None:  # entering the stage: fresh optimizer, moments carried over
                 fresh = step_lib.init_opt_state(opt, layout, state.params)
@@ -139,9 +149,9 @@ def train(config, workdir: str) -> dict[str, Any]:
                 state = state.replace(opt_state=fresh)
                 log.info("stage %s: %d trainable tensors, %d optimizer leaves carried over",
                          stage.name, len(opt.trainable_paths()), carried)
-            train_step = step_lib.make_train_step(task, opt, layout, microbatches=config.train.microbatches)
-            data = task.make_data(stage, start_step=stage_step, process_index=jax.process_index(),
-                                  process_count=jax.process_count())
+            train_step = step_lib.make_train_step(stage_task, opt, layout, microbatches=config.train.microbatches)
+            data = stage_task.make_data(stage, start_step=stage_step, process_index=jax.process_index(),
+                                        process_count=jax.process_count())
             if data_state is not None:
                 data.set_state(data_state)
             data_state = None
@@ -185,4 +195,12 @@ def train(config, workdir: str) -> dict[str, Any]:
             stage_step = 0
         ckpt.close()
         metrics_log.close()
-    return {"status": status, "step": int(jax.device_get(state.step)), "last_metrics": last}
+        evaluation = None
+        if status == "done" and config.get("evaluate", None) and config.evaluate.get("at_end", False):
+            if not hasattr(task, "evaluate"):
+                raise ValueError(f"config.evaluate.at_end is set but task {config.task!r} has no evaluate()")
+            evaluation = task.evaluate(state.params, state.model_state, workdir)
+            if jax.process_index() == 0:
+                with open(os.path.join(workdir, "eval.json"), "w") as f:
+                    json.dump(evaluation, f, indent=2, default=str)
+    return {"status": status, "step": int(jax.device_get(state.step)), "last_metrics": last, "evaluation": evaluation}
