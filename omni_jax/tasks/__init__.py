@@ -11,6 +11,7 @@ _REGISTRY: dict[str, str] = {
     "audio_tokenizer": "omni_jax.tasks.audio_tokenizer:AudioTokenizerTask",
     "flow_matching": "omni_jax.tasks.flow_matching:FlowMatchingTask",
     "vocoder": "omni_jax.tasks.vocoder:VocoderTask",
+    "omni": "omni_jax.tasks.omni:OmniTask",
 }
 
 

@@ -1,0 +1,185 @@
+"""The stages of Baichuan-Omni-1.5 (ARCHITECTURE.md 1.8) as config, over the omni parameter tree.
+
+Each stage = which top-level components train (regex groups; every other component is
+`frozen`: no optimizer state, bit-identical), learning rates, and its data mixture
+(omni_jax/data/stage_mixtures.py over the embedded dataset; point it at real data with your
+own builders). The tokenizer, flow-matching and vocoder stages run their own tasks on their
+own data within the same run (omni_jax/train/multitask.py).
+
+Learning rates: `7b` uses the published values (1e-3 bridge warm-up, 1e-5 / 1e-6, 1e-4, 1e-5,
+4e-6; the SFT rates are not published, 1e-5 is our choice). `tiny` and `small` start from
+random weights instead of pretrained Qwen2.5 / Qwen2-VL / Whisper, so they add a text
+pre-training stage and use larger rates (LR_SCALE) to learn within a few hundred CPU steps.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import audio_tokenizer_tiny, common
+from omni_jax.data.stage_mixtures import mixture
+
+COMPONENTS = ("llm", "visual", "visual_bridge", "audio_encoder", "audio_bridge", "audio_decoder", "audio_embed",
+              "audio_head", "flow_matching", "vocoder", "audio_text_adapter")
+SIZES = ("tiny", "small", "7b")
+# learning rate = published (or, where unpublished, our 7b choice) x LR_SCALE, at most LR_CAP
+LR_SCALE = {"tiny": 30.0, "small": 10.0, "7b": 1.0}
+LR_CAP = {"tiny": 3e-3, "small": 1e-3, "7b": 1.0}
+WARMUP = {"tiny": 10, "small": 50, "7b": 100}
+
+
+def partition(groups: dict[str, tuple[str, ...]]) -> list[tuple[str, str]]:
+    """Rules giving every component exactly one group: the named ones, the rest `frozen`.
+    Entries are top-level component names or `name/sub-regex` patterns."""
+    rules, named = [], set()
+    for group, comps in groups.items():
+        pats = [c if "/" in c else f"{c}/.*" for c in comps]
+        rules.append((f"(?:{'|'.join(pats)})", group))
+        named |= {c.split("/")[0] for c in comps}
+    rest = [c for c in COMPONENTS if c not in named]
+    if rest:
+        rules.append((f"(?:{'|'.join(rest)})/.*", "frozen"))
+    return rules
+
+
+def _group(lr: float, size: str, **kw) -> dict:
+    size = "tiny" if size == "test" else size
+    return dict(lr=min(lr * LR_SCALE[size], LR_CAP[size]), schedule="cosine", warmup_steps=WARMUP[size],
+                weight_decay=0.0, min_lr_ratio=0.1, **kw)
+
+
+def dataset_config(size: str) -> str:
+    return "shapes_tiny" if size == "test" else "shapes"
+
+
+def base(size: str = "tiny") -> ml_collections.ConfigDict:
+    """Model, data and run defaults shared by every 1.5 stage config."""
+    if size not in SIZES + ("test",):
+        raise ValueError(f"unknown size {size!r}; use one of {SIZES}")
+    model_size = "tiny" if size == "test" else size
+    c = common.base()
+    c.task = "omni"
+    c.model = common.omni15_model(model_size)
+    seq = {"tiny": 512, "test": 384, "small": 1024, "7b": 4096}[size]
+    if size in ("tiny", "test"):
+        c.data = common.omni_data(seq_len=seq, max_patches=256, max_vision_items=8,
+                                  max_audio_chunks=2, max_speech_chunks=2, mel_frames=600)
+    else:
+        c.data = common.omni_data(seq_len=seq, max_patches=4096, max_vision_items=32, max_audio_chunks=4,
+                                  max_speech_chunks=4, mel_frames=3000)
+        c.data.tokenizer.kind = "byte" if size == "small" else "release"
+    c.loss = ml_collections.ConfigDict(dict(text=1.0, audio=1.0))
+    c.train.update(batch_size={"tiny": 8, "test": 4, "small": 32, "7b": 256}[size], log_every=10)
+    if size == "7b":
+        c.model.llm.update(dtype="bfloat16", remat_policy="full")
+        c.model.vision.update(dtype="bfloat16", remat_policy="full")
+        c.mesh.update(data=1, fsdp=-1)
+    c.checkpoint.update(every=100, keep=2)
+    c.evaluate = ml_collections.ConfigDict(dict(at_end=False, num_samples=16, max_new_tokens=48,
+                                                dataset=dataset_config(size), speech_reply=True))
+    c.size = size
+    return c
+
+
+# ---------------------------------------------------------------------------------
+# Stages (name -> function(config, steps) adding config.stages.<name>)
+# ---------------------------------------------------------------------------------
+
+
+def _omni_stage(c, name: str, steps: int, groups: dict, rates: dict, mix: str | None = None):
+    size = c.size
+    c.stages[name] = ml_collections.ConfigDict(dict(
+        steps=steps, rules=partition(groups), grad_clip_norm=1.0,
+        groups={g: _group(rates[g], size) for g in groups},
+        data=dict(mixture=mixture(mix or name, dataset_config(size))),
+    ))
+
+
+def text_pretrain(c, steps):
+    """tiny/small only: the LLM learns the text of the embedded world first (the release starts
+    from pretrained Qwen2.5-7B instead)."""
+    _omni_stage(c, "text_pretrain", steps, {"llm": ("llm",)}, {"llm": 1e-4}, mix="image_text_2")
+    c.stages.text_pretrain.data = dict(mixture={"text": dict(dataset=f"omni_text/{dataset_config(c.size)}",
+                                                             format="text", weight=1.0, split="train")})
+
+
+def audio_tokenizer(c, steps):
+    """Baichuan-Audio-Tokenizer in its own stage with the LLM frozen (task audio_tokenizer)."""
+    tok = audio_tokenizer_tiny.get_config()
+    tok.data.chunk_seconds = 4.0
+    c.stages.audio_tokenizer = ml_collections.ConfigDict(dict(
+        steps=steps, task="audio_tokenizer",
+        task_config=dict(data=tok.data.to_dict(), loss=dict(tok.loss.to_dict(), quant_warmup_steps=steps // 2)),
+        rules=partition({"audio": ("audio_encoder", "audio_bridge", "audio_decoder", "audio_text_adapter")}),
+        groups=dict(audio=_group(2e-4, c.size)), grad_clip_norm=1.0))  # unpublished: our choice
+
+
+def flow_matching(c, steps):
+    """The flow-matching mel decoder in its own stage (task flow_matching; LLM frozen)."""
+    c.stages.flow_matching = ml_collections.ConfigDict(dict(
+        steps=steps, task="flow_matching",
+        task_config=dict(data=dict(max_frames=48, num_units=12, corpus_seed=0, seed=0)),
+        # the prenet position table is stored but never used by the release (ARCHITECTURE.md 1.5)
+        rules=partition({"fm": ("flow_matching/(?!prenet/positional_embedding).*",),
+                         "frozen": ("flow_matching/prenet/positional_embedding",)}),
+        groups=dict(fm=_group(2e-4, c.size)), grad_clip_norm=1.0))  # unpublished: our choice
+
+
+def vocoder(c, steps):
+    """The HiFT vocoder (task vocoder; the release ships it pretrained from CosyVoice 2)."""
+    c.stages.vocoder = ml_collections.ConfigDict(dict(
+        steps=steps, task="vocoder",
+        task_config=dict(data=dict(frames=16, seed=0),
+                         loss=dict(mel_loss_weight=45.0, stft_loss_weight=1.0, f0_loss_weight=1.0)),
+        rules=partition({"voc": ("vocoder",)}),
+        groups=dict(voc=_group(2e-4, c.size, b1=0.8, b2=0.99)), grad_clip_norm=1.0))  # CosyVoice HiFT: 2e-4
+
+
+def image_text_1(c, steps):
+    """Visual bridge only, on captions; vision encoder and LLM frozen (lr 1e-3)."""
+    _omni_stage(c, "image_text_1", steps, {"bridge": ("visual_bridge",)}, {"bridge": 1e-3})
+
+
+def image_text_2(c, steps):
+    """LLM + bridge (1e-5) and the vision encoder (1e-6); interleaved, captions, QA, 40% text."""
+    _omni_stage(c, "image_text_2", steps, {"llm": ("llm", "visual_bridge"), "vision": ("visual",)},
+                {"llm": 1e-5, "vision": 1e-6 if c.size == "7b" else 1e-5})
+
+
+def image_audio_text_1(c, steps):
+    """Audio embedding + audio head on ASR / TTS / interleaved text-audio; the rest frozen (1e-4)."""
+    _omni_stage(c, "image_audio_text_1", steps, {"audio": ("audio_embed", "audio_head")}, {"audio": 1e-4})
+
+
+def image_audio_text_2(c, steps):
+    """Everything but the vision encoder and the audio tokenizer; audio 0.2 / image 0.4 / text 0.4 (1e-5)."""
+    _omni_stage(c, "image_audio_text_2", steps, {"all": ("llm", "visual_bridge", "audio_embed", "audio_head")},
+                {"all": 1e-5})
+
+
+def omni_pretrain(c, steps):
+    """As image-audio-text 2, adding video and cross-modal data, long sequences (4e-6)."""
+    _omni_stage(c, "omni_pretrain", steps, {"all": ("llm", "visual_bridge", "audio_embed", "audio_head")},
+                {"all": 4e-6})
+
+
+def sft_1(c, steps):
+    """Omni instructions: vision encoder, bridge, audio embedding, LLM (incl. lm_head); audio head frozen."""
+    _omni_stage(c, "sft_1", steps, {"sft": ("visual", "visual_bridge", "audio_embed", "llm")}, {"sft": 1e-5})
+
+
+def sft_2(c, steps):
+    """Speech output: audio embedding + audio head only."""
+    _omni_stage(c, "sft_2", steps, {"speech": ("audio_embed", "audio_head")}, {"speech": 1e-5})
+
+
+STAGES = {f.__name__: f for f in (text_pretrain, audio_tokenizer, flow_matching, vocoder, image_text_1, image_text_2,
+                                   image_audio_text_1, image_audio_text_2, omni_pretrain, sft_1, sft_2)}
+
+
+def single_stage(name: str, size: str, steps: int) -> ml_collections.ConfigDict:
+    c = base(size)
+    STAGES[name](c, steps)
+    c.stage_order = (name,)
+    c.train.steps = steps
+    return c

@@ -1,0 +1,14 @@
+r"""Baichuan-Omni-1.5 stage `vocoder`: The HiFT vocoder (released pretrained from CosyVoice 2).
+
+  python -m launch.train --config=configs/omni15/vocoder.py:tiny --workdir=runs/omni15_vocoder
+
+Sizes: tiny (CI / CPU), small (~100M), 7b (the release shape; published learning rates).
+To continue from an earlier stage's run, add --config.init.checkpoint=<release-format dir>
+or run configs/omni15/pipeline.py, which goes through every stage in one command.
+"""
+
+from configs.omni15 import stages
+
+
+def get_config(arg: str | None = None):
+    return stages.single_stage("vocoder", arg or "tiny", steps=200)

@@ -1,0 +1,129 @@
+"""Training Baichuan-Omni-1.5 on omni batches: the task of every stage in ARCHITECTURE.md 1.8.
+
+Model: omni_jax/models/omni.py (`Omni15`, one tree: llm, visual, visual_bridge, audio_encoder,
+audio_bridge, audio_decoder, audio_embed, audio_head, flow_matching, vocoder; model state = the
+RVQ codebooks, frozen here: they train in the audio-tokenizer stage).
+Batches: omni_jax/data/omni_batch.py (rows first, static shapes, host-built gather indices).
+
+Loss = text_weight * (next-token cross entropy on `loss_mask` / #text targets)
+     + audio_weight * (audio-head cross entropy over the 8 codebooks on the speech targets /
+                       #code targets)
+The audio head runs only at the positions that carry a target (gathered to a static
+`max_speech_chunks * (tokens per chunk + 1)` per row), on the LLM's final normed hidden
+states there, teacher forced with the target frame's code embeddings (ARCHITECTURE.md 1.5).
+Stages differ only in config: which parameters train (regex groups), learning rates, data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from omni_jax.data.omni_batch import TEXT_FIELDS, OmniShapes, batch_spec
+from omni_jax.models.audio_head import audio_head_loss_sum, gather_frames, take_positions
+from omni_jax.models.omni import Omni15, Omni15Config, speech_head_targets
+from omni_jax.tasks.base import Task
+from omni_jax.tasks.losses import cross_entropy_sum
+
+VISION_FIELDS = ("vision_patches", "vision_positions", "vision_segment_ids", "vision_token_index")
+AUDIO_FIELDS = ("audio_mels", "audio_mel_lengths", "audio_token_index")
+SPEECH_FIELDS = ("speech_mels", "speech_mel_lengths", "speech_token_index", "speech_target_index",
+                 "speech_target_end", "speech_loss_mask")
+LOSS_DEFAULTS = dict(text=1.0, audio=1.0)
+
+
+class OmniTask(Task):
+    def __init__(self, config: Any):
+        super().__init__(config)
+        self.model_cfg = Omni15Config.from_config(config.model)
+        self.model = Omni15(self.model_cfg)
+        self.shapes = OmniShapes.from_config(config.data)
+        if self.shapes.vision_mode != "navit":
+            raise ValueError("the 1.5 omni task reads NaViT patches: set config.data.media.vision_mode='navit' "
+                             "(tiles are the v1 model's input)")
+        given = config.get("loss", None)
+        given = given.to_dict() if hasattr(given, "to_dict") else dict(given or {})
+        unknown = sorted(set(given) - set(LOSS_DEFAULTS))
+        if unknown:
+            raise ValueError(f"config.loss: unknown key(s) {unknown}; the omni task's are {sorted(LOSS_DEFAULTS)}")
+        self.loss_cfg = {**LOSS_DEFAULTS, **given}
+        s = self.shapes
+        self.fields = (TEXT_FIELDS + (VISION_FIELDS if s.max_patches else ()) + (AUDIO_FIELDS if s.max_audio_chunks else ())
+                       + (SPEECH_FIELDS if s.max_speech_chunks else ()))
+        self.max_head_positions = s.max_speech_chunks * (s.tokens_per_chunk + 1)
+
+    # ---- parameters and state ----
+
+    def init(self, rng):
+        return self.model.init(rng, mel_frames=min(self.shapes.mel_frames, 200))
+
+    def init_state(self, rng):
+        return self.model.init_state(rng)
+
+    def batch_spec(self, global_batch: int):
+        return batch_spec(self.shapes, global_batch, fields=self.fields)
+
+    # ---- losses ----
+
+    def norms(self, batch):
+        out = {"text": jnp.maximum(batch["loss_mask"].sum(), 1.0)}
+        if "speech_loss_mask" in batch:
+            frame = (batch["speech_target_index"] >= 0) & (batch["speech_target_end"] == 0)
+            end = batch["speech_target_end"] > 0
+            w = batch["speech_loss_mask"]
+            depth = self.model_cfg.audio_head.depth
+            out["audio"] = jnp.maximum((w * (frame * depth + end)).sum(), 1.0)
+            out["audio_frames"] = jnp.maximum((w * (frame | end)).sum(), 1.0)
+        return out
+
+    def loss(self, params, batch, rng, norms):
+        raise TypeError("the omni task needs its model state (the RVQ codebooks): the trainer calls loss_with_state")
+
+    def loss_with_state(self, params, state, batch, rng, norms):
+        del rng
+        h, extras = self.model.hidden(params, state, batch)
+        logits = self.model.logits(params, h)
+        nll, correct = cross_entropy_sum(logits, batch["targets"], batch["loss_mask"])
+        text_loss = nll / norms["text"]
+        metrics = {"text_loss": text_loss, "text_accuracy": correct / norms["text"],
+                   "tokens": batch["loss_mask"].sum()}
+        objective = self.loss_cfg["text"] * text_loss
+        if "speech_codes" in extras:
+            sizes = self.model_cfg.audio_head.codebook_sizes
+            codes, w = speech_head_targets(batch, extras["speech_codes"], sizes)
+            idx, valid, _ = gather_frames(w, self.max_head_positions)
+            wp = take_positions(w, idx) * valid[..., None]
+            a_nll, per = audio_head_loss_sum(self.model.audio_embed, self.model.audio_head, params,
+                                             take_positions(h, idx), take_positions(codes, idx), wp)
+            audio_loss = a_nll / norms["audio"]
+            objective = objective + self.loss_cfg["audio"] * audio_loss
+            metrics.update(audio_loss=audio_loss, audio_accuracy_0=per["correct_0"] / norms["audio_frames"])
+        metrics["loss"] = objective
+        return objective, metrics, None
+
+    # ---- data ----
+
+    def make_data(self, stage, *, start_step, process_index, process_count):
+        from omni_jax.data.omni_pipeline import make_omni_iterator
+
+        return make_omni_iterator(self.config, stage=stage.name, start_step=start_step, process_index=process_index,
+                                  process_count=process_count, fields=self.fields)
+
+    # ---- evaluation and weights ----
+
+    def evaluate(self, params, state, workdir: str) -> dict:
+        from omni_jax.tasks.omni_eval import evaluate
+
+        return evaluate(self, params, state, workdir)
+
+    def import_params(self, path, abstract_params):
+        from omni_jax.convert.omni import import_release
+
+        return import_release(path, self.model_cfg, abstract_params, None)[0]
+
+    def import_state(self, path, abstract_state):
+        from omni_jax.convert.omni import import_release
+
+        return import_release(path, self.model_cfg, None, abstract_state)[1]
