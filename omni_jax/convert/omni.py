@@ -315,11 +315,11 @@ def _vocoder_path(src, vocoder_src) -> str:
 
 
 def import_vocoder_release(path: str, cfg, abstract_vocoder_params, *, flavour: str | None = None) -> dict:
-    """The release's HiFT state dict (safetensors file or directory; weight_g/weight_v folded, or plain
-    .weight) -> our vocoder params (numpy), every tensor checked."""
-    if isinstance(path, (str, os.PathLike)) and os.path.isdir(path) and os.path.isdir(os.path.join(path, VOCODER_DIR)) \
-            and not glob.glob(os.path.join(path, "*.safetensors")):
-        path = os.path.join(path, VOCODER_DIR)
+    """The release's HiFT state dict (a safetensors file, a directory holding it, or a save_release
+    directory with vocoder/; weight_g/weight_v are folded, plain .weight taken as is) -> our vocoder
+    params (numpy), every tensor checked."""
+    if isinstance(path, (str, os.PathLike)) and os.path.isdir(os.path.join(path, VOCODER_DIR)):
+        path = os.path.join(path, VOCODER_DIR)  # a save_release directory
     sd = open_state_dict(path) if isinstance(path, (str, os.PathLike)) else path
     return speech_conv.import_vocoder(sd, _vocoder_cfg(cfg), _unbox(abstract_vocoder_params), flavour=flavour,
                                       source=str(path) if isinstance(path, (str, os.PathLike)) else "vocoder state dict")
@@ -373,7 +373,11 @@ def import_release(src, cfg, abstract_params=None, abstract_state=None, *, only:
                             for c, t in tables.items()}}
         if want_state:
             tree["state"] = {"audio_bridge": abstract_state["audio_bridge"]}
-        out = import_params(sd, release_rules(cfg, main, want_state), tree, ignore=ignore, source=source)
+        try:
+            out = import_params(sd, release_rules(cfg, main, want_state), tree, ignore=ignore, source=source)
+        except ConversionError as e:  # mapping's hint names its own `ignore` argument, which this API has not
+            raise ConversionError(str(e).replace("(wrong model, or add them to `ignore`)",
+                                                 "(a different model, or not the release layout)")) from None
         if params is not None:
             params.update(out.get("params", {}))
         state = out.get("state") if want_state else None

@@ -152,6 +152,23 @@ def test_tiny_round_trip_bf16(tiny, tmp_path):
     _assert_same(r.state, state)
 
 
+def test_vocoder_from_its_own_file(tiny, tmp_path):
+    """The release's layout: the main directory without vocoder/, the HiFT state dict elsewhere."""
+    from omni_jax.convert.safetensors_io import save_state_dict
+
+    d = str(tmp_path / "rel")
+    oc.save_release(d, tiny["params"], tiny["state"], tiny["cfg"], dtype=None, exclude=("vocoder",))
+    assert not os.path.exists(os.path.join(d, "vocoder"))
+    with pytest.raises(ValueError, match="no vocoder/ state dict.*hift.pt.*vocoder_src="):
+        oc.load_release(d)
+    hift = str(tmp_path / "cosy24k_vocoder")
+    save_state_dict(hift, oc.export_vocoder(tiny["params"], tiny["cfg"], weight_norm=True))
+    os.rename(os.path.join(hift, "model.safetensors"), os.path.join(hift, "hift.safetensors"))
+    r = oc.load_release(d, vocoder_src=os.path.join(hift, "hift.safetensors"))
+    _assert_same(r.params, tiny["params"])  # weight_g / weight_v fold back bit for bit
+    assert "vocoder" not in oc.load_release(d, exclude=("vocoder",)).params
+
+
 def test_partial_imports_the_trainer_uses(tiny, tiny_sd):
     cfg = tiny["cfg"]
     params, state = oc.import_release(tiny_sd, cfg, tiny["ap"], None, exclude=("vocoder",))
@@ -236,6 +253,11 @@ def test_directory_errors(tiny, tmp_path):
         json.dump(index, f)
     with pytest.raises(FileNotFoundError, match="model-00001-of-00099.safetensors"):
         oc.load_release(d2)
+    index["weight_map"]["model.norm.weight"] = "model-00001-of-" + index["weight_map"]["lm_head.weight"][-17:]
+    with open(os.path.join(d2, INDEX_NAME), "w") as f:
+        json.dump(index, f)
+    with pytest.raises(ValueError, match=r"not in the shard the index names \['model.norm.weight'\]"):
+        oc.load_release(d2)
     # pickles are refused, with the way out
     d3 = tmp_path / "pickled"
     d3.mkdir()
@@ -275,3 +297,38 @@ def test_workdir_export_and_import_cli(tiny, tmp_path):
         oc.import_release(conv, tiny["cfg"], small, None)
     with pytest.raises(cli.app.UsageError, match="task is 'lm'"):
         cli.export_release(ml_collections.ConfigDict(dict(task="lm", model=tiny["model"])), run, out)
+
+
+def test_cli_commands(tiny, tmp_path):
+    """Both whole-model modes through absl flags (a subprocess each, as a user runs them)."""
+    import subprocess
+    import sys
+
+    from omni_jax.train.checkpoint import Checkpointer
+    from omni_jax.train.step import TrainState
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run = tmp_path / "run"
+    ck = Checkpointer(str(run / "checkpoints"), async_save=False)
+    ck.save(3, TrainState(step=np.int32(3), params=tiny["params"], opt_state={}, rng=np.zeros(2, np.uint32),
+                          model_state=tiny["state"]), {"stage": "s"}, {}, force=True)
+    ck.close()
+    cfg_file = tmp_path / "omni_cfg.py"
+    cfg_file.write_text("import ml_collections\nfrom configs.common import omni15_model\n\n\ndef get_config(arg=None):\n"
+                        "    return ml_collections.ConfigDict(dict(task='omni', model=omni15_model('tiny')))\n")
+    env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
+
+    def cli(*args):
+        p = subprocess.run([sys.executable, "-m", "launch.convert", *args], cwd=root, env=env, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return p.stdout
+
+    out = cli("--mode=export_release", f"--config={cfg_file}", f"--workdir={run}", f"--out={tmp_path / 'rel'}",
+              "--vocoder_weight_norm=false")
+    assert "wrote" in out
+    assert load_state_dict(str(tmp_path / "rel"))["lm_head.weight"].dtype.name == "bfloat16"
+    out = cli("--mode=import_release", f"--src={tmp_path / 'rel'}", f"--out={tmp_path / 'imp'}")
+    assert f"--config.init.checkpoint={tmp_path / 'imp'}" in out
+    params, state = oc.import_release(str(tmp_path / "imp"), tiny["cfg"], tiny["ap"], tiny["ast"])
+    _assert_same(params, _bf16_values(tiny["params"]) | {"vocoder": tiny["params"]["vocoder"]})
+    _assert_same(state, _bf16_values(tiny["state"]))
