@@ -32,6 +32,9 @@ Directory layout written by `save_release` (and read by `load_release` / `import
   DIR/vocoder/model.safetensors         the HiFT state dict (weight_g / weight_v like hift.pt, or
                                         folded .weight), float32 unless asked otherwise
   DIR/vocoder/config.json               {"vocoder_config": our HiFTConfig, "weight_norm": bool}
+On import the vocoder is also found in DIR/cosy24k_vocoder/ or DIR/third_party/cosy24k_vocoder/
+(where release downloads keep it), once converted to safetensors; a bare hift.pt there is refused
+with the one-line conversion command.
 The release's own vocoder (hift.pt, a pickle) is converted once outside omni_jax, e.g.
 `safetensors.torch.save_file(torch.load('hift.pt', weights_only=True), 'DIR/vocoder/model.safetensors')`.
 
@@ -82,6 +85,8 @@ TRAINING_ONLY = ("audio_text_adapter",)  # omni_jax/tasks/audio_tokenizer.py; no
 STATE_KEYS = ("audio_bridge",)
 CONFIG_NAME = "config.json"
 VOCODER_DIR = "vocoder"
+# where release downloads keep the vocoder (web_demo/constants.py: third_party/cosy24k_vocoder/hift.pt)
+RELEASE_VOCODER_DIRS = ("cosy24k_vocoder", os.path.join("third_party", "cosy24k_vocoder"))
 OVERRIDES_KEY = "omni_jax"
 
 # Release names per component: tensors of components that are not being imported are skipped.
@@ -303,9 +308,16 @@ def _vocoder_path(src, vocoder_src) -> str:
     if vocoder_src is not None:
         return vocoder_src
     if isinstance(src, (str, os.PathLike)) and os.path.isdir(src):
-        cand = os.path.join(src, VOCODER_DIR)
-        if os.path.isdir(cand):
-            return cand
+        for sub in (VOCODER_DIR,) + RELEASE_VOCODER_DIRS:
+            cand = os.path.join(src, sub)
+            if glob.glob(os.path.join(cand, "*.safetensors")):
+                return cand
+            if os.path.exists(os.path.join(cand, "hift.pt")):
+                pt = os.path.join(cand, "hift.pt")
+                raise ValueError(
+                    f"{pt} is a pickle, which omni_jax never loads. Convert it once: python -c \"import torch, "
+                    f"safetensors.torch as s; s.save_file(torch.load('{pt}', weights_only=True), "
+                    f"'{os.path.join(cand, 'hift.safetensors')}')\" and import again.")
     where = src if isinstance(src, (str, os.PathLike)) else "a state dict"
     raise ValueError(
         f"the vocoder is requested (it is in abstract_params) but {where} has no {VOCODER_DIR}/ state dict. The "
@@ -586,7 +598,7 @@ def _release_part(cfg, torch_dtype: str) -> dict:
         "bos_token_id": top["bos_token_id"], "eos_token_id": top["eos_token_id"], "flow_matching_config": flow,
         "head_dim": llm.head_dim, "hidden_act": top["hidden_act"], "hidden_size": llm.hidden_size,
         "initializer_range": llm.initializer_range, "intermediate_size": llm.intermediate_size,
-        "max_position_embeddings": top["max_position_embeddings"], "max_window_layers": llm.num_layers,
+        "max_position_embeddings": top["max_position_embeddings"], "max_window_layers": llm.num_layers,  # unused (no sliding window); 28 = all layers in the release
         "model_type": top["model_type"], "multimodal": top["multimodal"],
         "multimodal_special_token_list": top["multimodal_special_token_list"], "num_attention_heads": llm.num_heads,
         "num_hidden_layers": llm.num_layers, "num_key_value_heads": llm.num_kv_heads, "pad_token_id": llm.padding_idx,

@@ -161,11 +161,18 @@ def test_vocoder_from_its_own_file(tiny, tmp_path):
     assert not os.path.exists(os.path.join(d, "vocoder"))
     with pytest.raises(ValueError, match="no vocoder/ state dict.*hift.pt.*vocoder_src="):
         oc.load_release(d)
-    hift = str(tmp_path / "cosy24k_vocoder")
+    hift = str(tmp_path / "elsewhere")
     save_state_dict(hift, oc.export_vocoder(tiny["params"], tiny["cfg"], weight_norm=True))
     os.rename(os.path.join(hift, "model.safetensors"), os.path.join(hift, "hift.safetensors"))
     r = oc.load_release(d, vocoder_src=os.path.join(hift, "hift.safetensors"))
     _assert_same(r.params, tiny["params"])  # weight_g / weight_v fold back bit for bit
+    # where release downloads keep it: a pickle is refused with the conversion command, safetensors found
+    os.makedirs(os.path.join(d, "cosy24k_vocoder"))
+    open(os.path.join(d, "cosy24k_vocoder", "hift.pt"), "wb").close()
+    with pytest.raises(ValueError, match="hift.pt is a pickle.*save_file"):
+        oc.load_release(d)
+    os.rename(os.path.join(hift, "hift.safetensors"), os.path.join(d, "cosy24k_vocoder", "hift.safetensors"))
+    _assert_same(oc.load_release(d).params, tiny["params"])
     assert "vocoder" not in oc.load_release(d, exclude=("vocoder",)).params
 
 
