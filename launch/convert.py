@@ -72,6 +72,9 @@ def export_release(config, workdir: str, out: str, dtype="bfloat16", step=None, 
     if config.get("task") != "omni":
         raise app.UsageError(f"--mode=export_release exports the omni model: the config's task is {config.get('task')!r}, "
                              "not 'omni' (use --mode=export for a single-part task)")
+    foreign = [c for c in oc.workdir_components(workdir, step) if c not in oc.KNOWN_COMPONENTS and c not in exclude]
+    if foreign:
+        raise _exclude_hint(ValueError(oc.foreign_components_message(foreign, f"the checkpoint in {workdir}")))
     abstract_params, abstract_state = oc.abstract_variables(config.model)
     try:
         params, state = oc.import_release(workdir, config.model, abstract_params, abstract_state,

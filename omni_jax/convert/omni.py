@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -122,9 +123,14 @@ def _unbox(tree):
 
 def abstract_variables(cfg) -> tuple[dict, dict]:
     """(abstract params, abstract state) of an Omni15 for `cfg`: ShapeDtypeStruct leaves, no memory."""
+    return jax.tree.map(lambda x: x, _abstract_variables(_as_cfg(cfg)))  # a fresh tree per call
+
+
+@functools.lru_cache(maxsize=8)
+def _abstract_variables(cfg) -> tuple[dict, dict]:
     from omni_jax.models.omni import Omni15
 
-    model = Omni15(_as_cfg(cfg))
+    model = Omni15(cfg)
     key = jax.ShapeDtypeStruct((2,), np.uint32)
     return (_unbox(jax.eval_shape(model.init, key)), _unbox(jax.eval_shape(model.init_state, key)))
 
@@ -193,7 +199,7 @@ def _tables(cfg, components, abstract: bool = False) -> dict:
 def _check_export_tree(params: Mapping[str, Any], state, exclude: Sequence[str]) -> None:
     foreign = sorted(set(params) - set(KNOWN_COMPONENTS) - set(exclude))
     if foreign:
-        raise ValueError(_foreign_message(foreign, "params"))
+        raise ValueError(foreign_components_message(foreign, "params"))
     missing = [c for c in RELEASE_COMPONENTS if c not in params]
     if missing:
         raise ValueError(f"params lack the release component(s) {missing} (it has {sorted(params)}); the release "
@@ -206,7 +212,7 @@ def _check_export_tree(params: Mapping[str, Any], state, exclude: Sequence[str])
         raise ValueError(f"model state has {extra} besides {list(STATE_KEYS)}; the release has no such tensors")
 
 
-def _foreign_message(foreign, what: str) -> str:
+def foreign_components_message(foreign, what: str) -> str:
     why = " (training only, not part of the release)" if set(foreign) <= set(TRAINING_ONLY) else ""
     return (f"{what} has component(s) {foreign}{why} that the release checkpoint does not have; pass "
             f"exclude={tuple(foreign)!r} to leave them out (on import they keep their initialisation), or choose "
@@ -286,7 +292,8 @@ def _select(abstract_params, only, exclude) -> list[str]:
         return []
     have = list(abstract_params)
     only = None if only is None else tuple(only)
-    typos = sorted(n for n in tuple(only or ()) + tuple(exclude) if n not in have and n not in KNOWN_COMPONENTS)
+    typos = sorted(n for n in tuple(only or ()) + tuple(exclude)
+                   if n not in have and n not in KNOWN_COMPONENTS + TRAINING_ONLY)
     if typos:
         raise ValueError(f"only/exclude name unknown component(s) {typos}; abstract_params has {sorted(have)}")
     if only is not None:
@@ -296,7 +303,7 @@ def _select(abstract_params, only, exclude) -> list[str]:
     chosen = [c for c in have if (only is None or c in only) and c not in exclude]
     foreign = sorted(c for c in chosen if c not in KNOWN_COMPONENTS)
     if foreign:
-        raise ValueError(_foreign_message(foreign, "abstract_params"))
+        raise ValueError(foreign_components_message(foreign, "abstract_params"))
     return [c for c in KNOWN_COMPONENTS if c in chosen]
 
 
@@ -404,26 +411,44 @@ def import_release(src, cfg, abstract_params=None, abstract_state=None, *, only:
 # ---------------------------------------------------------------------------------------
 
 
+def _workdir_step(workdir: str, step: int | None) -> tuple[str, int]:
+    """(the saved TrainState's directory, step) of one checkpoint of an omni_jax workdir."""
+    from omni_jax.train.checkpoint import Checkpointer
+
+    ck = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+    try:
+        steps = ck.all_steps()
+        step = (max(steps) if steps else None) if step is None else step
+        if step is None:
+            raise ValueError(f"{workdir}/checkpoints holds no checkpoint")
+        if step not in steps:
+            raise ValueError(f"{workdir}/checkpoints has no step {step} (it has {sorted(steps)})")
+    finally:
+        ck.close()
+    return os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "state"), step
+
+
+def _saved_tree_metadata(path: str):
+    import orbax.checkpoint as ocp
+
+    meta = ocp.PyTreeCheckpointer().metadata(path)
+    meta = getattr(meta, "item_metadata", meta)  # StepMetadata -> TreeMetadata (orbax >= 0.11)
+    return getattr(meta, "tree", meta)
+
+
+def workdir_components(workdir: str, step: int | None = None) -> list[str]:
+    """The top-level parameter components saved in a workdir's checkpoint (metadata only)."""
+    tree = _saved_tree_metadata(_workdir_step(workdir, step)[0])
+    return sorted(tree.get("params") or {})
+
+
 def restore_workdir(workdir: str, step: int | None = None, items: Sequence[str] = ("params", "model_state")) -> tuple[dict, int]:
     """{item: numpy tree} of one checkpoint of an omni_jax workdir (default: the latest), reading only
     `items` of the saved TrainState (never the optimizer state). Returns (items, step)."""
     import orbax.checkpoint as ocp
 
-    from omni_jax.train.checkpoint import Checkpointer
-
-    ck = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    try:
-        step = ck.latest_step() if step is None else step
-        if step is None:
-            raise ValueError(f"{workdir}/checkpoints holds no checkpoint")
-        if step not in ck.all_steps():
-            raise ValueError(f"{workdir}/checkpoints has no step {step} (it has {ck.all_steps()})")
-    finally:
-        ck.close()
-    path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "state")
-    meta = ocp.PyTreeCheckpointer().metadata(path)
-    meta = getattr(meta, "item_metadata", meta)  # StepMetadata -> TreeMetadata (orbax >= 0.11)
-    tree = getattr(meta, "tree", meta)
+    path, step = _workdir_step(workdir, step)
+    tree = _saved_tree_metadata(path)
     item = {k: tree[k] for k in items if isinstance(tree, Mapping) and tree.get(k) is not None}
     if not item:
         return {}, step
@@ -797,7 +822,7 @@ def load_release(directory: str, model_config=None, *, only: Sequence[str] | Non
 
 __all__ = [
     "RELEASE_COMPONENTS", "KNOWN_COMPONENTS", "TRAINING_ONLY", "VOCODER", "VOCODER_DIR", "RELEASE_CONSTANTS",
-    "abstract_variables", "release_rules", "export_release", "export_release_shapes", "export_vocoder",
-    "export_vocoder_shapes", "abstract_vocoder_params", "import_release", "import_vocoder_release", "restore_workdir", "release_config_json",
+    "abstract_variables", "foreign_components_message", "release_rules", "export_release", "export_release_shapes", "export_vocoder",
+    "export_vocoder_shapes", "abstract_vocoder_params", "import_release", "import_vocoder_release", "restore_workdir", "workdir_components", "release_config_json",
     "model_config_from_release", "save_release", "load_release", "ReleaseCheckpoint",
 ]

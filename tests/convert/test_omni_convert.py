@@ -276,7 +276,8 @@ def test_directory_errors(tiny, tmp_path):
 # ------------------------------------------------------------------ omni_jax workdirs and the CLI
 
 
-def test_workdir_export_and_import_cli(tiny, tmp_path):
+def test_workdir_as_source_and_export_checks(tiny, tmp_path):
+    """An omni_jax workdir (what config.init.checkpoint may name) is read with the same checks."""
     from launch import convert as cli
     from omni_jax.train.checkpoint import Checkpointer
     from omni_jax.train.step import TrainState
@@ -287,23 +288,26 @@ def test_workdir_export_and_import_cli(tiny, tmp_path):
                     rng=np.zeros(2, np.uint32), model_state=tiny["state"])
     ck.save(7, ts, {"stage": "s", "stage_index": 0, "stage_step": 7, "step": 7}, {}, force=True)
     ck.close()
-    config = ml_collections.ConfigDict(dict(task="omni", model=tiny["model"]))
-    out = str(tmp_path / "release")
-    cli.export_release(config, run, out, dtype="float32", max_shard_mb=1)
-    r = oc.load_release(out)
-    _assert_same(r.params, tiny["params"])
-    _assert_same(r.state, tiny["state"])
-    # release -> an omni_jax checkpoint that config.init.checkpoint (import_release) starts from
-    conv = str(tmp_path / "imported")
-    cli.import_release(out, conv)
-    params, state = oc.import_release(conv, tiny["model"], tiny["ap"], tiny["ast"])
+    params, state = oc.import_release(run, tiny["model"], tiny["ap"], tiny["ast"])
     _assert_same(params, tiny["params"])
     _assert_same(state, tiny["state"])
     with pytest.raises(ConversionError, match=r"params/llm/norm/scale: got \(128,\), expected \(64,\)"):
         small = dict(tiny["ap"], llm=dict(tiny["ap"]["llm"], norm={"scale": jax.ShapeDtypeStruct((64,), np.float32)}))
-        oc.import_release(conv, tiny["cfg"], small, None)
+        oc.import_release(run, tiny["cfg"], small, None)
+    with pytest.raises(ValueError, match="no step 3"):
+        oc.import_release(run, tiny["cfg"], tiny["ap"], None, step=3)
     with pytest.raises(cli.app.UsageError, match="task is 'lm'"):
-        cli.export_release(ml_collections.ConfigDict(dict(task="lm", model=tiny["model"])), run, out)
+        cli.export_release(ml_collections.ConfigDict(dict(task="lm", model=tiny["model"])), run, str(tmp_path / "o"))
+    # a run whose tree has a training-only component: the CLI names the flag
+    ck = Checkpointer(os.path.join(run, "checkpoints"), async_save=False)
+    ts = ts.replace(params=dict(tiny["params"], audio_text_adapter={"kernel": np.zeros((4, 128), np.float32)}))
+    ck.save(8, ts, {"stage": "s"}, {}, force=True)
+    ck.close()
+    config = ml_collections.ConfigDict(dict(task="omni", model=tiny["model"]))
+    with pytest.raises(cli.app.UsageError, match="(?s)training only.*--exclude=NAME"):
+        cli.export_release(config, run, str(tmp_path / "o"))
+    cli.export_release(config, run, str(tmp_path / "o"), dtype=None, exclude=["audio_text_adapter"])
+    _assert_same(oc.load_release(str(tmp_path / "o")).params, tiny["params"])
 
 
 def test_cli_commands(tiny, tmp_path):
