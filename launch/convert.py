@@ -7,6 +7,17 @@ Export a trained checkpoint (the trainer's --workdir) as safetensors + config.js
 Check that a Hugging Face checkpoint directory gives the same logits in transformers and
 in omni_jax (after our import), on random tokens:
   python -m launch.convert --mode=check --src=exported/ [--tolerance=1e-4]
+
+The whole Baichuan-Omni-1.5 model (omni_jax/convert/omni.py has the layout):
+  # a trainer workdir whose config has task "omni" -> the release layout: sharded safetensors +
+  # index + config.json (release format) + vocoder/ (HiFT state dict, weight_g / weight_v)
+  python -m launch.convert --mode=export_release --config=<omni config> --workdir=runs/x --out=release/ \
+      [--dtype=bfloat16] [--step=N] [--max_shard_mb=5000] [--vocoder_weight_norm=false] [--exclude=audio_text_adapter]
+  # the release layout -> an omni_jax checkpoint (OUT/checkpoints/0 with params + RVQ state,
+  # OUT/model_config.json = our config.model); train from it with --config.init.checkpoint=OUT
+  # (or point config.init.checkpoint at the release directory itself: the omni task imports either)
+  python -m launch.convert --mode=import_release --src=release/ --out=runs/imported \
+      [--vocoder_src=hift.safetensors] [--exclude=vocoder]
 """
 
 from __future__ import annotations
@@ -48,6 +59,64 @@ def export(config, workdir: str, out: str, flavour: str, dtype=None, step=None, 
     return files
 
 
+def _exclude_hint(e: Exception) -> Exception:
+    return app.UsageError(f"{e}\n(on the command line: --exclude=NAME[,NAME...])")
+
+
+def export_release(config, workdir: str, out: str, dtype="bfloat16", step=None, max_shard_mb=5000,
+                   vocoder_weight_norm: bool = True, exclude=()) -> list[str]:
+    """A trainer workdir (task "omni") -> the release layout in `out` (omni_jax/convert/omni.py save_release).
+    The checkpoint's params and RVQ state are checked against config.model before anything is written."""
+    from omni_jax.convert import omni as oc
+
+    if config.get("task") != "omni":
+        raise app.UsageError(f"--mode=export_release exports the omni model: the config's task is {config.get('task')!r}, "
+                             "not 'omni' (use --mode=export for a single-part task)")
+    foreign = [c for c in oc.workdir_components(workdir, step) if c not in oc.KNOWN_COMPONENTS and c not in exclude]
+    if foreign:
+        raise _exclude_hint(ValueError(oc.foreign_components_message(foreign, f"the checkpoint in {workdir}")))
+    abstract_params, abstract_state = oc.abstract_variables(config.model)
+    try:
+        params, state = oc.import_release(workdir, config.model, abstract_params, abstract_state,
+                                          exclude=tuple(exclude), step=step)
+        return oc.save_release(out, params, state, config.model, dtype=dtype or None, max_shard_bytes=max_shard_mb << 20,
+                               exclude=tuple(exclude), vocoder_weight_norm=vocoder_weight_norm,
+                               metadata={"omni_jax_workdir": os.path.abspath(workdir)})
+    except ValueError as e:
+        if "exclude=" in str(e):
+            raise _exclude_hint(e) from e
+        raise
+
+
+def import_release(src: str, out: str, model_config=None, exclude=(), vocoder_src=None) -> str:
+    """The release layout in `src` -> an omni_jax checkpoint directory `out` the trainer starts from
+    (config.init.checkpoint=out): out/checkpoints/0 holds {"step", "params", "model_state"} (no optimizer
+    state), out/model_config.json our `config.model`. Returns the checkpoint directory."""
+    import numpy as np
+
+    from omni_jax.convert import omni as oc
+    from omni_jax.train.checkpoint import Checkpointer
+
+    if os.path.isdir(os.path.join(out, "checkpoints")):
+        raise app.UsageError(f"--out={out} already holds checkpoints; choose a new directory")
+    try:
+        rc = oc.load_release(src, model_config, exclude=tuple(exclude), vocoder_src=vocoder_src)
+    except ValueError as e:
+        if "exclude=" in str(e):
+            raise _exclude_hint(e) from e
+        raise
+    os.makedirs(out, exist_ok=True)
+    ckpt = Checkpointer(os.path.join(out, "checkpoints"), async_save=False)
+    tree = {"step": np.zeros((), np.int32), "params": rc.params, "model_state": rc.state}
+    meta = {"stage": "import_release", "stage_index": -1, "stage_step": 0, "step": 0, "task": "omni",
+            "source": os.path.abspath(src), "model": rc.model_config.to_dict()}
+    ckpt.save(0, tree, meta, {}, force=True)
+    ckpt.close()
+    with open(os.path.join(out, "model_config.json"), "w") as f:
+        f.write(rc.model_config.to_json_best_effort(indent=2))
+    return os.path.join(out, "checkpoints", "0")
+
+
 def check(src: str, tolerance: float, batch: int = 2, length: int = 32) -> float:
     """Max abs difference of logits: transformers (eager, fp32) vs omni_jax on random tokens."""
     import jax
@@ -85,6 +154,21 @@ def _main(argv):
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)
+    exclude = tuple(x for x in (FLAGS.exclude or []) if x)
+    if FLAGS.mode == "export_release":
+        if not (FLAGS.config and FLAGS.workdir and FLAGS.out):
+            raise app.UsageError("--mode=export_release needs --config, --workdir and --out")
+        files = export_release(FLAGS.config, FLAGS.workdir, FLAGS.out, FLAGS.dtype or "bfloat16", FLAGS.step,
+                               FLAGS.max_shard_mb, FLAGS.vocoder_weight_norm, exclude)
+        print(f"wrote {len(files)} file(s) to {FLAGS.out}")
+        return 0
+    if FLAGS.mode == "import_release":
+        if not (FLAGS.src and FLAGS.out):
+            raise app.UsageError("--mode=import_release needs --src and --out")
+        model = FLAGS.config.model if FLAGS.config else None
+        path = import_release(FLAGS.src, FLAGS.out, model, exclude, FLAGS.vocoder_src)
+        print(f"wrote {path}; train from it with --config.init.checkpoint={FLAGS.out}")
+        return 0
     if FLAGS.mode == "export":
         if not (FLAGS.config and FLAGS.workdir and FLAGS.out):
             raise app.UsageError("--mode=export needs --config, --workdir and --out")
@@ -99,14 +183,19 @@ def _main(argv):
 def _define_flags() -> None:
     """Defined when the command runs, so several launch modules can be imported together."""
     config_flags.DEFINE_config_file("config", None, "The config the checkpoint was trained with.", lock_config=True)
-    flags.DEFINE_enum("mode", None, ["export", "check"], "What to do.")
+    flags.DEFINE_enum("mode", None, ["export", "check", "export_release", "import_release"], "What to do.")
     flags.DEFINE_string("workdir", None, "Trainer workdir to export from.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
     flags.DEFINE_string("out", None, "Output directory for safetensors + config.json.")
     flags.DEFINE_enum("flavour", "hf", ["hf", "release"], "PyTorch naming layout.")
     flags.DEFINE_string("dtype", None, "Cast exported tensors, e.g. bfloat16.")
     flags.DEFINE_integer("max_shard_mb", 5000, "Shard size for the safetensors files.")
-    flags.DEFINE_string("src", None, "Hugging Face checkpoint directory to check.")
+    flags.DEFINE_string("src", None, "Checkpoint directory to check (--mode=check) or import (--mode=import_release).")
+    flags.DEFINE_list("exclude", [], "Omni components to leave out of export_release / import_release "
+                      "(e.g. audio_text_adapter, vocoder).")
+    flags.DEFINE_bool("vocoder_weight_norm", True, "export_release: write the vocoder as weight_g / weight_v "
+                      "(like hift.pt) rather than folded .weight.")
+    flags.DEFINE_string("vocoder_src", None, "import_release: the HiFT state dict (safetensors) when --src has no vocoder/.")
     flags.DEFINE_float("tolerance", 1e-4, "Max abs logit difference accepted by --mode=check.")
     flags.mark_flags_as_required(["mode"])
 

@@ -8,6 +8,7 @@ export never leaves a truncated file under the final name.
 
 from __future__ import annotations
 
+import collections.abc
 import json
 import os
 from typing import Any, Iterator, Mapping
@@ -81,6 +82,79 @@ def tensor_shapes(path: str) -> dict[str, tuple[int, ...]]:
             for name in fh.keys():
                 out[name] = tuple(fh.get_slice(name).get_shape())
     return out
+
+
+class _LazyTensor:
+    """A tensor of a safetensors file: `.shape` / `.dtype` from the header, data read by
+    `np.asarray` (one tensor at a time, so importing a large checkpoint never holds it whole)."""
+
+    __slots__ = ("file", "name", "shape", "_dtype")
+
+    def __init__(self, file: str, name: str, shape: tuple[int, ...], dtype: str):
+        self.file, self.name, self.shape, self._dtype = file, name, shape, dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def read(self) -> np.ndarray:
+        _, safe_open = _safetensors()
+        with safe_open(self.file, framework="numpy") as fh:
+            return fh.get_tensor(self.name)
+
+    def __array__(self, dtype=None, copy=None):
+        x = self.read()
+        return x if dtype is None else x.astype(dtype)
+
+    def __repr__(self):
+        return f"<{self.name} {self._dtype}{list(self.shape)} in {os.path.basename(self.file)}>"
+
+
+class LazyStateDict(collections.abc.Mapping):
+    """{name: tensor} over a safetensors file or directory, reading a tensor's data only when
+    it is converted with `np.asarray` (headers are read up front). With an index
+    (model.safetensors.index.json), its weight_map must agree with the shards' contents."""
+
+    def __init__(self, path: str):
+        _, safe_open = _safetensors()
+        self.path = path
+        self._tensors: dict[str, _LazyTensor] = {}
+        for f in _files(path):
+            if not os.path.exists(f):
+                raise FileNotFoundError(f"{path}: the index names shard {os.path.basename(f)!r}, which does not exist")
+            with safe_open(f, framework="numpy") as fh:
+                for name in fh.keys():
+                    if name in self._tensors:
+                        raise ValueError(f"{path}: tensor {name!r} is stored twice ({os.path.basename(self._tensors[name].file)} "
+                                         f"and {os.path.basename(f)})")
+                    sl = fh.get_slice(name)
+                    self._tensors[name] = _LazyTensor(f, name, tuple(sl.get_shape()), sl.get_dtype())
+        index = os.path.join(path, INDEX_NAME)
+        if os.path.isdir(path) and os.path.exists(index):
+            with open(index) as fh:
+                weight_map = json.load(fh)["weight_map"]
+            wrong = sorted(n for n, t in self._tensors.items()
+                           if os.path.basename(t.file) != weight_map.get(n))
+            absent = sorted(set(weight_map) - set(self._tensors))
+            if wrong or absent:
+                raise ValueError(f"{index} does not match the shards: "
+                                 + (f"{len(absent)} indexed tensor(s) are in no shard {absent[:5]}; " if absent else "")
+                                 + (f"{len(wrong)} tensor(s) are not in the shard the index names {wrong[:5]}" if wrong else "")
+                                 + ". The checkpoint is incomplete or was written by two different saves.")
+
+    def __getitem__(self, name: str) -> _LazyTensor:
+        return self._tensors[name]
+
+    def __iter__(self):
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+
+def open_state_dict(path: str) -> LazyStateDict:
+    """Like `load_state_dict`, but lazy: names and shapes now, data per tensor on `np.asarray`."""
+    return LazyStateDict(path)
 
 
 def save_state_dict(
