@@ -171,3 +171,39 @@ def omni15_model(size: str) -> ml_collections.ConfigDict:
         flow_matching=fm,
         vocoder=hift("release" if size == "7b" else "tiny"),
     ))
+
+
+def omni_v1_model(size: str) -> ml_collections.ConfigDict:
+    """Baichuan-Omni (v1) model config (omni_jax/models/omni_v1.py): tiny (CI), small (~100M),
+    7b (the report's shape: the 1.5 backbone, SigLIP so400m/14 at 384 px, Whisper-large-v3).
+
+    Keys = the v1 tree's components: llm, siglip, v1_projector (+ v1_video_projector),
+    audio_encoder, v1_audio_projector. The data side must agree (configs/omni_v1/stages.py
+    sets it from these): tile_size = siglip.image_size, tokens_per_tile = prod(pool_grid),
+    video_tokens_per_frame = prod(video_pool_grid), audio_pool = v1_audio_projector.rate.
+    """
+    if size not in ("tiny", "small", "7b"):
+        raise ValueError(f"unknown v1 model size {size!r}; use one of ['7b', 'small', 'tiny']")
+    llm = qwen2(size)
+    h = llm.hidden_size
+    run = dict(dtype="float32", param_dtype="float32")
+    siglip = {
+        "tiny": dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, image_size=56),
+        "small": dict(hidden_size=384, intermediate_size=1536, num_layers=6, num_heads=6, image_size=224),
+        "7b": dict(hidden_size=1152, intermediate_size=4304, num_layers=27, num_heads=16, image_size=384),
+    }[size]
+    grid = siglip["image_size"] // 14
+    pools = {"tiny": ((2, 2), (3, 3)), "small": ((8, 8), (12, 12)), "7b": ((14, 13), (21, 26))}[size]
+    whisper = {"tiny": dict(d_model=64, num_layers=2, num_heads=4, ffn_dim=128),
+               "small": dict(d_model=256, num_layers=4, num_heads=4, ffn_dim=1024),
+               "7b": dict(d_model=1280, num_layers=32, num_heads=20, ffn_dim=5120)}[size]
+    return ml_collections.ConfigDict(dict(
+        llm=llm,
+        siglip=dict(siglip, patch_size=14, hidden_act="gelu_pytorch_tanh", use_head=False, remat_policy="none",
+                    attention_impl="xla", **run),
+        v1_projector=dict(vision_width=siglip["hidden_size"], llm_width=h, vision_grid=grid, pool_grid=pools[0],
+                          video_kernel=2, video_pool_grid=pools[1], **run),
+        audio_encoder=dict(whisper, num_mel_bins=128, max_source_positions=1500, remat_policy="none",
+                           attention_impl="xla", **run),
+        v1_audio_projector=dict(d_model=whisper["d_model"], llm_hidden_size=h, rate=4, shortcut="linear", **run),
+    ))

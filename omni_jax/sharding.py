@@ -164,29 +164,45 @@ def check_rules_cover(abstract_boxed_tree: Any) -> None:
         )
 
 
+def _indivisible(shape: Sequence[int], names: Sequence[str | None], mesh: Mesh) -> list[str]:
+    """'dim d (name=size) is not divisible by mesh axes=n' for each sharded dim that does not divide."""
+    spec = logical_to_spec(names)
+    out = []
+    for dim, (size, axes) in enumerate(zip(shape, tuple(spec) + (None,) * len(shape))):
+        if axes is None:
+            continue
+        axes = (axes,) if isinstance(axes, str) else tuple(axes)
+        n = math.prod(mesh.shape[a] for a in axes)
+        if size % n:
+            out.append(f"dim {dim} ({names[dim]}={size}) is not divisible by mesh {'x'.join(axes)}={n}")
+    return out
+
+
 def check_divisible(abstract_boxed_tree: Any, mesh: Mesh) -> None:
     """Raises a clear error for every parameter whose sharded dims do not divide."""
     problems = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(
         abstract_boxed_tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
     )[0]:
-        if not isinstance(leaf, nn.LogicallyPartitioned):
-            continue
-        spec = logical_to_spec(leaf.names)
-        shape = leaf.value.shape
-        for dim, (size, axes) in enumerate(zip(shape, tuple(spec) + (None,) * len(shape))):
-            if axes is None:
-                continue
-            axes = (axes,) if isinstance(axes, str) else tuple(axes)
-            n = math.prod(mesh.shape[a] for a in axes)
-            if size % n:
-                problems.append(
-                    f"  {jax.tree_util.keystr(path)} dim {dim} ({leaf.names[dim]}={size}) is not "
-                    f"divisible by mesh {'x'.join(axes)}={n}"
-                )
+        if isinstance(leaf, nn.LogicallyPartitioned):
+            problems += [f"  {jax.tree_util.keystr(path)} {p}" for p in _indivisible(leaf.value.shape, leaf.names, mesh)]
     if problems:
         raise ValueError(
             "These parameters cannot be sharded on mesh "
             f"{dict(mesh.shape)}:\n" + "\n".join(problems)
             + "\nChoose config.mesh sizes that divide them (e.g. tensor <= num_kv_heads)."
+        )
+
+
+def check_batch_divisible(spec: Mapping[str, tuple[Any, Sequence[str | None]]], mesh: Mesh) -> None:
+    """The batch fields ({field: (ShapeDtypeStruct, logical names)}) must split over the mesh:
+    rows over data x fsdp, sequence positions over context."""
+    problems = [f"  {k} {p}" for k, (a, names) in spec.items() for p in _indivisible(a.shape, names, mesh)]
+    if problems:
+        dp = mesh.shape["data"] * mesh.shape["fsdp"]
+        raise ValueError(
+            f"The batch cannot be split over mesh {dict(mesh.shape)}:\n" + "\n".join(problems)
+            + f"\nMake config.train.batch_size a multiple of data x fsdp = {dp} (and the sequence length a "
+            "multiple of context), or set config.mesh so that it divides them (e.g. --config.mesh.data=1 "
+            "--config.mesh.fsdp=-1 shards parameters instead)."
         )

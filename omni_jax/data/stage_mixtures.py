@@ -26,6 +26,8 @@ def _recipes(cfg: str) -> dict[str, dict[str, dict[str, Any]]]:
     audio_02 = {"asr": _c(sp, "asr", 0.05), "audio_qa": _c(sqa, "audio_qa", 0.05),
                 "speech_translation": _c(sp, "speech_translation", 0.04), "tts": _c(sp, "tts", 0.03),
                 "interleaved_text_audio": _c(il_au, "interleaved_text_audio", 0.03)}
+    audio_in_02 = {"asr": _c(sp, "asr", 0.08), "audio_qa": _c(sqa, "audio_qa", 0.06),
+                   "speech_translation": _c(sp, "speech_translation", 0.06)}
     image_04 = {"caption": _c(img, "caption", 0.15), "image_qa": _c(img, "image_qa", 0.15),
                 "interleaved_image_text": _c(il_img, "interleaved_image_text", 0.10)}
     return {
@@ -53,7 +55,8 @@ def _recipes(cfg: str) -> dict[str, dict[str, dict[str, Any]]]:
                               "video_qa": _c(vid, "video_qa", 0.3)},
         "v1_audio_language": {"asr": _c(sp, "asr", 0.5), "audio_qa": _c(sqa, "audio_qa", 0.25),
                               "speech_translation": _c(sp, "speech_translation", 0.25)},
-        "v1_omni_alignment": {**audio_02, **image_04, "video_qa": _c(vid, "video_qa", 0.1),
+        # v1 reads audio but never speaks: its audio share is input-audio formats only
+        "v1_omni_alignment": {**audio_in_02, **image_04, "video_qa": _c(vid, "video_qa", 0.1),
                               "crossmodal_image": _c(img, "crossmodal_image", 0.1), "text": _c(txt, "text", 0.2)},
         "v1_sft": {"image_qa": _c(img, "image_qa", 0.3), "video_qa": _c(vid, "video_qa", 0.2),
                    "audio_qa": _c(sqa, "audio_qa", 0.2), "asr": _c(sp, "asr", 0.15),

@@ -69,11 +69,12 @@ class GenerationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SpeechModels:
-    """The three modules the loop runs; params are {"llm", "audio_embed", "audio_head"}."""
+    """The three modules the loop runs; params are {"llm", "audio_embed", "audio_head"}.
+    Text-only generation (speech=False) may leave `embed` and `head` None (params {"llm"})."""
 
     llm: Qwen2LM
-    embed: AudioEmbed
-    head: AudioHead
+    embed: AudioEmbed | None = None
+    head: AudioHead | None = None
 
 
 class GenerationOutput(NamedTuple):
@@ -96,13 +97,14 @@ def generate(models: SpeechModels, params: Any, prompt_ids: Array, prompt_mask: 
     """Runs the loop (jit it with `make_generate`). prompt_ids / prompt_mask (B, P), left padded;
     prompt_embeds (B, P, D) optionally replaces the token embeddings (multimodal prompts)."""
     llm, embed, head = models.llm, models.embed, models.head
-    hcfg = head.cfg
+    hcfg = head.cfg if head is not None else None
     b, p = prompt_ids.shape
     s_max = cfg.max_new_steps
-    depth = hcfg.depth
-    vmax = max(hcfg.codebook_sizes) + 1
+    # text-only models (no audio head, e.g. Baichuan-Omni v1) keep a one-codebook dummy audio state
+    depth = hcfg.depth if hcfg else 1
+    vmax = max(hcfg.codebook_sizes) + 1 if hcfg else 1
     vocab = llm.cfg.vocab_size
-    end0 = hcfg.codebook_sizes[0]
+    end0 = hcfg.codebook_sizes[0] if hcfg else 0
 
     # ---- prefill ----
     mask = prompt_mask.astype(jnp.int32)
@@ -239,6 +241,9 @@ def check_setup(models: SpeechModels, ids: SpecialIds, cfg: GenerationConfig) ->
     if bad:
         raise ValueError(f"special token ids {bad} are outside the LLM vocabulary ({vocab}); take them from the "
                          "tokenizer the model was trained with (SpecialIds.from_tokenizer)")
+    if cfg.speech and (models.head is None or models.embed is None):
+        raise ValueError("GenerationConfig(speech=True) needs the audio embedding and the audio head; this model has "
+                         "none (a text-only model, e.g. Baichuan-Omni v1): generate with speech=False")
     if cfg.speech and (models.head.cfg.hidden_size != models.llm.cfg.hidden_size
                        or models.embed.cfg.hidden_size != models.llm.cfg.hidden_size):
         raise ValueError(f"audio head / embedding width ({models.head.cfg.hidden_size} / {models.embed.cfg.hidden_size}) "

@@ -99,14 +99,15 @@ class Omni15Config:
             raise ValueError("the omni model's parts do not fit together:\n  " + "\n  ".join(bad))
 
 
-def _gather(buffer: Array, index: Array) -> Array:
+def gather(buffer: Array, index: Array) -> Array:
     """buffer (B, N, D) at index (B, T) (-1 = none, clipped) -> (B, T, D)."""
     idx = jnp.clip(index, 0, buffer.shape[1] - 1)
     return jnp.take_along_axis(buffer, idx[..., None], axis=1)
 
 
-def _place(x: Array, buffer: Array, index: Array) -> Array:
-    return jnp.where((index >= 0)[..., None], _gather(buffer, index).astype(x.dtype), x)
+def place(x: Array, buffer: Array, index: Array) -> Array:
+    """x (B, T, D) with buffer rows put where index >= 0 (the host-built placeholder indices)."""
+    return jnp.where((index >= 0)[..., None], gather(buffer, index).astype(x.dtype), x)
 
 
 class Omni15:
@@ -187,13 +188,13 @@ class Omni15:
         extras = {}
         if "audio_mels" in batch:
             codes, _ = self.audio_codes(params, state, batch["audio_mels"], batch["audio_mel_lengths"])
-            x = _place(x, self.code_embeddings(params, codes), batch["audio_token_index"])
+            x = place(x, self.code_embeddings(params, codes), batch["audio_token_index"])
         if "vision_patches" in batch:
             vt = self.vision_tokens(params, batch["vision_patches"], batch["vision_positions"], batch["vision_segment_ids"])
-            x = _place(x, vt, batch["vision_token_index"])
+            x = place(x, vt, batch["vision_token_index"])
         if "speech_mels" in batch:
             codes, _ = self.audio_codes(params, state, batch["speech_mels"], batch["speech_mel_lengths"])
-            x = _place(x, self.code_embeddings(params, codes), batch["speech_token_index"])
+            x = place(x, self.code_embeddings(params, codes), batch["speech_token_index"])
             extras["speech_codes"] = codes
         return x, extras
 

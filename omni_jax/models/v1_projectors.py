@@ -204,6 +204,7 @@ class V1VisionTower(nn.Module):
       images(tiles (..., 384, 384, 3))  -> (..., image_tokens, llm)   AnyRes tiles, each alone
       video(frames (..., 384, 384, 3))  -> (..., video_tokens, llm)   1 fps frames, each alone
       __call__(tiles, frames)           -> both (initialises every parameter)
+      mixed(tiles, is_video, slot)      -> (..., slot, llm)   images and frames packed in one buffer
     """
 
     siglip_cfg: Any
@@ -229,3 +230,17 @@ class V1VisionTower(nn.Module):
 
     def __call__(self, tiles: Array, frames: Array) -> tuple[Array, Array]:
         return self.images(tiles), self.video(frames)
+
+    def mixed(self, tiles: Array, is_video: Array, slot: int) -> Array:
+        """Image tiles and video frames packed together (the omni batch's `vision_tiles` with
+        `vision_tile_video`): SigLIP once per tile, then the image or the video path per tile.
+        (..., S, S, 3) + (...) flags -> (..., slot, llm), each tile's tokens first, zeros after."""
+        cfg = self.cfg
+        if slot < max(cfg.image_tokens, cfg.video_tokens):
+            raise ValueError(f"v1 tiles: slot={slot} holds fewer than the {cfg.image_tokens} image / "
+                             f"{cfg.video_tokens} video tokens of a tile")
+        feats = self.siglip(tiles)[0]
+        pad = lambda y: jnp.pad(y, [(0, 0)] * (y.ndim - 2) + [(0, slot - y.shape[-2]), (0, 0)])
+        img = pad(self.v1_projector(feats))
+        vid = pad(self.v1_projector.video(self.v1_video_projector(feats)))
+        return jnp.where(jnp.asarray(is_video, bool)[..., None, None], vid, img)

@@ -12,6 +12,7 @@ _REGISTRY: dict[str, str] = {
     "flow_matching": "omni_jax.tasks.flow_matching:FlowMatchingTask",
     "vocoder": "omni_jax.tasks.vocoder:VocoderTask",
     "omni": "omni_jax.tasks.omni:OmniTask",
+    "omni_v1": "omni_jax.tasks.omni_v1:OmniV1Task",
 }
 
 

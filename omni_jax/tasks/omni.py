@@ -35,24 +35,49 @@ LOSS_DEFAULTS = dict(text=1.0, audio=1.0)
 
 
 class OmniTask(Task):
+    """Baichuan-Omni-1.5 on omni batches (text + audio-head losses). `OmniV1Task`
+    (omni_jax/tasks/omni_v1.py) shares everything but the model and the audio head."""
+
+    vision_mode = "navit"
+    loss_defaults = LOSS_DEFAULTS
+
     def __init__(self, config: Any):
         super().__init__(config)
-        self.model_cfg = Omni15Config.from_config(config.model)
-        self.model = Omni15(self.model_cfg)
+        self.model_cfg, self.model = self.build_model(config.model)
         self.shapes = OmniShapes.from_config(config.data)
-        if self.shapes.vision_mode != "navit":
-            raise ValueError("the 1.5 omni task reads NaViT patches: set config.data.media.vision_mode='navit' "
-                             "(tiles are the v1 model's input)")
+        if self.shapes.vision_mode != self.vision_mode:
+            raise ValueError(f"the {type(self).__name__} reads vision_mode={self.vision_mode!r} inputs: set "
+                             f"config.data.media.vision_mode={self.vision_mode!r} (NaViT patches are the 1.5 "
+                             "model's input, AnyRes tiles the v1 model's)")
         given = config.get("loss", None)
         given = given.to_dict() if hasattr(given, "to_dict") else dict(given or {})
-        unknown = sorted(set(given) - set(LOSS_DEFAULTS))
+        unknown = sorted(set(given) - set(self.loss_defaults))
         if unknown:
-            raise ValueError(f"config.loss: unknown key(s) {unknown}; the omni task's are {sorted(LOSS_DEFAULTS)}")
-        self.loss_cfg = {**LOSS_DEFAULTS, **given}
-        s = self.shapes
-        self.fields = (TEXT_FIELDS + (VISION_FIELDS if s.max_patches else ()) + (AUDIO_FIELDS if s.max_audio_chunks else ())
-                       + (SPEECH_FIELDS if s.max_speech_chunks else ()))
+            raise ValueError(f"config.loss: unknown key(s) {unknown}; the {type(self).__name__}'s are "
+                             f"{sorted(self.loss_defaults)}")
+        self.loss_cfg = {**self.loss_defaults, **given}
+        self.fields = self.batch_fields(self.shapes)
+        self.check_data()
+
+    def build_model(self, model_config):
+        cfg = Omni15Config.from_config(model_config)
+        return cfg, Omni15(cfg)
+
+    def batch_fields(self, s: OmniShapes) -> tuple[str, ...]:
         self.max_head_positions = s.max_speech_chunks * (s.tokens_per_chunk + 1)
+        return (TEXT_FIELDS + (VISION_FIELDS if s.max_patches else ()) + (AUDIO_FIELDS if s.max_audio_chunks else ())
+                + (SPEECH_FIELDS if s.max_speech_chunks else ()))
+
+    def check_data(self) -> None:
+        """Data shapes the model cannot read (the v1 task checks its tile and audio geometry)."""
+
+    def text_loss(self, params, h, batch, norms):
+        logits = self.model.logits(params, h)
+        nll, correct = cross_entropy_sum(logits, batch["targets"], batch["loss_mask"])
+        text_loss = nll / norms["text"]
+        metrics = {"text_loss": text_loss, "text_accuracy": correct / norms["text"],
+                   "tokens": batch["loss_mask"].sum()}
+        return self.loss_cfg["text"] * text_loss, metrics
 
     # ---- parameters and state ----
 
@@ -84,12 +109,7 @@ class OmniTask(Task):
     def loss_with_state(self, params, state, batch, rng, norms):
         del rng
         h, extras = self.model.hidden(params, state, batch)
-        logits = self.model.logits(params, h)
-        nll, correct = cross_entropy_sum(logits, batch["targets"], batch["loss_mask"])
-        text_loss = nll / norms["text"]
-        metrics = {"text_loss": text_loss, "text_accuracy": correct / norms["text"],
-                   "tokens": batch["loss_mask"].sum()}
-        objective = self.loss_cfg["text"] * text_loss
+        objective, metrics = self.text_loss(params, h, batch, norms)
         if "speech_codes" in extras:
             sizes = self.model_cfg.audio_head.codebook_sizes
             codes, w = speech_head_targets(batch, extras["speech_codes"], sizes)
@@ -118,12 +138,19 @@ class OmniTask(Task):
 
         return evaluate(self, params, state, workdir)
 
+    def _import_options(self) -> dict:
+        """config.init.exclude: components to keep initialising (e.g. the training-only
+        audio_text_adapter, or the vocoder when not importing one); config.init.vocoder: where
+        the HiFT vocoder state dict is (default: <checkpoint>/vocoder or the release's folders)."""
+        init = self.config.init
+        return dict(exclude=tuple(init.get("exclude", ()) or ()), vocoder_src=init.get("vocoder", None) or None)
+
     def import_params(self, path, abstract_params):
         from omni_jax.convert.omni import import_release
 
-        return import_release(path, self.model_cfg, abstract_params, None)[0]
+        return import_release(path, self.model_cfg, abstract_params, None, **self._import_options())[0]
 
     def import_state(self, path, abstract_state):
         from omni_jax.convert.omni import import_release
 
-        return import_release(path, self.model_cfg, None, abstract_state)[1]
+        return import_release(path, self.model_cfg, None, abstract_state, **self._import_options())[1]

@@ -109,9 +109,10 @@ def generate(task, params, samples: list[dict], tok, *, max_new: int, speech: bo
     greedy = SamplingParams(do_sample=False)
     cfg = GenerationConfig(max_new_steps=max_new, max_text_tokens_per_chunk=max_new, max_audio_frames_per_chunk=max_new,
                            text=greedy, audio=AUDIO_RELEASE, speech=speech)
-    fn = make_generate(SpeechModels(m.llm, m.audio_embed, m.audio_head), SpecialIds.from_tokenizer(tok), cfg)
+    embed, head = getattr(m, "audio_embed", None), getattr(m, "audio_head", None)  # v1: text only
+    fn = make_generate(SpeechModels(m.llm, embed, head), SpecialIds.from_tokenizer(tok), cfg)
     ids, mask, emb = _left_pad(samples)
-    sub = {k: params[k] for k in ("llm", "audio_embed", "audio_head")}
+    sub = {k: params[k] for k in ("llm", "audio_embed", "audio_head") if k in params}
     out = fn(sub, jnp.asarray(ids), jnp.asarray(mask), jax.random.PRNGKey(seed), jnp.asarray(emb, jnp.float32))
     return split_rows(out), SpecialIds.from_tokenizer(tok)
 
@@ -147,7 +148,7 @@ def evaluate(task, params, state, workdir: str) -> dict[str, Any]:
     lines = [f"held-out evaluation ({n} samples per set):"]
 
     for name, metric in (("image_qa", "accuracy"), ("asr", "exact_match")):
-        if name == "asr" and not task.shapes.max_audio_chunks or name == "image_qa" and not task.shapes.max_patches:
+        if name == "asr" and not task.shapes.max_audio_chunks or name == "image_qa" and not task.shapes.vision:
             continue
         samples = collect(task, params, state, sets[name], n, tok)
         rows, ids = generate(task, params, samples, tok, max_new=max_new, speech=False)

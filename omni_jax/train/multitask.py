@@ -14,7 +14,7 @@ initialised by the first task (main task first, then stage order) that defines i
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Container, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -86,8 +86,11 @@ def union_trees(named: Sequence[tuple[str, Mapping[str, Any] | None]], what: str
     return out or None
 
 
-def init_union(tasks: Sequence[Task], layout: Any, seed: int, params_or_state: str = "params") -> Any:
-    """Every component of the union tree, born sharded, from the first task defining it."""
+def init_union(tasks: Sequence[Task], layout: Any, seed: int, params_or_state: str = "params",
+               skip: Container[str] = ()) -> Any:
+    """Every component of the union tree but those in `skip` (e.g. imported ones), born sharded,
+    from the first task defining it. Only the wanted components are compiled (the rest of a
+    task's init is dead code to XLA), so importing a checkpoint never materialises a random copy."""
     shardings = layout.param_shardings if params_or_state == "params" else layout.model_state_shardings
     if shardings is None:
         return None
@@ -95,10 +98,10 @@ def init_union(tasks: Sequence[Task], layout: Any, seed: int, params_or_state: s
     for task in tasks:
         fn = task.init if params_or_state == "params" else task.init_state
         shapes = jax.eval_shape(fn, jax.ShapeDtypeStruct((2,), jax.numpy.uint32))
-        if shapes is None or all(k in out for k in shapes):
+        want = [k for k in (shapes or {}) if k not in out and k not in skip]
+        if not want:
             continue
-        sub_shardings = {k: shardings[k] for k in shapes}
-        made = jax.jit(lambda r: nn.unbox(fn(r)), out_shardings=sub_shardings)(jax.random.PRNGKey(seed))
-        for k, v in made.items():
-            out.setdefault(k, v)
+        made = jax.jit(lambda r: {k: v for k, v in nn.unbox(fn(r)).items() if k in want},
+                       out_shardings={k: shardings[k] for k in want})(jax.random.PRNGKey(seed))
+        out.update(made)
     return out

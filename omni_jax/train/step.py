@@ -72,6 +72,7 @@ def make_layout(task: Task, mesh: Mesh, global_batch: int, boxed: Any = None, bo
     shd.check_rules_cover(boxed)
     shd.check_divisible(boxed, mesh)
     spec = task.batch_spec(global_batch)
+    shd.check_batch_divisible(spec, mesh)
     if boxed_state is not None:
         shd.check_rules_cover(boxed_state)
         shd.check_divisible(boxed_state, mesh)

@@ -116,19 +116,22 @@ def train(config, workdir: str) -> dict[str, Any]:
             if stage_step >= stages[si].steps:  # that stage was complete: enter the next
                 si, stage_step, data_state = si + 1, 0, None
         else:
-            params = init_union(tasks.unique, layout, config.train.seed, "params")
-            model_state = init_union(tasks.unique, layout, config.train.seed, "state")
+            # the main task imports what the checkpoint has; only the other components are initialised
+            imported, imported_state = {}, {}
             if config.init.get("checkpoint"):
-                # the main task imports what the checkpoint has; other components keep their init
                 imported = task.import_params(config.init.checkpoint, layout.abstract_params)
-                params = dict(params, **jax.device_put(imported, {k: layout.param_shardings[k] for k in imported}))
+                imported = jax.device_put(imported, {k: layout.param_shardings[k] for k in imported})
+                if layout.abstract_model_state is not None:
+                    imported_state = task.import_state(config.init.checkpoint, layout.abstract_model_state) or {}
+                    imported_state = jax.device_put(
+                        imported_state, {k: layout.model_state_shardings[k] for k in imported_state})
+            params = dict(init_union(tasks.unique, layout, config.train.seed, "params", skip=imported), **imported)
+            model_state = init_union(tasks.unique, layout, config.train.seed, "state", skip=imported_state)
+            if model_state is not None:
+                model_state = dict(model_state, **imported_state)
+            if config.init.get("checkpoint"):
                 log.info("imported %s from %s; initialised %s", sorted(imported), config.init.checkpoint,
                          sorted(set(params) - set(imported)))
-                if layout.abstract_model_state is not None:
-                    st = task.import_state(config.init.checkpoint, layout.abstract_model_state)
-                    if st is not None:
-                        model_state = dict(model_state, **jax.device_put(
-                            st, {k: layout.model_state_shardings[k] for k in st}))
             state = step_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
                                         opt_state=None, rng=jax.random.PRNGKey(config.train.seed),
                                         model_state=model_state)

@@ -21,8 +21,8 @@ def setup():
                       "asr": dict(dataset="omni_speech/shapes_tiny", format="asr", weight=0.3, split="train"),
                       "sqa": dict(dataset="omni_spoken_qa/shapes_tiny", format="speech_qa", weight=0.3, split="train")}
     task = OmniTask(c)
-    params = shd.unbox(task.init(jax.random.PRNGKey(0)))
-    state = shd.unbox(task.init_state(jax.random.PRNGKey(1)))
+    params = shd.unbox(jax.jit(task.init)(jax.random.PRNGKey(0)))
+    state = shd.unbox(jax.jit(task.init_state)(jax.random.PRNGKey(1)))
     pipe = OmniPipeline(c)
     raw = pipe.build_rows(range(6))
     batch = {k: jnp.asarray(v) for k, v in raw.items() if k in task.fields}

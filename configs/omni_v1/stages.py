@@ -1,0 +1,122 @@
+"""The stages of Baichuan-Omni v1 (ARCHITECTURE.md 2) as config, over the v1 parameter tree.
+
+Each stage = which top-level components train (every other one is `frozen`: no optimizer
+state, bit-identical), learning rates and its data mixture (omni_jax/data/stage_mixtures.py
+`v1_*` over the embedded dataset). Shared helpers (regex partition, learning-rate scaling for
+the from-scratch sizes) are the 1.5 configs' (configs/omni15/stages.py).
+
+Published rates: image-language 1e-3 (projector), 1e-5 (+ SigLIP), 1e-5 (everything visual +
+LLM); video-language 4e-6 (video projector only). Not published, our choices: audio-language
+1e-4 for the fresh Conv-GMLP projector and 1e-5 for the pretrained Whisper encoder (LLM
+frozen), omni-alignment and SFT 1e-5 for everything. "Everything" in image-language 3 is the
+visual side and the LLM: the audio branch has not been aligned yet (it joins in audio-language).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+from configs.omni15.stages import _group, dataset_config, partition
+from omni_jax.data.stage_mixtures import mixture
+
+COMPONENTS = ("llm", "siglip", "v1_projector", "v1_video_projector", "audio_encoder", "v1_audio_projector")
+SIZES = ("tiny", "small", "7b")
+
+
+def base(size: str = "tiny") -> ml_collections.ConfigDict:
+    """Model, data and run defaults shared by every v1 stage config."""
+    if size not in SIZES + ("test",):
+        raise ValueError(f"unknown size {size!r}; use one of {SIZES}")
+    model_size = "tiny" if size == "test" else size
+    c = common.base()
+    c.task = "omni_v1"
+    c.model = common.omni_v1_model(model_size)
+    seq = {"tiny": 512, "test": 256, "small": 1024, "7b": 4096}[size]
+    if size in ("tiny", "test"):
+        c.data = common.omni_data(seq_len=seq, max_patches=0, max_tiles=16, max_vision_items=8, max_audio_chunks=2,
+                                  max_speech_chunks=0, mel_frames=600)
+    else:
+        c.data = common.omni_data(seq_len=seq, max_patches=0, max_tiles=64, max_vision_items=48, max_audio_chunks=4,
+                                  max_speech_chunks=0, mel_frames=3000)
+        c.data.tokenizer.kind = "byte" if size == "small" else "release"
+    m = c.model
+    c.data.media.update(vision_mode="tiles", tile_size=m.siglip.image_size, video_max_frames=48,
+                        tokens_per_tile=m.v1_projector.pool_grid[0] * m.v1_projector.pool_grid[1],
+                        video_tokens_per_frame=m.v1_projector.video_pool_grid[0] * m.v1_projector.video_pool_grid[1],
+                        audio_pool=m.v1_audio_projector.rate)
+    c.loss = ml_collections.ConfigDict(dict(text=1.0))
+    c.train.update(batch_size={"tiny": 8, "test": 8, "small": 32, "7b": 256}[size], log_every=10)
+    if size == "7b":
+        for part in ("llm", "siglip", "audio_encoder"):
+            c.model[part].update(dtype="bfloat16", remat_policy="full")
+        c.mesh.update(data=1, fsdp=-1)
+    c.checkpoint.update(every=100, keep=2)
+    c.evaluate = ml_collections.ConfigDict(dict(at_end=False, num_samples=16, max_new_tokens=48,
+                                                dataset=dataset_config(size), speech_reply=False))
+    c.size = size
+    return c
+
+
+def _stage(c, name: str, steps: int, groups: dict, rates: dict, mix: str | None = None):
+    c.stages[name] = ml_collections.ConfigDict(dict(
+        steps=steps, rules=partition(groups, COMPONENTS), grad_clip_norm=1.0,
+        groups={g: _group(rates[g], c.size) for g in groups},
+        data=dict(mixture=mixture(mix or f"v1_{name}", dataset_config(c.size))),
+    ))
+
+
+def text_pretrain(c, steps):
+    """tiny/small only: the LLM learns the text of the embedded world first (v1 starts from a
+    pretrained 7B LLM instead)."""
+    _stage(c, "text_pretrain", steps, {"llm": ("llm",)}, {"llm": 1e-4}, mix="v1_image_language_3")
+    c.stages.text_pretrain.data = dict(mixture={"text": dict(dataset=f"omni_text/{dataset_config(c.size)}",
+                                                             format="text", weight=1.0, split="train")})
+
+
+def image_language_1(c, steps):
+    """The visual projector only, on captions (lr 1e-3)."""
+    _stage(c, "image_language_1", steps, {"projector": ("v1_projector",)}, {"projector": 1e-3})
+
+
+def image_language_2(c, steps):
+    """Projector + SigLIP (lr 1e-5), adding QA (OCR / chart data in the report)."""
+    _stage(c, "image_language_2", steps, {"vision": ("v1_projector", "siglip")}, {"vision": 1e-5})
+
+
+def image_language_3(c, steps):
+    """SigLIP, projector and LLM (lr 1e-5), adding interleaved and pure text."""
+    _stage(c, "image_language_3", steps, {"all": ("llm", "siglip", "v1_projector")}, {"all": 1e-5})
+
+
+def video_language(c, steps):
+    """The video projector only (lr 4e-6), images first then video (the mixture keeps captions)."""
+    _stage(c, "video_language", steps, {"video": ("v1_video_projector",)}, {"video": 4e-6})
+
+
+def audio_language(c, steps):
+    """Whisper encoder + Conv-GMLP projector with the LLM frozen, on audio-text data."""
+    _stage(c, "audio_language", steps, {"projector": ("v1_audio_projector",), "encoder": ("audio_encoder",)},
+           {"projector": 1e-4, "encoder": 1e-5})
+
+
+def omni_alignment(c, steps):
+    """Everything, on image, video, audio and text together."""
+    _stage(c, "omni_alignment", steps, {"all": COMPONENTS}, {"all": 1e-5})
+
+
+def sft(c, steps):
+    """Supervised fine-tuning on omni instructions, packed with per-sample attention isolation."""
+    _stage(c, "sft", steps, {"all": COMPONENTS}, {"all": 1e-5})
+
+
+STAGES = {f.__name__: f for f in (text_pretrain, image_language_1, image_language_2, image_language_3,
+                                   video_language, audio_language, omni_alignment, sft)}
+
+
+def single_stage(name: str, size: str, steps: int) -> ml_collections.ConfigDict:
+    c = base(size)
+    STAGES[name](c, steps)
+    c.stage_order = (name,)
+    c.train.steps = steps
+    return c

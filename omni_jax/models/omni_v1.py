@@ -1,0 +1,164 @@
+"""Baichuan-Omni (v1) assembled (ARCHITECTURE.md 2): one parameter tree, functional forward.
+
+No v1 code is public; the parts follow the report and are each checked against their
+references in their own files:
+
+  llm                 Qwen2LM, the 1.5 backbone shape (omni_jax/models/qwen2.py)
+  siglip              SigLIP so400m/14 at 384 px         } omni_jax/models/siglip.py,
+  v1_projector        mean pool 729 -> 182 + 2-layer MLP } omni_jax/models/v1_projectors.py
+  v1_video_projector  2x2 conv (182 -> 546 video tokens) }   (V1VisionTower)
+  audio_encoder       Whisper-large-v3 encoder, continuous features (omni_jax/models/whisper.py)
+  v1_audio_projector  Conv-GMLP, downsampling 2 / 4 / 8 (omni_jax/models/v1_audio_projector.py)
+
+Unlike 1.5, v1 reads audio as CONTINUOUS Whisper features (no RVQ, no model state) and has
+no speech output (no audio embedding tables, no audio head).
+
+Forward (`hidden`): text embeddings; input audio chunks -> Whisper -> Conv-GMLP -> LLM-width
+tokens; AnyRes tiles (images: global view + crops; video frames: one tile each) -> SigLIP ->
+the image projector, or for video frames the 2x2 conv then the projector; each placed at its
+placeholders through the host-built gather indices of the batch (omni_jax/data/omni_batch.py,
+`vision_mode="tiles"`: tile k's j-th token at k * tile_slot + j; audio chunk a's k-th token at
+a * tokens_per_chunk + k). Then the LLM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from omni_jax.models.omni import place
+from omni_jax.models.qwen2 import Qwen2Config, Qwen2LM
+from omni_jax.models.siglip import SiglipConfig
+from omni_jax.models.v1_audio_projector import V1AudioProjector, V1AudioProjectorConfig
+from omni_jax.models.v1_projectors import V1ProjectorConfig, V1VisionTower
+from omni_jax.models.whisper import WhisperEncoder, WhisperEncoderConfig
+
+Array = jax.Array
+
+COMPONENTS = ("llm", "siglip", "v1_projector", "v1_video_projector", "audio_encoder", "v1_audio_projector")
+MODEL_KEYS = ("llm", "siglip", "v1_projector", "audio_encoder", "v1_audio_projector")
+
+
+@dataclasses.dataclass(frozen=True)
+class OmniV1Config:
+    llm: Qwen2Config
+    siglip: SiglipConfig
+    v1_projector: V1ProjectorConfig
+    audio_encoder: WhisperEncoderConfig
+    v1_audio_projector: V1AudioProjectorConfig
+
+    @classmethod
+    def from_config(cls, model: Mapping[str, Any], where: str = "config.model") -> "OmniV1Config":
+        """From `config.model` (configs/common.py `omni_v1_model`), checking that the parts fit."""
+        d = {k: (v.to_dict() if hasattr(v, "to_dict") else dict(v)) for k, v in dict(model).items()}
+        unknown, missing = sorted(set(d) - set(MODEL_KEYS)), sorted(set(MODEL_KEYS) - set(d))
+        if unknown or missing:
+            raise ValueError(f"{where}: the v1 omni model needs exactly the keys {list(MODEL_KEYS)}; "
+                             f"unknown {unknown}, missing {missing}")
+        cfg = cls(
+            llm=Qwen2Config.from_dict(d["llm"], f"{where}.llm"),
+            siglip=SiglipConfig.from_dict(d["siglip"], f"{where}.siglip"),
+            v1_projector=V1ProjectorConfig.from_dict(d["v1_projector"], f"{where}.v1_projector"),
+            audio_encoder=WhisperEncoderConfig.from_dict(d["audio_encoder"], f"{where}.audio_encoder"),
+            v1_audio_projector=V1AudioProjectorConfig.from_dict(d["v1_audio_projector"], f"{where}.v1_audio_projector"),
+        )
+        cfg.validate(where)
+        return cfg
+
+    def validate(self, where: str = "config.model") -> None:
+        h, s, p, a, ap = self.llm.hidden_size, self.siglip, self.v1_projector, self.audio_encoder, self.v1_audio_projector
+        for part in (s, p, a, ap):
+            part.validate()
+        checks = [
+            (p.llm_width == h, f"{where}.v1_projector.llm_width={p.llm_width} must equal {where}.llm.hidden_size={h}"),
+            (p.vision_width == s.hidden_size, f"{where}.v1_projector.vision_width={p.vision_width} must equal "
+                                              f"{where}.siglip.hidden_size={s.hidden_size}"),
+            (p.vision_grid == s.grid, f"{where}.v1_projector.vision_grid={p.vision_grid} must equal the SigLIP patch "
+                                      f"grid {where}.siglip.image_size // patch_size = {s.grid}"),
+            (ap.d_model == a.d_model, f"{where}.v1_audio_projector.d_model={ap.d_model} must equal "
+                                      f"{where}.audio_encoder.d_model={a.d_model}"),
+            (ap.llm_hidden_size == h, f"{where}.v1_audio_projector.llm_hidden_size={ap.llm_hidden_size} must equal "
+                                      f"{where}.llm.hidden_size={h}"),
+        ]
+        bad = [m for ok, m in checks if not ok]
+        if bad:
+            raise ValueError("the v1 omni model's parts do not fit together:\n  " + "\n  ".join(bad))
+
+
+class OmniV1:
+    """The v1 model as modules + functions over `params` (a dict keyed by COMPONENTS)."""
+
+    def __init__(self, cfg: OmniV1Config):
+        self.cfg = cfg
+        self.llm = Qwen2LM(cfg.llm)
+        self.vision = V1VisionTower(cfg.siglip, cfg.v1_projector)
+        self.audio_encoder = WhisperEncoder(cfg.audio_encoder)
+        self.audio_projector = V1AudioProjector(cfg.v1_audio_projector)
+
+    def init(self, rng: Array, mel_frames: int = 200) -> dict[str, Any]:
+        """Boxed params for every component (use under jax.eval_shape for shapes/axes)."""
+        c = self.cfg
+        k = jax.random.split(rng, 4)
+        ids = jnp.zeros((1, 4), jnp.int32)
+        out = {"llm": self.llm.init(k[0], ids, ids, ids + 1)["params"]}
+        tile = jnp.zeros((1, c.siglip.image_size, c.siglip.image_size, c.siglip.num_channels))
+        out.update(self.vision.init(k[1], tile, tile)["params"])
+        mel = jnp.zeros((1, c.audio_encoder.num_mel_bins, mel_frames))
+        n = jnp.full((1,), mel_frames, jnp.int32)
+        out["audio_encoder"] = self.audio_encoder.init(k[2], mel, n)["params"]
+        feats = jnp.zeros((1, c.v1_audio_projector.rate, c.audio_encoder.d_model))
+        out["v1_audio_projector"] = self.audio_projector.init(k[3], feats, jnp.ones((1,), jnp.int32))["params"]
+        return out
+
+    def init_state(self, rng: Array) -> None:
+        return None  # v1 has no model state (no RVQ)
+
+    # ---- modality encoders ----
+
+    def audio_tokens(self, params, mels: Array, lengths: Array) -> Array:
+        """(B, A, n_mels, F) mel chunks + (B, A) valid frames -> (B, A * TPS, D) tokens, slot-major
+        (chunk a, token k -> a * TPS + k; TPS = encoder frames of F // rate)."""
+        b, a = mels.shape[:2]
+        h, n = self.audio_encoder.apply({"params": params["audio_encoder"]}, mels.reshape((b * a,) + mels.shape[2:]),
+                                        lengths.reshape(-1))
+        y, _ = self.audio_projector.apply({"params": params["v1_audio_projector"]}, h, n)
+        return y.reshape(b, a * y.shape[1], y.shape[2])
+
+    @property
+    def tile_slot(self) -> int:
+        """Token slots per tile in a row's tile-token space (= the data's MediaConfig.tile_slot)."""
+        p = self.cfg.v1_projector
+        return max(p.image_tokens, p.video_tokens)
+
+    def vision_tokens(self, params, tiles: Array, is_video: Array) -> Array:
+        """(B, K, 3, S, S) normalised tiles + (B, K) video flags -> (B, K * tile_slot, D)."""
+        b, k = tiles.shape[:2]
+        slot = self.tile_slot
+        v = {"params": {n: params[n] for n in ("siglip", "v1_projector", "v1_video_projector")}}
+        y = self.vision.apply(v, jnp.moveaxis(tiles, 2, -1), is_video, slot, method=V1VisionTower.mixed)
+        return y.reshape(b, k * slot, y.shape[-1])
+
+    # ---- the LLM over merged embeddings ----
+
+    def input_embeddings(self, params, state, batch: Mapping[str, Array]) -> tuple[Array, dict]:
+        del state
+        x = self.llm.apply({"params": params["llm"]}, batch["tokens"], method=Qwen2LM.embed)
+        if "audio_mels" in batch:
+            x = place(x, self.audio_tokens(params, batch["audio_mels"], batch["audio_mel_lengths"]),
+                      batch["audio_token_index"])
+        if "vision_tiles" in batch:
+            x = place(x, self.vision_tokens(params, batch["vision_tiles"], batch["vision_tile_video"]),
+                      batch["vision_token_index"])
+        return x, {}
+
+    def hidden(self, params, state, batch: Mapping[str, Array]) -> tuple[Array, dict]:
+        x, extras = self.input_embeddings(params, state, batch)
+        h, _ = self.llm.apply({"params": params["llm"]}, x, batch["positions"], batch["segment_ids"],
+                              method=Qwen2LM.hidden)
+        return h, extras
+
+    def logits(self, params, hidden: Array) -> Array:
+        return self.llm.apply({"params": params["llm"]}, hidden, method=Qwen2LM.logits)
