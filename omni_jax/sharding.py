@@ -203,6 +203,6 @@ def check_batch_divisible(spec: Mapping[str, tuple[Any, Sequence[str | None]]], 
         raise ValueError(
             f"The batch cannot be split over mesh {dict(mesh.shape)}:\n" + "\n".join(problems)
             + f"\nMake config.train.batch_size a multiple of data x fsdp = {dp} (and the sequence length a "
-            "multiple of context), or set config.mesh so that it divides them (e.g. --config.mesh.data=1 "
-            "--config.mesh.fsdp=-1 shards parameters instead)."
+            "multiple of context), or give fewer devices to the batch axes: e.g. --config.mesh.tensor=2 or "
+            "--config.mesh.context=2 (with data=-1) puts the other devices on heads or sequence positions."
         )

@@ -88,6 +88,14 @@ def test_indivisible_sharding_is_a_clear_error():
         step_lib.make_layout(task, mesh, 8)
 
 
+def test_batch_that_does_not_split_over_the_mesh_is_a_clear_error():
+    task = get_task(_config())
+    mesh = shd.make_mesh(dict(data=-1), jax.devices())  # 8-way data parallel
+    with pytest.raises(ValueError, match=r"(?s)tokens dim 0 \(activation_batch=4\) is not divisible by mesh "
+                                         r"dataxfsdp=8.*config.train.batch_size a multiple of data x fsdp = 8"):
+        step_lib.make_layout(task, mesh, 4)
+
+
 def test_mesh_config_errors():
     with pytest.raises(ValueError, match="needs 6 devices but 8"):
         shd.make_mesh(dict(data=3, fsdp=2))
