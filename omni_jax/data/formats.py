@@ -176,6 +176,25 @@ def _interleaved(b: SequenceBuilder, text: str, marker: str, items: Sequence[Any
     return b.eos().build()
 
 
+def chat_prompt(ctx: FormatContext, text: str, *, images: Sequence[bytes] = (), video_frames: Sequence[bytes] = (),
+                video_fps: float = 1.0, audio: Sequence[AudioItem] = (), speech_reply: bool = False,
+                rid: str = "prompt") -> Sample:
+    """An inference prompt in the training layout: `<B_SYS>system<C_Q>` + images + video + audio +
+    text + `[<audiotext_start>]<C_A>`, then one placeholder reply token (eos), so that the sample's
+    inputs (`Sample.example`, ids[:-1]) end exactly at `<C_A>`."""
+    b = _chat(ctx, rid)
+    for data in images:
+        _image(b, ctx, data)
+    if video_frames:
+        _video(b, ctx, {"frames": list(video_frames), "fps": video_fps})
+    for item in audio:
+        _audio(b, ctx, item)
+    if text:
+        b.text(text)
+    b.assistant(speech_reply=speech_reply)
+    return b.eos(train=False).build()
+
+
 # ------------------------------------------------------------------ formats
 def fmt_text(rec, ctx, rng, rid) -> Sample:
     b = SequenceBuilder(ctx.tokenizer, rid)

@@ -101,14 +101,18 @@ def _left_pad(samples: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ids, mask, emb
 
 
-def generate(task, params, samples: list[dict], tok, *, max_new: int, speech: bool, seed: int = 0):
+def generate(task, params, samples: list[dict], tok, *, max_new: int, speech: bool, seed: int = 0, text=None,
+             chunked: bool = False):
+    """Generation from merged prompts: greedy text unless `text` (SamplingParams) says otherwise;
+    chunked=True keeps the released demo's chunk limits (50 text tokens / 500 audio frames),
+    otherwise one chunk may use all `max_new` steps."""
     from omni_jax.generate.interleaved import GenerationConfig, SpecialIds, SpeechModels, make_generate, split_rows
     from omni_jax.generate.sampling import AUDIO_RELEASE, SamplingParams
 
     m = task.model
-    greedy = SamplingParams(do_sample=False)
-    cfg = GenerationConfig(max_new_steps=max_new, max_text_tokens_per_chunk=max_new, max_audio_frames_per_chunk=max_new,
-                           text=greedy, audio=AUDIO_RELEASE, speech=speech)
+    text = text or SamplingParams(do_sample=False)
+    limits = {} if chunked else dict(max_text_tokens_per_chunk=max_new, max_audio_frames_per_chunk=max_new)
+    cfg = GenerationConfig(max_new_steps=max_new, text=text, audio=AUDIO_RELEASE, speech=speech, **limits)
     embed, head = getattr(m, "audio_embed", None), getattr(m, "audio_head", None)  # v1: text only
     fn = make_generate(SpeechModels(m.llm, embed, head), SpecialIds.from_tokenizer(tok), cfg)
     ids, mask, emb = _left_pad(samples)
