@@ -27,6 +27,23 @@ def base() -> ml_collections.ConfigDict:
     return c
 
 
+def pipeline(c: ml_collections.ConfigDict, stage_fns: dict, order, steps: dict) -> ml_collections.ConfigDict:
+    """A multi-stage run: every stage of `order` with steps[name] > 0 (stage_fns[name](c, steps)
+    adds config.stages.<name>), trained in one run and evaluated at the end. `c.size == "test"`
+    (a few steps per stage for the test suite) logs every step and evaluates 2 short samples."""
+    order = [n for n in order if steps[n] > 0]
+    for name in order:
+        stage_fns[name](c, steps[name])
+    c.stage_order = tuple(order)
+    c.train.steps = sum(steps[n] for n in order)
+    c.evaluate.at_end = True
+    if c.size == "test":
+        c.evaluate.update(num_samples=2, max_new_tokens=8)
+        c.train.update(log_every=1, progress_bar=False)
+        c.checkpoint.every = 1000
+    return c
+
+
 def qwen2(size: str) -> ml_collections.ConfigDict:
     """Backbone presets: tiny (CI), small (~100M, benchmarks), 7b (the release shape)."""
     presets = {

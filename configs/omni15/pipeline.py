@@ -14,6 +14,7 @@ answers a spoken question in speech (WAV files under <workdir>/eval/), and print
 Override any stage's length, e.g. --config.stages.sft_1.steps=500.
 """
 
+from configs import common
 from configs.omni15 import stages
 
 ORDER = ("text_pretrain", "audio_tokenizer", "flow_matching", "vocoder", "image_text_1", "image_text_2",
@@ -34,16 +35,4 @@ STEPS = {
 
 def get_config(arg: str | None = None):
     size = arg or "tiny"
-    c = stages.base(size)
-    steps = STEPS[size]
-    order = [n for n in ORDER if steps[n] > 0]  # 7b starts from pretrained Qwen2.5 and HiFT
-    for name in order:
-        stages.STAGES[name](c, steps[name])
-    c.stage_order = tuple(order)
-    c.train.steps = sum(steps[n] for n in order)
-    c.evaluate.at_end = True
-    if size == "test":
-        c.evaluate.update(num_samples=2, max_new_tokens=8)
-        c.train.update(log_every=1, progress_bar=False)
-        c.checkpoint.every = 1000
-    return c
+    return common.pipeline(stages.base(size), stages.STAGES, ORDER, STEPS[size])

@@ -11,6 +11,7 @@ suite, `:small` and `:7b` are for accelerators (7b: start the parts from Hugging
 --config.init.checkpoint=DIR holding llm/, siglip/, audio_encoder/; omni_jax/convert/omni_v1.py).
 """
 
+from configs import common
 from configs.omni_v1 import stages
 
 ORDER = ("text_pretrain", "image_language_1", "image_language_2", "image_language_3", "video_language",
@@ -28,16 +29,4 @@ STEPS = {
 
 def get_config(arg: str | None = None):
     size = arg or "tiny"
-    c = stages.base(size)
-    steps = STEPS[size]
-    order = [n for n in ORDER if steps[n] > 0]
-    for name in order:
-        stages.STAGES[name](c, steps[name])
-    c.stage_order = tuple(order)
-    c.train.steps = sum(steps[n] for n in order)
-    c.evaluate.at_end = True
-    if size == "test":
-        c.evaluate.update(num_samples=2, max_new_tokens=8)
-        c.train.update(log_every=1, progress_bar=False)
-        c.checkpoint.every = 1000
-    return c
+    return common.pipeline(stages.base(size), stages.STAGES, ORDER, STEPS[size])

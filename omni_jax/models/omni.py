@@ -46,7 +46,22 @@ Array = jax.Array
 
 COMPONENTS = ("llm", "visual", "visual_bridge", "audio_encoder", "audio_bridge", "audio_decoder",
               "audio_embed", "audio_head", "flow_matching", "vocoder")
-MODEL_KEYS = ("llm", "vision", "audio", "audio_head", "flow_matching", "vocoder")
+def parts_from_config(model: Mapping[str, Any], parts: Mapping[str, Any], where: str, what: str) -> dict[str, Any]:
+    """{key: part config} from `config.model`, whose keys must be exactly those of `parts`
+    (key -> config class with `from_dict`); errors name the unknown and the missing keys."""
+    d = {k: (v.to_dict() if hasattr(v, "to_dict") else dict(v)) for k, v in dict(model).items()}
+    unknown, missing = sorted(set(d) - set(parts)), sorted(set(parts) - set(d))
+    if unknown or missing:
+        raise ValueError(f"{where}: the {what} needs exactly the keys {list(parts)}; "
+                         f"unknown {unknown}, missing {missing}")
+    return {k: c.from_dict(d[k], f"{where}.{k}") for k, c in parts.items()}
+
+
+def check_fit(checks: list[tuple[bool, str]], header: str) -> None:
+    """Raises one error, `header` then every failed (ok, message) cross-part check."""
+    bad = [m for ok, m in checks if not ok]
+    if bad:
+        raise ValueError(header + ":\n  " + "\n  ".join(bad))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,19 +76,7 @@ class Omni15Config:
     @classmethod
     def from_config(cls, model: Mapping[str, Any], where: str = "config.model") -> "Omni15Config":
         """From `config.model` (configs/common.py `omni15_model`), checking that the parts fit."""
-        d = {k: (v.to_dict() if hasattr(v, "to_dict") else dict(v)) for k, v in dict(model).items()}
-        unknown, missing = sorted(set(d) - set(MODEL_KEYS)), sorted(set(MODEL_KEYS) - set(d))
-        if unknown or missing:
-            raise ValueError(f"{where}: the omni model needs exactly the keys {list(MODEL_KEYS)}; "
-                             f"unknown {unknown}, missing {missing}")
-        cfg = cls(
-            llm=Qwen2Config.from_dict(d["llm"], f"{where}.llm"),
-            vision=NaViTConfig.from_dict(d["vision"], f"{where}.vision"),
-            audio=AudioTokenizerConfig.from_dict(d["audio"], f"{where}.audio"),
-            audio_head=AudioHeadConfig.from_dict(d["audio_head"], f"{where}.audio_head"),
-            flow_matching=FlowMatchingConfig.from_dict(d["flow_matching"], f"{where}.flow_matching"),
-            vocoder=HiFTConfig.from_dict(d["vocoder"], f"{where}.vocoder"),
-        )
+        cfg = cls(**parts_from_config(model, PARTS, where, "omni model"))
         cfg.validate(where)
         return cfg
 
@@ -94,9 +97,12 @@ class Omni15Config:
              f"{where}.flow_matching.n_mels={self.flow_matching.n_mels} must equal {where}.vocoder.n_mels="
              f"{self.vocoder.n_mels}"),
         ]
-        bad = [m for ok, m in checks if not ok]
-        if bad:
-            raise ValueError("the omni model's parts do not fit together:\n  " + "\n  ".join(bad))
+        check_fit(checks, "the omni model's parts do not fit together")
+
+
+PARTS = dict(llm=Qwen2Config, vision=NaViTConfig, audio=AudioTokenizerConfig, audio_head=AudioHeadConfig,
+             flow_matching=FlowMatchingConfig, vocoder=HiFTConfig)
+MODEL_KEYS = tuple(PARTS)
 
 
 def gather(buffer: Array, index: Array) -> Array:

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from omni_jax.models.omni import place
+from omni_jax.models.omni import check_fit, parts_from_config, place
 from omni_jax.models.qwen2 import Qwen2Config, Qwen2LM
 from omni_jax.models.siglip import SiglipConfig
 from omni_jax.models.v1_audio_projector import V1AudioProjector, V1AudioProjectorConfig
@@ -39,7 +39,6 @@ from omni_jax.models.whisper import WhisperEncoder, WhisperEncoderConfig
 Array = jax.Array
 
 COMPONENTS = ("llm", "siglip", "v1_projector", "v1_video_projector", "audio_encoder", "v1_audio_projector")
-MODEL_KEYS = ("llm", "siglip", "v1_projector", "audio_encoder", "v1_audio_projector")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,18 +52,7 @@ class OmniV1Config:
     @classmethod
     def from_config(cls, model: Mapping[str, Any], where: str = "config.model") -> "OmniV1Config":
         """From `config.model` (configs/common.py `omni_v1_model`), checking that the parts fit."""
-        d = {k: (v.to_dict() if hasattr(v, "to_dict") else dict(v)) for k, v in dict(model).items()}
-        unknown, missing = sorted(set(d) - set(MODEL_KEYS)), sorted(set(MODEL_KEYS) - set(d))
-        if unknown or missing:
-            raise ValueError(f"{where}: the v1 omni model needs exactly the keys {list(MODEL_KEYS)}; "
-                             f"unknown {unknown}, missing {missing}")
-        cfg = cls(
-            llm=Qwen2Config.from_dict(d["llm"], f"{where}.llm"),
-            siglip=SiglipConfig.from_dict(d["siglip"], f"{where}.siglip"),
-            v1_projector=V1ProjectorConfig.from_dict(d["v1_projector"], f"{where}.v1_projector"),
-            audio_encoder=WhisperEncoderConfig.from_dict(d["audio_encoder"], f"{where}.audio_encoder"),
-            v1_audio_projector=V1AudioProjectorConfig.from_dict(d["v1_audio_projector"], f"{where}.v1_audio_projector"),
-        )
+        cfg = cls(**parts_from_config(model, PARTS, where, "v1 omni model"))
         cfg.validate(where)
         return cfg
 
@@ -83,9 +71,12 @@ class OmniV1Config:
             (ap.llm_hidden_size == h, f"{where}.v1_audio_projector.llm_hidden_size={ap.llm_hidden_size} must equal "
                                       f"{where}.llm.hidden_size={h}"),
         ]
-        bad = [m for ok, m in checks if not ok]
-        if bad:
-            raise ValueError("the v1 omni model's parts do not fit together:\n  " + "\n  ".join(bad))
+        check_fit(checks, "the v1 omni model's parts do not fit together")
+
+
+PARTS = dict(llm=Qwen2Config, siglip=SiglipConfig, v1_projector=V1ProjectorConfig, audio_encoder=WhisperEncoderConfig,
+             v1_audio_projector=V1AudioProjectorConfig)
+MODEL_KEYS = tuple(PARTS)
 
 
 class OmniV1:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from omni_jax.data.omni_batch import TEXT_FIELDS, OmniShapes
+from omni_jax.models.omni import check_fit
 from omni_jax.models.omni_v1 import OmniV1, OmniV1Config
 from omni_jax.tasks.omni import AUDIO_FIELDS, OmniTask
 
@@ -63,9 +64,7 @@ class OmniV1Task(OmniTask):
              f"config.data.shapes.mel_frames={self.shapes.mel_frames} give more encoder frames than "
              f"config.model.audio_encoder.max_source_positions={enc.max_source_positions}"),
         ]
-        bad = [msg for ok, msg in checks if not ok]
-        if bad:
-            raise ValueError("the v1 data and model do not fit together:\n  " + "\n  ".join(bad))
+        check_fit(checks, "the v1 data and model do not fit together")
 
     def init_state(self, rng):
         return None
