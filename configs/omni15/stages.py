@@ -17,6 +17,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import audio_tokenizer_tiny, common
+from omni_jax.data.formats import mixture_needs
 from omni_jax.data.stage_mixtures import mixture
 
 COMPONENTS = ("llm", "visual", "visual_bridge", "audio_encoder", "audio_bridge", "audio_decoder", "audio_embed",
@@ -89,21 +90,28 @@ def base(size: str = "tiny") -> ml_collections.ConfigDict:
 # ---------------------------------------------------------------------------------
 
 
-def _omni_stage(c, name: str, steps: int, groups: dict, rates: dict, mix: str | None = None):
-    size = c.size
-    c.stages[name] = ml_collections.ConfigDict(dict(
-        steps=steps, rules=partition(groups), grad_clip_norm=1.0,
-        groups={g: _group(rates[g], size) for g in groups},
-        data=dict(mixture=mixture(mix or name, dataset_config(size))),
+def stage_entry(c, steps: int, groups: dict, rates: dict, mix: dict, components=COMPONENTS) -> ml_collections.ConfigDict:
+    """A stage of the omni task: its regex groups and rates, its data mixture, and (task_config)
+    the modalities its batches carry, so the step skips the encoders of media the stage lacks."""
+    return ml_collections.ConfigDict(dict(
+        steps=steps, rules=partition(groups, components), grad_clip_norm=1.0,
+        groups={g: _group(rates[g], c.size) for g in groups},
+        data=dict(mixture=mix), task_config=dict(modalities=mixture_needs(mix)),
     ))
+
+
+def _omni_stage(c, name: str, steps: int, groups: dict, rates: dict, mix: str | dict | None = None):
+    if not isinstance(mix, dict):
+        mix = mixture(mix or name, dataset_config(c.size))
+    c.stages[name] = stage_entry(c, steps, groups, rates, mix)
 
 
 def text_pretrain(c, steps):
     """tiny/small only: the LLM learns the text of the embedded world first (the release starts
     from pretrained Qwen2.5-7B instead)."""
-    _omni_stage(c, "text_pretrain", steps, {"llm": ("llm",)}, {"llm": 1e-4}, mix="image_text_2")
-    c.stages.text_pretrain.data = dict(mixture={"text": dict(dataset=f"omni_text/{dataset_config(c.size)}",
-                                                             format="text", weight=1.0, split="train")})
+    _omni_stage(c, "text_pretrain", steps, {"llm": ("llm",)}, {"llm": 1e-4},
+                mix={"text": dict(dataset=f"omni_text/{dataset_config(c.size)}", format="text", weight=1.0,
+                                  split="train")})
 
 
 def audio_tokenizer(c, steps):

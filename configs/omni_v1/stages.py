@@ -17,7 +17,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import common
-from configs.omni15.stages import _group, dataset_config, partition
+from configs.omni15.stages import dataset_config, stage_entry
 from omni_jax.data.stage_mixtures import mixture
 
 COMPONENTS = ("llm", "siglip", "v1_projector", "v1_video_projector", "audio_encoder", "v1_audio_projector")
@@ -58,20 +58,16 @@ def base(size: str = "tiny") -> ml_collections.ConfigDict:
     return c
 
 
-def _stage(c, name: str, steps: int, groups: dict, rates: dict, mix: str | None = None):
-    c.stages[name] = ml_collections.ConfigDict(dict(
-        steps=steps, rules=partition(groups, COMPONENTS), grad_clip_norm=1.0,
-        groups={g: _group(rates[g], c.size) for g in groups},
-        data=dict(mixture=mixture(mix or f"v1_{name}", dataset_config(c.size))),
-    ))
+def _stage(c, name: str, steps: int, groups: dict, rates: dict, mix: dict | None = None):
+    mix = mix or mixture(f"v1_{name}", dataset_config(c.size))
+    c.stages[name] = stage_entry(c, steps, groups, rates, mix, COMPONENTS)
 
 
 def text_pretrain(c, steps):
     """tiny/small only: the LLM learns the text of the embedded world first (v1 starts from a
     pretrained 7B LLM instead)."""
-    _stage(c, "text_pretrain", steps, {"llm": ("llm",)}, {"llm": 1e-4}, mix="v1_image_language_3")
-    c.stages.text_pretrain.data = dict(mixture={"text": dict(dataset=f"omni_text/{dataset_config(c.size)}",
-                                                             format="text", weight=1.0, split="train")})
+    _stage(c, "text_pretrain", steps, {"llm": ("llm",)}, {"llm": 1e-4},
+           mix={"text": dict(dataset=f"omni_text/{dataset_config(c.size)}", format="text", weight=1.0, split="train")})
 
 
 def image_language_1(c, steps):

@@ -341,6 +341,11 @@ FORMATS: dict[str, Format] = {
 }
 
 
+def mixture_needs(mixture: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The modalities ("vision", "audio", "speech") the formats of a mixture use, sorted."""
+    return sorted(set().union(*[get_format(c["format"], f"mixture.{n}").needs for n, c in dict(mixture).items()]))
+
+
 def get_format(name: str, where: str) -> Format:
     if name not in FORMATS:
         raise ValueError(f"{where}.format={name!r} is not a known format; known: {sorted(FORMATS)}")

@@ -32,6 +32,7 @@ AUDIO_FIELDS = ("audio_mels", "audio_mel_lengths", "audio_token_index")
 SPEECH_FIELDS = ("speech_mels", "speech_mel_lengths", "speech_token_index", "speech_target_index",
                  "speech_target_end", "speech_loss_mask")
 LOSS_DEFAULTS = dict(text=1.0, audio=1.0)
+MODALITIES = ("vision", "audio", "speech")
 
 
 class OmniTask(Task):
@@ -65,8 +66,23 @@ class OmniTask(Task):
 
     def batch_fields(self, s: OmniShapes) -> tuple[str, ...]:
         self.max_head_positions = s.max_speech_chunks * (s.tokens_per_chunk + 1)
-        return (TEXT_FIELDS + (VISION_FIELDS if s.max_patches else ()) + (AUDIO_FIELDS if s.max_audio_chunks else ())
-                + (SPEECH_FIELDS if s.max_speech_chunks else ()))
+        m = self.modalities
+        return (TEXT_FIELDS + (VISION_FIELDS if s.max_patches and "vision" in m else ())
+                + (AUDIO_FIELDS if s.max_audio_chunks and "audio" in m else ())
+                + (SPEECH_FIELDS if s.max_speech_chunks and "speech" in m else ()))
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """`config.modalities`: the media a stage's batches carry (a stage config sets it from its
+        mixture, configs/omni15/stages.py); absent = every modality with a budget. The step then
+        never runs the encoders of media the stage has none of (a text stage is ~2x faster)."""
+        given = self.config.get("modalities", None)
+        if given is None:
+            return MODALITIES
+        unknown = sorted(set(given) - set(MODALITIES))
+        if unknown:
+            raise ValueError(f"config.modalities: unknown {unknown}; use some of {list(MODALITIES)}")
+        return tuple(given)
 
     def check_data(self) -> None:
         """Data shapes the model cannot read (the v1 task checks its tile and audio geometry)."""
@@ -126,10 +142,16 @@ class OmniTask(Task):
     # ---- data ----
 
     def make_data(self, stage, *, start_step, process_index, process_count):
-        from omni_jax.data.omni_pipeline import make_omni_iterator
+        from omni_jax.data.omni_pipeline import OmniPipeline, make_omni_iterator
 
+        pipe = OmniPipeline(self.config, stage.name)
+        needs = set().union(*[p.comp.spec.needs for p in pipe.plans])
+        if not needs <= set(self.modalities):
+            raise ValueError(f"stage {stage.name}: its data mixture uses {sorted(needs)} but its batches carry only "
+                             f"{list(self.modalities)}: set config.stages.{stage.name}.task_config.modalities to "
+                             f"{sorted(needs | set(self.modalities))}")
         return make_omni_iterator(self.config, stage=stage.name, start_step=start_step, process_index=process_index,
-                                  process_count=process_count, fields=self.fields)
+                                  process_count=process_count, fields=self.fields, pipeline=pipe)
 
     # ---- evaluation and weights ----
 

@@ -39,7 +39,9 @@ class OmniV1Task(OmniTask):
             raise ValueError(f"config.data.shapes.max_speech_chunks={s.max_speech_chunks}: Baichuan-Omni v1 has no "
                              "speech output; set it to 0 (and use formats without speech replies)")
         self.max_head_positions = 0
-        return TEXT_FIELDS + (TILE_FIELDS if s.max_tiles else ()) + (AUDIO_FIELDS if s.max_audio_chunks else ())
+        m = self.modalities
+        return (TEXT_FIELDS + (TILE_FIELDS if s.max_tiles and "vision" in m else ())
+                + (AUDIO_FIELDS if s.max_audio_chunks and "audio" in m else ()))
 
     def check_data(self) -> None:
         from omni_jax.data.media_io import MediaConfig

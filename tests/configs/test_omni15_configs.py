@@ -71,3 +71,23 @@ def test_single_stage_configs_build(name):
 def test_unknown_size_is_named():
     with pytest.raises(ValueError, match="unknown size 'huge'"):
         pipeline.get_config("huge")
+
+
+def test_stage_batches_carry_only_the_media_of_their_mixture():
+    from omni_jax.data.omni_batch import TEXT_FIELDS
+    from omni_jax.tasks.omni import AUDIO_FIELDS, SPEECH_FIELDS, VISION_FIELDS
+
+    c = pipeline.get_config("test")
+    tasks = StageTasks(c, list(c.stage_order))
+    assert tasks["text_pretrain"].fields == TEXT_FIELDS
+    assert tasks["image_text_1"].fields == TEXT_FIELDS + VISION_FIELDS
+    assert tasks["image_audio_text_1"].fields == TEXT_FIELDS + AUDIO_FIELDS + SPEECH_FIELDS
+    assert tasks["omni_pretrain"].fields == tasks.main.fields == TEXT_FIELDS + VISION_FIELDS + AUDIO_FIELDS + SPEECH_FIELDS
+    # a stage mixture changed on the command line without its modalities is an error, never a silent drop
+    c.stages.image_text_1.data.mixture["asr"] = dict(dataset="omni_speech/shapes_tiny", format="asr", weight=0.5)
+    task = StageTasks(c, ["image_text_1"])["image_text_1"]
+    with pytest.raises(ValueError, match=r"stage image_text_1: its data mixture uses \['audio', 'vision'\] but its "
+                                         r"batches carry only \['vision'\]: set "
+                                         r"config.stages.image_text_1.task_config.modalities to \['audio', 'vision'\]"):
+        task.make_data(stage_from_config("image_text_1", c.stages.image_text_1), start_step=0, process_index=0,
+                       process_count=1)
