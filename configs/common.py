@@ -159,21 +159,30 @@ def audio_tokenizer(size: str) -> ml_collections.ConfigDict:
     ))
 
 
-def audio_head(llm_hidden: int, codebook_sizes, head_dim: int) -> ml_collections.ConfigDict:
+def audio_head(llm_hidden: int, codebook_sizes, head_dim: int, ffn_mult: int = 2) -> ml_collections.ConfigDict:
     """Audio embedding + depth-transformer audio head (omni_jax/models/audio_head.py)."""
     return ml_collections.ConfigDict(dict(hidden_size=llm_hidden, codebook_sizes=tuple(codebook_sizes),
-                                          num_layers=3, head_dim=head_dim, ffn_mult=2, dtype="float32",
+                                          num_layers=3, head_dim=head_dim, ffn_mult=ffn_mult, dtype="float32",
                                           param_dtype="float32"))
 
 
+def omni_llm(size: str) -> ml_collections.ConfigDict:
+    """The omni models' LLM: the backbone preset, except that `small` (byte tokenizer, ~100M
+    omni model for benchmarks) keeps 8 layers and a byte-sized vocabulary."""
+    llm = qwen2(size)
+    if size == "small":
+        llm.update(vocab_size=512, num_layers=8)
+    return llm
+
+
 def omni15_model(size: str) -> ml_collections.ConfigDict:
-    """Baichuan-Omni-1.5 model config: tiny (CI), small (~100M, benchmarks), 7b (the release).
+    """Baichuan-Omni-1.5 model config: tiny (CI), small (~120M, benchmarks), 7b (the release).
 
     Keys = the omni parameter tree's components: llm, vision (visual + visual_bridge), audio
     (audio_encoder + audio_bridge + audio_decoder), audio_head (audio_embed + audio_head),
     flow_matching, vocoder.
     """
-    llm = qwen2(size)
+    llm = omni_llm(size)
     sub = {"tiny": "tiny", "small": "small", "7b": "release"}[size]
     audio = audio_tokenizer(sub)
     books = audio.bridge.get("codebook_sizes", (8192, 4096, 2048, 1024, 1024, 1024, 1024, 1024))
@@ -184,7 +193,7 @@ def omni15_model(size: str) -> ml_collections.ConfigDict:
         llm=llm,
         vision=navit(sub, llm.hidden_size),
         audio=audio,
-        audio_head=audio_head(llm.hidden_size, books, llm.head_dim),
+        audio_head=audio_head(llm.hidden_size, books, llm.head_dim, ffn_mult=1 if size == "small" else 2),
         flow_matching=fm,
         vocoder=hift("release" if size == "7b" else "tiny"),
     ))
@@ -201,7 +210,7 @@ def omni_v1_model(size: str) -> ml_collections.ConfigDict:
     """
     if size not in ("tiny", "small", "7b"):
         raise ValueError(f"unknown v1 model size {size!r}; use one of ['7b', 'small', 'tiny']")
-    llm = qwen2(size)
+    llm = omni_llm(size)
     h = llm.hidden_size
     run = dict(dtype="float32", param_dtype="float32")
     siglip = {
