@@ -171,12 +171,11 @@ class OmniRunner:
         if vision and not shapes0.vision or n_audio and not shapes0.audio:
             raise ValueError("this model was trained without " + ("vision" if vision and not shapes0.vision else "audio")
                              + " inputs (its config.data.shapes budget is 0)")
+        # exactly the prompt's media (a modality it lacks has no fields: the model skips its encoder)
         shapes = dataclasses.replace(
             shapes0, seq_len=len(sample.ids) - 1,  # write_sample drops the placeholder reply token
-            max_patches=0 if tiles else (n_patch if shapes0.vision else 0),
-            max_tiles=(max(n_patch, 1) if shapes0.vision else 0) if tiles else 0,
-            max_vision_items=max(len(vision), 1) if shapes0.vision else 0,
-            max_audio_chunks=max(n_audio, 1) if shapes0.audio else 0, max_speech_chunks=0, speech_wave_rate=0)
+            max_patches=0 if tiles else n_patch, max_tiles=n_patch if tiles else 0, max_vision_items=len(vision),
+            max_audio_chunks=n_audio, max_speech_chunks=0, speech_wave_rate=0)
         out = empty_rows(shapes, 1)
         write_sample(out, 0, RowCursor(), sample, loaded, shapes, component=0)
         return out

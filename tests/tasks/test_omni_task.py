@@ -38,12 +38,11 @@ def test_release_checkpoint_to_two_stages_and_evaluation(tmp_path):
     assert not same(final["params"]["audio_head"], params["audio_head"])  # trained in both stages
     assert same(final["model_state"], state)  # the codebooks are frozen outside the tokenizer stage
 
-    # inference from the trained workdir (launch/infer.py), greedy text: the trained model's reply
+    # inference from the trained workdir (launch/infer.py), greedy text, a spoken question only (no vision fields)
     from launch.infer import run
 
     m = _media(tmp_path)
-    r = run(str(tmp_path / "run"), text="what colour is it?", images=[str(m / "image.png")], greedy=True,
-            max_new_tokens=8)
+    r = run(str(tmp_path / "run"), audio=[str(m / "question.wav")], greedy=True, max_new_tokens=8)
     assert r["prompt_tokens"] > 10 and isinstance(r["text"], str) and "wav" not in r
 
 
