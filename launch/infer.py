@@ -50,11 +50,11 @@ def run(src: str, *, text: str = "", images=(), video: str = "", video_fps: floa
 
     if not (text or images or video or audio):
         raise app.UsageError("give the model something: --text, --image, --video and/or --audio")
-    runner = OmniRunner.load(src, tokenizer=tokenizer or None, step=step, vocoder_src=vocoder_src or None,
-                             speech=speech)
-    prompt = Prompt(text=text, images=[_read(p, "image") for p in images],
+    prompt = Prompt(text=text, images=[_read(p, "image") for p in images],  # inputs first: cheap to check
                     video_frames=video_frames(video) if video else (), video_fps=video_fps,
                     audio=[_read(p, "audio") for p in audio], system=system)
+    runner = OmniRunner.load(src, tokenizer=tokenizer or None, step=step, vocoder_src=vocoder_src or None,
+                             speech=speech)
     sampling = SamplingParams(do_sample=False) if greedy else TEXT_RELEASE
     reply = runner.respond(prompt, speech=speech, max_new_tokens=max_new_tokens, text=sampling, seed=seed)
     result = {"text": reply.text, "prompt_tokens": reply.prompt_tokens, "audio_frames": reply.audio_frames}
@@ -71,10 +71,10 @@ def _main(argv):
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)
-    r = run(FLAGS.src, text=FLAGS.text, images=FLAGS.image or (), video=FLAGS.video, video_fps=FLAGS.video_fps,
-            audio=FLAGS.audio or (), speech=FLAGS.speech, out=FLAGS.out, greedy=FLAGS.greedy,
-            max_new_tokens=FLAGS.max_new_tokens, seed=FLAGS.seed, tokenizer=FLAGS.tokenizer,
-            vocoder_src=FLAGS.vocoder_src, system=FLAGS.system, step=FLAGS.step)
+    try:
+        r = _run_flags()
+    except (FileNotFoundError, ValueError) as e:  # bad checkpoints and inputs: the message says what to fix
+        raise SystemExit(f"launch.infer: {type(e).__name__}: {e}") from None
     print(r["text"])
     if r.get("wav"):
         print(f"[speech: {r['audio_frames']} frames, {r['seconds']:.2f} s -> {r['wav']}]")
@@ -82,6 +82,13 @@ def _main(argv):
         print("[the reply has no speech]")
     print(json.dumps(r))
     return 0
+
+
+def _run_flags() -> dict:
+    return run(FLAGS.src, text=FLAGS.text, images=FLAGS.image or (), video=FLAGS.video, video_fps=FLAGS.video_fps,
+            audio=FLAGS.audio or (), speech=FLAGS.speech, out=FLAGS.out, greedy=FLAGS.greedy,
+            max_new_tokens=FLAGS.max_new_tokens, seed=FLAGS.seed, tokenizer=FLAGS.tokenizer,
+            vocoder_src=FLAGS.vocoder_src, system=FLAGS.system, step=FLAGS.step)
 
 
 def _define_flags() -> None:

@@ -124,6 +124,9 @@ class OmniRunner:
         from configs import common
         from omni_jax.convert import omni as oc
 
+        if not os.path.exists(os.path.join(directory, "config.json")):
+            raise FileNotFoundError(f"{directory} has no config.json: it is neither a release-format directory "
+                                    "(config.json + safetensors) nor an omni_jax workdir (config.json + checkpoints/)")
         model = oc.model_config_from_release(directory)
         has_vocoder = vocoder_src or os.path.isdir(os.path.join(directory, oc.VOCODER_DIR))
         if speech and not has_vocoder:
