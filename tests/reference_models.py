@@ -24,3 +24,15 @@ def tiny_hf_qwen2(seed: int = 0, **overrides) -> Qwen2ForCausalLM:
 
 def state_dict_numpy(model: torch.nn.Module) -> dict:
     return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def random_params(task, seed: int = 0, scale: float = 0.02) -> dict:
+    """Random numpy params in the task's tree (shapes from jax.eval_shape, no init compile: the
+    whole omni model's init takes ~30 s to compile on CPU). For tests where values are arbitrary."""
+    import jax
+
+    from omni_jax import sharding as shd
+
+    abstract = shd.unbox(jax.eval_shape(task.init, jax.ShapeDtypeStruct((2,), np.uint32)))
+    rs = np.random.RandomState(seed)
+    return jax.tree.map(lambda a: (scale * rs.randn(*a.shape)).astype(a.dtype), abstract)

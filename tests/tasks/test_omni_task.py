@@ -12,6 +12,7 @@ from configs.omni15 import pipeline
 from omni_jax import sharding as shd
 from omni_jax.convert.omni import save_release
 from omni_jax.tasks.omni import OmniTask
+from tests.reference_models import random_params
 from omni_jax.train.checkpoint import Checkpointer
 from omni_jax.train.trainer import train
 
@@ -20,7 +21,7 @@ def test_release_checkpoint_to_two_stages_and_evaluation(tmp_path):
     c = pipeline.get_config("test")
     c.stage_order = ("image_audio_text_1", "sft_2")  # both keep the LLM frozen
     task = OmniTask(c)
-    params = jax.device_get(shd.unbox(jax.jit(task.init)(jax.random.PRNGKey(7))))
+    params = random_params(task, 7)
     state = jax.device_get(shd.unbox(jax.jit(task.init_state)(jax.random.PRNGKey(8))))
     save_release(str(tmp_path / "release"), params, state, task.model_cfg, dtype=None)
     c.init.checkpoint = str(tmp_path / "release")
@@ -67,7 +68,7 @@ def test_inference_from_a_release_directory(tmp_path):
 
     c = pipeline.get_config("test")
     task = OmniTask(c)
-    params = jax.device_get(shd.unbox(jax.jit(task.init)(jax.random.PRNGKey(3))))
+    params = random_params(task, 3)
     state = jax.device_get(shd.unbox(jax.jit(task.init_state)(jax.random.PRNGKey(4))))
     save_release(str(tmp_path / "release"), params, state, task.model_cfg, dtype=None)
     m = _media(tmp_path)
