@@ -307,7 +307,8 @@ def _select(abstract_params, only, exclude) -> list[str]:
     return [c for c in KNOWN_COMPONENTS if c in chosen]
 
 
-def _is_workdir(src) -> bool:
+def is_workdir(src) -> bool:
+    """An omni_jax trainer workdir (it has checkpoints/), as opposed to a release directory."""
     return isinstance(src, (str, os.PathLike)) and os.path.isdir(os.path.join(src, "checkpoints"))
 
 
@@ -371,7 +372,7 @@ def import_release(src, cfg, abstract_params=None, abstract_state=None, *, only:
         extra = sorted(set(abstract_state) - set(STATE_KEYS))
         if extra:
             raise ValueError(f"abstract_state has {extra}; the release's model state is only {list(STATE_KEYS)}")
-    if _is_workdir(src):
+    if is_workdir(src):
         return _import_workdir(os.fspath(src), comps, abstract_params, abstract_state, step)
     main = [c for c in comps if c != VOCODER]
     want_state = abstract_state is not None

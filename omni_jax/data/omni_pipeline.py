@@ -189,7 +189,8 @@ def make_tts(c: Mapping[str, Any] | None):
     raise ValueError(f"config.data.tts.kind={kind!r}; use 'builtin', 'espeak' or 'python:module:factory'")
 
 
-def _tokenizer(config: Any, d: Any):
+def data_tokenizer(config: Any, d: Any):
+    """The tokenizer `config.data.tokenizer` names (vocabulary from config.model.llm when not given)."""
     t = dict(d.get("tokenizer", {}) or {})
     vocab = t.get("vocab_size")
     if vocab is None:
@@ -211,7 +212,7 @@ class OmniPipeline:
         self.data = d
         self.shapes = OmniShapes.from_config(d)
         self.media = MediaConfig.from_dict(d.get("media"))
-        self.tokenizer = _tokenizer(config, d)
+        self.tokenizer = data_tokenizer(config, d)
         self.components = parse_mixture(d.get("mixture"))
         self.seed = int(d.get("seed", 0))
         errors_cfg = dict(d.get("errors", {}) or {})

@@ -59,15 +59,6 @@ class Reply:
         return int(sum(len(c) for c in self.audio_chunks))
 
 
-def _read_json(path: str) -> dict:
-    with open(path) as fh:
-        return json.load(fh)
-
-
-def _is_workdir(src: str) -> bool:
-    return os.path.isdir(os.path.join(src, "checkpoints"))
-
-
 class OmniRunner:
     """A loaded omni model (params + model state) and the run settings its inputs need."""
 
@@ -78,9 +69,9 @@ class OmniRunner:
         self.params, self.state = params, state
         self.task = get_task(config)  # the model and its batch fields (shapes are per prompt)
         self.media = MediaConfig.from_dict(config.data.get("media"))
-        from omni_jax.data.omni_pipeline import _tokenizer
+        from omni_jax.data.omni_pipeline import data_tokenizer
 
-        self.tokenizer = _tokenizer(config, config.data)
+        self.tokenizer = data_tokenizer(config, config.data)
         self._synth = None
 
     # ---- loading ----
@@ -93,7 +84,9 @@ class OmniRunner:
         release's tokenizer files when they are not in `src`). speech=False skips the vocoder."""
         if not os.path.isdir(src):
             raise FileNotFoundError(f"{src!r} is neither an omni_jax workdir nor a release directory")
-        if _is_workdir(src):
+        from omni_jax.convert.omni import is_workdir
+
+        if is_workdir(src):
             return cls._from_workdir(src, step, tokenizer)
         return cls._from_release(src, tokenizer, vocoder_src, speech)
 
@@ -102,7 +95,8 @@ class OmniRunner:
         path = os.path.join(workdir, "config.json")
         if not os.path.exists(path):
             raise FileNotFoundError(f"{workdir} has checkpoints/ but no config.json (the trainer writes both)")
-        config = ml_collections.ConfigDict(_read_json(path))
+        with open(path) as fh:
+            config = ml_collections.ConfigDict(json.load(fh))
         if config.task not in ("omni", "omni_v1"):
             raise ValueError(f"{workdir} is a run of task {config.task!r}; inference needs an omni model "
                              "(task 'omni' or 'omni_v1')")

@@ -142,10 +142,11 @@ class OmniTask(Task):
     # ---- data ----
 
     def make_data(self, stage, *, start_step, process_index, process_count):
+        from omni_jax.data.formats import mixture_needs
         from omni_jax.data.omni_pipeline import OmniPipeline, make_omni_iterator
 
         pipe = OmniPipeline(self.config, stage.name)
-        needs = set().union(*[p.comp.spec.needs for p in pipe.plans])
+        needs = set(mixture_needs(pipe.data.get("mixture")))
         if not needs <= set(self.modalities):
             raise ValueError(f"stage {stage.name}: its data mixture uses {sorted(needs)} but its batches carry only "
                              f"{list(self.modalities)}: set config.stages.{stage.name}.task_config.modalities to "
