@@ -22,7 +22,7 @@ code embeddings (in 1.5 the LLM sees audio only as code embeddings, for input an
 audio alike); images / video frames -> NaViT -> PatchMerger; speech in audiogen spans -> codes
 -> summed code embeddings; each placed at its placeholders through the host-built gather
 indices of the batch (omni_jax/data/omni_batch.py; counts were verified there); the text
-embedding at those positions is dropped (omni_jax/models/merge.py semantics). Then the LLM.
+embedding at those positions is dropped (`place`, the one placement). Then the LLM.
 The audio tokenizer is always applied under stop_gradient here: in every stage of 1.8 it is
 frozen (it trains in its own stage, omni_jax/tasks/audio_tokenizer.py).
 """
@@ -112,7 +112,16 @@ def gather(buffer: Array, index: Array) -> Array:
 
 
 def place(x: Array, buffer: Array, index: Array) -> Array:
-    """x (B, T, D) with buffer rows put where index >= 0 (the host-built placeholder indices)."""
+    """x (B, T, D) with buffer rows put where index >= 0 (the host-built placeholder indices).
+
+    THE placement of modality embeddings (the release's `get_multimodal_embed`): row b's
+    placeholders take row b's buffer rows, the text embedding there is dropped, and gradients
+    reach exactly the placed buffer rows. The counts were checked on the host
+    (omni_jax/data/omni_pipeline.py `load_media`)."""
+    if buffer.ndim != 3 or index.shape != x.shape[:2] or buffer.shape[0] != x.shape[0] or buffer.shape[2] != x.shape[2]:
+        raise ValueError(f"place: embeddings of shape {buffer.shape} with index {index.shape} cannot fill text "
+                         f"embeddings {x.shape}; expected ({x.shape[0]}, tokens, {x.shape[2]}) with an index "
+                         f"{x.shape[:2]} (the batch rows and width of the text embeddings)")
     return jnp.where((index >= 0)[..., None], gather(buffer, index).astype(x.dtype), x)
 
 
