@@ -39,13 +39,13 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from omni_jax.layers import Dense, LayerNorm, RMSNorm, dot_product_attention, dtype_of
 from omni_jax.layers.conv1d import Conv1d
 from omni_jax.models.qwen2 import config_from_dict
 from omni_jax.models.remat import remat_policy
+from omni_jax.models.whisper import sinusoids
 
 Array = jax.Array
 
@@ -112,14 +112,6 @@ class FlowMatchingConfig:
     @property
     def time_embed_dim(self) -> int:
         return self.channels[0] * 4
-
-
-def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:
-    """Whisper's sinusoid table (sin | cos halves), the release prenet's stored buffer."""
-    inc = np.log(max_timescale) / (channels // 2 - 1)
-    inv = np.exp(-inc * np.arange(channels // 2, dtype=np.float32))
-    t = np.arange(length, dtype=np.float32)[:, None] * inv[None, :]
-    return np.concatenate([np.sin(t), np.cos(t)], axis=1).astype(np.float32)
 
 
 def time_sinusoid(t: Array, dim: int, scale: float = 1000.0) -> Array:

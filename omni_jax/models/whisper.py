@@ -5,7 +5,8 @@ release's `audio_tokenizer.audio_model.*`, which uses the same names plus a stor
 `positional_embedding` sinusoid buffer). Also here, reused by the audio decoder and available to
 the other audio branches:
 
-  sinusoids(length, channels)  the fixed Whisper position table (float32, numpy)
+  sinusoids(length, channels)  the fixed Whisper position table (float32, numpy; also the
+                               flow-matching prenet's stored table)
   Conv1D                       torch.nn.Conv1d / ConvTranspose1d in (batch, time, channels) layout;
                                kernel stored (window, in, out)
   AudioTransformerLayer        the release's OmniWhisperTransformerLayer = transformers'
