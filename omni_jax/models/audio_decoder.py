@@ -34,8 +34,9 @@ import numpy as np
 from flax import linen as nn
 
 from omni_jax.layers import LayerNorm, dtype_of
+from omni_jax.layers.conv1d import Conv1d, ConvTranspose1d
 from omni_jax.models.qwen2 import config_from_dict
-from omni_jax.models.whisper import ACT_AXES, AudioLayerSpec, Conv1D, length_mask, scanned_layers, sinusoids
+from omni_jax.models.whisper import ACT_AXES, AudioLayerSpec, length_mask, scanned_layers, sinusoids
 
 Array = jax.Array
 
@@ -140,7 +141,7 @@ class ConvTransposeNorm(nn.Module):
     def __call__(self, x: Array, lengths: Array) -> tuple[Array, Array]:
         k, s = self.kernel_size, self.stride
         x = jnp.where(length_mask(lengths, x.shape[1])[..., None], x, 0)
-        y = Conv1D(self.features, k, self.kernel_axes, stride=s, transpose=True, dtype=self.dtype,
+        y = ConvTranspose1d(self.features, k, s, kernel_axes=self.kernel_axes, dtype=self.dtype,
                    param_dtype=self.param_dtype, kernel_init=self.kernel_init, name="conv")(x)
         full = jnp.where(lengths > 0, (lengths - 1) * s + k, 0)
         y = MaskedGroupNorm(self.eps, self.dtype, self.param_dtype, name="norm")(y, length_mask(full, y.shape[1]))
@@ -175,11 +176,11 @@ class PostNet(nn.Module):
         valid = length_mask(out_lengths, out_frames)
         h, pad = c, cfg.postnet_kernel // 2
         for i, ch in enumerate(cfg.postnet_channels):
-            h = Conv1D(ch, cfg.postnet_kernel, ("conv_window", None, "channels"), padding=(pad, pad),
+            h = Conv1d(ch, cfg.postnet_kernel, kernel_axes=("conv_window", None, "channels"), padding=(pad, pad),
                        dtype=dt, param_dtype=pdt, kernel_init=init, name=f"conv_{i}")(h)
             h = MaskedGroupNorm(cfg.group_norm_eps, dt, pdt, name=f"norm_{i}")(h, valid)
             h = jnp.where(valid[..., None], h * jnp.tanh(jax.nn.softplus(h)), 0)  # Mish
-        h = Conv1D(cfg.num_mel_bins, 1, ("conv_window", None, "channels"), dtype=dt, param_dtype=pdt,
+        h = Conv1d(cfg.num_mel_bins, 1, kernel_axes=("conv_window", None, "channels"), dtype=dt, param_dtype=pdt,
                    kernel_init=init, name="proj")(h)
         refined = jnp.where(valid[..., None], h + c, 0)
         return refined, c

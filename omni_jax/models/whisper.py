@@ -7,8 +7,6 @@ the other audio branches:
 
   sinusoids(length, channels)  the fixed Whisper position table (float32, numpy; also the
                                flow-matching prenet's stored table)
-  Conv1D                       torch.nn.Conv1d / ConvTranspose1d in (batch, time, channels) layout;
-                               kernel stored (window, in, out)
   AudioTransformerLayer        the release's OmniWhisperTransformerLayer = transformers'
                                WhisperEncoderLayer: pre-LN, attention (q/v/out biased, k without
                                bias), exact-GELU MLP; `causal` for the audio decoder
@@ -33,7 +31,7 @@ Parameter tree of WhisperEncoder (layers stacked on a leading `layers` axis):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +39,7 @@ import numpy as np
 from flax import linen as nn
 
 from omni_jax.layers import Dense, LayerNorm, RMSNorm, dot_product_attention, dtype_of
+from omni_jax.layers.conv1d import Conv1d
 from omni_jax.models.qwen2 import config_from_dict
 from omni_jax.models.remat import remat_policy
 
@@ -68,45 +67,6 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.
 def length_mask(lengths: Array, size: int) -> Array:
     """(B,) valid lengths -> (B, size) bool."""
     return jnp.arange(size)[None, :] < jnp.asarray(lengths)[:, None]
-
-
-class Conv1D(nn.Module):
-    """torch.nn.Conv1d (or ConvTranspose1d with `transpose=True`, no padding) on (B, T, C).
-
-    The kernel is stored (window, in, out): torch Conv1d's (out, in, window) transposed (2, 1, 0);
-    ConvTranspose1d's (in, out, window) transposed (2, 0, 1). Output lengths follow torch:
-    (T + pad_l + pad_r - k) // stride + 1, and (T - 1) * stride + k for the transposed conv.
-    """
-
-    features: int
-    kernel_size: int
-    kernel_axes: tuple[str | None, str | None, str | None]
-    stride: int = 1
-    padding: tuple[int, int] = (0, 0)
-    transpose: bool = False
-    use_bias: bool = True
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    kernel_init: Any = nn.initializers.normal(0.02)
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        k = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
-                       (self.kernel_size, x.shape[-1], self.features), self.param_dtype)
-        x, k = x.astype(self.dtype), k.astype(self.dtype)
-        dn = ("NWC", "WIO", "NWC")
-        if self.transpose:
-            y = jax.lax.conv_general_dilated(
-                x, k[::-1], window_strides=(1,), padding=[(self.kernel_size - 1, self.kernel_size - 1)],
-                lhs_dilation=(self.stride,), dimension_numbers=dn)
-        else:
-            y = jax.lax.conv_general_dilated(
-                x, k, window_strides=(self.stride,), padding=[tuple(self.padding)], dimension_numbers=dn)
-        if self.use_bias:
-            b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.kernel_axes[2],)),
-                           (self.features,), self.param_dtype)
-            y = y + b.astype(self.dtype)
-        return y
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,10 +222,10 @@ class WhisperEncoder(nn.Module):
         x = jnp.swapaxes(mel, 1, 2)  # (B, T, n_mels)
         valid_mel = length_mask(mel_lengths, t_mel)[..., None]
         x = jnp.where(valid_mel, x, 0).astype(dt)
-        x = Conv1D(cfg.d_model, 3, ("conv_window", "channels", "embed"), padding=(1, 1), dtype=dt,
+        x = Conv1d(cfg.d_model, 3, kernel_axes=("conv_window", "channels", "embed"), padding=(1, 1), dtype=dt,
                    param_dtype=pdt, kernel_init=init, name="conv1")(x)
         x = jnp.where(valid_mel, jax.nn.gelu(x, approximate=False), 0)
-        x = Conv1D(cfg.d_model, 3, ("conv_window", "embed", "mlp"), stride=cfg.stride, padding=(1, 1), dtype=dt,
+        x = Conv1d(cfg.d_model, 3, kernel_axes=("conv_window", "embed", "mlp"), stride=cfg.stride, padding=(1, 1), dtype=dt,
                    param_dtype=pdt, kernel_init=init, name="conv2")(x)
         x = jax.nn.gelu(x, approximate=False)
         pos = jnp.asarray(sinusoids(cfg.max_source_positions, cfg.d_model)[:t_enc])
