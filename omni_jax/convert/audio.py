@@ -27,7 +27,8 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
-from omni_jax.convert.mapping import ConversionError, Rule, export_params, export_shapes, import_params, linear, prefixed, same
+from omni_jax.convert.mapping import (ConversionError, Rule, conv1d, conv_transpose1d, export_params, export_shapes,
+                                      import_params, linear, prefixed, same)
 
 RELEASE_PREFIX = {
     "audio_encoder": "audio_tokenizer.audio_model.",
@@ -35,16 +36,6 @@ RELEASE_PREFIX = {
     "audio_decoder": "audio_tokenizer.audio_decoder.",
 }
 MODULES = tuple(RELEASE_PREFIX)
-
-
-def _conv(ours: str, theirs: str) -> Rule:
-    """torch Conv1d weight (out, in, k) <-> our kernel (k, in, out)."""
-    return Rule(ours, theirs, lambda w: w.transpose(2, 1, 0), lambda w: w.transpose(2, 1, 0))
-
-
-def _conv_t(ours: str, theirs: str) -> Rule:
-    """torch ConvTranspose1d weight (in, out, k) <-> our kernel (k, in, out)."""
-    return Rule(ours, theirs, lambda w: w.transpose(1, 2, 0), lambda w: w.transpose(2, 0, 1))
 
 
 def _norm(ours: str, theirs: str, bias: bool = True) -> list[Rule]:
@@ -87,8 +78,8 @@ def encoder_rules(cfg, flavour: str = "release", *, params: str = "", buffers: s
     """
     if flavour not in ("release", "hf"):
         raise ValueError(f"unknown Whisper checkpoint flavour {flavour!r}; use 'release' or 'hf'")
-    stem = [_conv(params + "conv1/kernel", "conv1.weight"), same(params + "conv1/bias", "conv1.bias"),
-            _conv(params + "conv2/kernel", "conv2.weight"), same(params + "conv2/bias", "conv2.bias")]
+    stem = [conv1d(params + "conv1/kernel", "conv1.weight"), same(params + "conv1/bias", "conv1.bias"),
+            conv1d(params + "conv2/kernel", "conv2.weight"), same(params + "conv2/bias", "conv2.bias")]
     pos = []
     if buffers is not None:
         pos = [same(buffers + "positional_embedding",
@@ -103,8 +94,8 @@ def bridge_rules(cfg, *, params: str = "", stats: str = "") -> list[Rule]:
     gate_proj, up_proj, down_proj, layer_norm, proj_decoder, vq_list.N.codebook.{cluster_size,
     embed_avg, embed}. params / stats: our prefixes of the bridge's params and vq_stats."""
     rules = [
-        _conv(params + "gate_proj/kernel", "gate_proj.weight"),
-        _conv(params + "up_proj/kernel", "up_proj.weight"),
+        conv1d(params + "gate_proj/kernel", "gate_proj.weight"),
+        conv1d(params + "up_proj/kernel", "up_proj.weight"),
         linear(params + "down_proj/kernel", "down_proj.weight"),
         *_norm(params + "layer_norm/", "layer_norm."),
         linear(params + "proj_decoder/kernel", "proj_decoder.weight"),
@@ -122,17 +113,17 @@ def decoder_rules(cfg, *, params: str = "", buffers: str | None = None) -> list[
     pos = [] if buffers is None else [same(buffers + "positional_embedding", "positional_embedding")]
 
     def convt(name):
-        return [_conv_t(f"{params}{name}/conv/kernel", f"{name}.conv.weight"),
+        return [conv_transpose1d(f"{params}{name}/conv/kernel", f"{name}.conv.weight"),
                 same(f"{params}{name}/conv/bias", f"{name}.conv.bias"),
                 *_norm(f"{params}{name}/norm/", f"{name}.norm.")]
 
     post = []
     for i in range(len(cfg.postnet_channels)):
-        post += [_conv(f"{params}post_net/conv_{i}/kernel", f"post_net.layers.{3 * i}.weight"),
+        post += [conv1d(f"{params}post_net/conv_{i}/kernel", f"post_net.layers.{3 * i}.weight"),
                  same(f"{params}post_net/conv_{i}/bias", f"post_net.layers.{3 * i}.bias"),
                  *_norm(f"{params}post_net/norm_{i}/", f"post_net.layers.{3 * i + 1}.")]
     n = 3 * len(cfg.postnet_channels)
-    post += [_conv(f"{params}post_net/proj/kernel", f"post_net.layers.{n}.weight"),
+    post += [conv1d(f"{params}post_net/proj/kernel", f"post_net.layers.{n}.weight"),
              same(f"{params}post_net/proj/bias", f"post_net.layers.{n}.bias")]
     return (pos + convt("dconv1") + layer_rules(cfg.d_model, cfg.num_heads, params + "layers/", "layers.{i}.")
             + _norm(params + "layer_norm/", "layer_norm.") + convt("dconv2") + post)

@@ -106,6 +106,33 @@ def linear(ours: str, theirs: str) -> Rule:
     return Rule(ours, theirs, _transpose, _transpose)
 
 
+def _conv_to_torch(k):
+    return k.transpose(2, 1, 0)
+
+
+def _conv_transpose_to_torch(k):
+    return k.transpose(1, 2, 0)
+
+
+def _conv_transpose_to_ours(w):
+    return w.transpose(2, 0, 1)
+
+
+def conv1d(ours: str, theirs: str) -> Rule:
+    """A torch.nn.Conv1d weight (out, in, k) <-> our kernel (k, in, out) (omni_jax/layers/conv1d.py)."""
+    return Rule(ours, theirs, _conv_to_torch, _conv_to_torch)
+
+
+def conv_transpose1d(ours: str, theirs: str) -> Rule:
+    """A torch.nn.ConvTranspose1d weight (in, out, k) <-> our kernel (k, in, out)."""
+    return Rule(ours, theirs, _conv_transpose_to_torch, _conv_transpose_to_ours)
+
+
+def conv_layouts(transposed: bool = False) -> tuple:
+    """(to_theirs, to_ours) of a Conv1d (or ConvTranspose1d) kernel, for rules that wrap them."""
+    return (_conv_transpose_to_torch, _conv_transpose_to_ours) if transposed else (_conv_to_torch, _conv_to_torch)
+
+
 def prefixed(rules: Iterable[Rule], ours: str = "", theirs: str = "") -> list[Rule]:
     """The same rules under a parent module: our path prefix and/or a PyTorch name prefix."""
     out = []

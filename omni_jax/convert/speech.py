@@ -22,30 +22,14 @@ torch ConvTranspose1d (in, out, k) <-> our (k, in, out); attention projections s
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax.numpy as jnp
 import numpy as np
 
-from omni_jax.convert.mapping import Rule, linear, prefixed, same
+from omni_jax.convert.mapping import Rule, conv1d, conv_layouts, linear, prefixed, same
 from omni_jax.models.audio_head import AudioHeadConfig
 from omni_jax.models.flow_matching import FlowMatchingConfig
 
 RELEASE_FM_PREFIX = "audio_tokenizer.audio_flow_matching_decoder."
-
-
-def _t(x):
-    return x.T
-
-
-def conv(ours: str, theirs: str) -> Rule:
-    """torch Conv1d weight (out, in, k) <-> our kernel (k, in, out)."""
-    return Rule(ours, theirs, lambda w: w.transpose(2, 1, 0), lambda w: w.transpose(2, 1, 0))
-
-
-def conv_transpose(ours: str, theirs: str) -> Rule:
-    """torch ConvTranspose1d weight (in, out, k) <-> our kernel (k, in, out)."""
-    return Rule(ours, theirs, lambda w: w.transpose(1, 2, 0), lambda w: w.transpose(2, 0, 1))
 
 
 def heads_in(ours: str, theirs: str, heads: int, head_dim: int) -> Rule:
@@ -115,7 +99,7 @@ def _lin(ours: str, theirs: str, bias: bool = True) -> list[Rule]:
 
 
 def _conv(ours: str, theirs: str) -> list[Rule]:
-    return [conv(ours + "/kernel", theirs + ".weight"), same(ours + "/bias", theirs + ".bias")]
+    return [conv1d(ours + "/kernel", theirs + ".weight"), same(ours + "/bias", theirs + ".bias")]
 
 
 def _causal_block(ours: str, theirs: str) -> list[Rule]:
@@ -241,8 +225,7 @@ def unfold_weight_norm(w):
 
 def _wn(ours: str, theirs: str, flavour: str, transposed: bool = False) -> list[Rule]:
     """A (possibly weight-normed) conv: bias, then weight (folded) or weight_g, weight_v."""
-    to_t = (lambda k: k.transpose(1, 2, 0)) if transposed else (lambda k: k.transpose(2, 1, 0))
-    to_o = (lambda w: w.transpose(2, 0, 1)) if transposed else (lambda w: w.transpose(2, 1, 0))
+    to_t, to_o = conv_layouts(transposed)
     rules = [same(ours + "/bias", theirs + ".bias")]
     if flavour == "folded":
         return rules + [Rule(ours + "/kernel", theirs + ".weight", to_t, to_o)]
