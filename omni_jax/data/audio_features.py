@@ -5,51 +5,25 @@ hop 160, periodic Hann window, centred with reflect padding, power spectrum, 128
 mel filters (0-8 kHz, Slaney norm), log10(max(x, 1e-10)), last frame dropped, clamp at
 (max - 8), then (x + 4) / 4. Clips longer than 30 s are split into 30 s chunks, each its
 own feature matrix; batches pad frames with zeros beyond each chunk's valid length.
+
+Also the host-side twin of the 24 kHz vocoder mel (`log_mel_24k_np`, omni_jax/ops/mel_jax.py
+`log_mel_24k`) for data pipelines. The mel filters are omni_jax/ops/mel_filters.py.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import wave
 
 import numpy as np
 
 from omni_jax.data import media
+from omni_jax.ops import mel_jax
+from omni_jax.ops.mel_filters import mel_filters
 
 N_FFT = 400
 N_MELS = 128
 CHUNK_FRAMES = media.CHUNK_SECONDS * media.SAMPLE_RATE // media.HOP  # 3000
-
-
-def _hz_to_mel(f):
-    f = np.asarray(f, np.float64)
-    mel = 3.0 * f / 200.0
-    log_region = f >= 1000.0
-    mel = np.where(log_region, 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0), mel)
-    return mel
-
-
-def _mel_to_hz(m):
-    m = np.asarray(m, np.float64)
-    f = 200.0 * m / 3.0
-    return np.where(m >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (m - 15.0)), f)
-
-
-@functools.lru_cache(maxsize=4)
-def mel_filters(n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = media.SAMPLE_RATE,
-                f_max: float = 8000.0) -> np.ndarray:
-    """Slaney-scale, Slaney-normalised triangular filters, (n_fft // 2 + 1, n_mels)."""
-    fft_freqs = np.linspace(0, sample_rate // 2, n_fft // 2 + 1)
-    mel_pts = np.linspace(_hz_to_mel(0.0), _hz_to_mel(f_max), n_mels + 2)
-    hz = _mel_to_hz(mel_pts)
-    diff = np.diff(hz)
-    slopes = hz[None, :] - fft_freqs[:, None]
-    down = -slopes[:, :-2] / diff[:-1]
-    up = slopes[:, 2:] / diff[1:]
-    fb = np.maximum(0.0, np.minimum(down, up))
-    fb *= (2.0 / (hz[2:n_mels + 2] - hz[:n_mels]))[None, :]
-    return fb
 
 
 def log_mel(waveform: np.ndarray) -> np.ndarray:
@@ -99,6 +73,23 @@ def pad_frames(features: np.ndarray, frames: int = CHUNK_FRAMES) -> tuple[np.nda
     if n > frames:
         raise ValueError(f"{n} mel frames do not fit a {frames}-frame buffer")
     return np.pad(features, ((0, 0), (0, frames - n))), n
+
+
+def log_mel_24k_np(wav: np.ndarray) -> np.ndarray:
+    """numpy twin of mel_jax.log_mel_24k for data pipelines: (L,) or (B, L) -> (..., L // 480, 80)."""
+    x = np.asarray(wav, np.float64)
+    squeeze = x.ndim == 1
+    x = np.atleast_2d(x)
+    n_fft, hop = mel_jax.VOCODER_N_FFT, mel_jax.VOCODER_HOP
+    x = np.pad(x, ((0, 0), ((n_fft - hop) // 2, (n_fft - hop) // 2)), mode="reflect")
+    n = 1 + (x.shape[-1] - n_fft) // hop
+    idx = np.arange(n_fft)[None, :] + hop * np.arange(n)[:, None]
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)
+    spec = np.fft.rfft(x[:, idx] * window.astype(np.float32), axis=-1)
+    mag = np.sqrt(np.abs(spec) ** 2 + 1e-9)
+    mel = mag @ mel_filters(mel_jax.VOCODER_N_MELS, n_fft, mel_jax.VOCODER_SAMPLE_RATE, mel_jax.VOCODER_F_MAX)
+    out = np.log(np.maximum(mel, 1e-5)).astype(np.float32)
+    return out[0] if squeeze else out
 
 
 def decode_wav(data: bytes, sample_rate: int = media.SAMPLE_RATE) -> np.ndarray:

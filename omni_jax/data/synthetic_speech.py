@@ -9,7 +9,7 @@ with mask 0.
 
 Vocoder set (HiFT): fixed-length 24 kHz segments of a harmonic source (f0 contour 90-320 Hz
 with vibrato, 1/k harmonic tilt, amplitude envelope) with unvoiced noisy stretches; the mel is
-the 24 kHz vocoder mel of the waveform (omni_jax/layers/spectral.log_mel_24k_np) and f0 the
+the 24 kHz vocoder mel of the waveform (omni_jax/data/audio_features.log_mel_24k_np) and f0 the
 per-frame pitch (0 when unvoiced).
 
 Example i depends only on (seed, i); the batch at step s holds examples s*B .. s*B + B - 1,
@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from omni_jax.data.iterator import StepIndexedIterator, process_rows
-from omni_jax.layers.spectral import VOCODER_HOP, VOCODER_SAMPLE_RATE, log_mel_24k_np
+from omni_jax.data.audio_features import log_mel_24k_np
+from omni_jax.ops.mel_jax import VOCODER_HOP, VOCODER_SAMPLE_RATE
 
 
 class SyntheticMelSet:

@@ -1,14 +1,11 @@
-"""Short-time Fourier transforms and the 24 kHz vocoder mel, in jax.numpy (time-major).
+"""Short-time Fourier transforms in jax.numpy (time-major).
 
   stft(x, n_fft, hop, window)          torch.stft(center=True, pad_mode="reflect",
                                        onesided=True) transposed to (batch, frames, bins)
   istft(spec, n_fft, hop, window)      torch.istft(center=True): windowed overlap-add
                                        divided by the summed squared window, trimmed
-  log_mel_24k(wav)                     the CosyVoice / Matcha-TTS vocoder mel (24 kHz, 80
-                                       Slaney bins 0-8 kHz, n_fft 1920, hop 480, centre=False
-                                       with reflect padding of (n_fft - hop) / 2, magnitude
-                                       sqrt(power + 1e-9), natural log clamped at 1e-5):
-                                       one frame per 480 samples.
+
+The vocoder's 24 kHz mel is omni_jax/ops/mel_jax.py `log_mel_24k` (the one HiFi-GAN mel recipe).
 """
 
 from __future__ import annotations
@@ -19,12 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omni_jax.data.audio_features import mel_filters
-
-VOCODER_SAMPLE_RATE = 24000
-VOCODER_HOP = 480
-VOCODER_N_FFT = 1920
-VOCODER_N_MELS = 80
 
 
 def hann_window(n: int) -> np.ndarray:
@@ -83,30 +74,3 @@ def _envelope_np(window_bytes: bytes, n_fft: int, hop: int, f: int) -> np.ndarra
 def _window_envelope(window: np.ndarray, hop: int, f: int) -> np.ndarray:
     w = np.asarray(window, np.float32)
     return _envelope_np(w.tobytes(), len(w), hop, f)
-
-
-def log_mel_24k(wav: jax.Array) -> jax.Array:
-    """wav (B, L) at 24 kHz, L a multiple of 480 -> log-mel (B, L // 480, 80)."""
-    pad = (VOCODER_N_FFT - VOCODER_HOP) // 2
-    x = jnp.pad(wav.astype(jnp.float32), ((0, 0), (pad, pad)), mode="reflect")
-    spec = stft(x, VOCODER_N_FFT, VOCODER_HOP, center=False)
-    mag = jnp.sqrt(jnp.real(spec) ** 2 + jnp.imag(spec) ** 2 + 1e-9)
-    fb = mel_filters(VOCODER_N_MELS, VOCODER_N_FFT, VOCODER_SAMPLE_RATE, 8000.0).astype(np.float32)
-    mel = jnp.einsum("bfk,km->bfm", mag, fb, precision=jax.lax.Precision.HIGHEST)
-    return jnp.log(jnp.maximum(mel, 1e-5))
-
-
-def log_mel_24k_np(wav: np.ndarray) -> np.ndarray:
-    """numpy twin of log_mel_24k for data pipelines: (L,) or (B, L) -> (..., L // 480, 80)."""
-    x = np.asarray(wav, np.float64)
-    squeeze = x.ndim == 1
-    x = np.atleast_2d(x)
-    pad = (VOCODER_N_FFT - VOCODER_HOP) // 2
-    x = np.pad(x, ((0, 0), (pad, pad)), mode="reflect")
-    n = 1 + (x.shape[-1] - VOCODER_N_FFT) // VOCODER_HOP
-    idx = np.arange(VOCODER_N_FFT)[None, :] + VOCODER_HOP * np.arange(n)[:, None]
-    spec = np.fft.rfft(x[:, idx] * hann_window(VOCODER_N_FFT), axis=-1)
-    mag = np.sqrt(np.abs(spec) ** 2 + 1e-9)
-    mel = mag @ mel_filters(VOCODER_N_MELS, VOCODER_N_FFT, VOCODER_SAMPLE_RATE, 8000.0)
-    out = np.log(np.maximum(mel, 1e-5)).astype(np.float32)
-    return out[0] if squeeze else out

@@ -15,6 +15,8 @@ reference, tests/ops/test_mel_jax.py).
 16 kHz, n_fft 1024, hop 256, 80 bins): HiFi-GAN convention (reflect padding of (n_fft - hop) / 2
 each side, no centring, magnitude sqrt(re^2 + im^2 + 1e-9), Slaney mel 0-8 kHz, natural log of
 max(x, 1e-5)). The release's training code is not public; this choice is documented, not verified.
+`log_mel_24k` is the same recipe with the vocoder's settings (CosyVoice / Matcha-TTS: 24 kHz, 80 bins
+0-8 kHz, n_fft 1920, hop 480; one frame per 480 samples), the mel the HiFT vocoder is trained on.
 
 The STFT is a DFT as two fp32 matmuls at HIGHEST precision ("matmul", the TPU-friendly default:
 400-point FFTs are not an MXU operation) or `jnp.fft.rfft` ("fft").
@@ -28,12 +30,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omni_jax.data.audio_features import mel_filters
+from omni_jax.ops.mel_filters import mel_filters
 
 SAMPLE_RATE = 16000
 WHISPER_N_FFT = 400
 WHISPER_HOP = 160
 WHISPER_N_MELS = 128
+
+VOCODER_SAMPLE_RATE = 24000
+VOCODER_HOP = 480
+VOCODER_N_FFT = 1920
+VOCODER_N_MELS = 80
+VOCODER_F_MAX = 8000.0
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -150,3 +158,13 @@ def target_mel(
     valid = jnp.minimum(jnp.asarray(num_samples, jnp.int32) // hop, n_frames).astype(jnp.int32)
     out = jnp.where(jnp.arange(n_frames)[None, :, None] < valid[:, None, None], out, 0.0)
     return out, valid
+
+
+def log_mel_24k(wav: jax.Array) -> jax.Array:
+    """wav (B, L) at 24 kHz, every sample valid -> the vocoder's log-mel (B, L // 480, 80) (`target_mel`
+    with the vocoder settings, rfft STFT)."""
+    wav = jnp.asarray(wav)
+    full = jnp.full((wav.shape[0],), wav.shape[1], jnp.int32)
+    mel, _ = target_mel(wav, full, sample_rate=VOCODER_SAMPLE_RATE, n_fft=VOCODER_N_FFT, hop=VOCODER_HOP,
+                        n_mels=VOCODER_N_MELS, f_max=VOCODER_F_MAX, impl="fft")
+    return mel

@@ -19,8 +19,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from omni_jax.layers.spectral import hann_window, log_mel_24k, stft
+from omni_jax.layers.spectral import hann_window, stft
 from omni_jax.models.hift import HiFTConfig, HiFTGenerator
+from omni_jax.ops.mel_jax import log_mel_24k
 from omni_jax.tasks.base import Task
 
 DEFAULT_RESOLUTIONS = ((512, 128), (1024, 256), (256, 64))

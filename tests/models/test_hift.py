@@ -13,8 +13,9 @@ from configs import vocoder_tiny
 from omni_jax import sharding as shd
 from omni_jax.convert import speech as conv
 from omni_jax.convert.mapping import import_params
-from omni_jax.layers.spectral import log_mel_24k, log_mel_24k_np
+from omni_jax.data.audio_features import log_mel_24k_np
 from omni_jax.models.hift import HiFTConfig, HiFTGenerator, sine_phases
+from omni_jax.ops.mel_jax import log_mel_24k
 from omni_jax.tasks.vocoder import VocoderTask, multi_resolution_stft_per_row
 from tests.speech_reference import TorchHiFT
 

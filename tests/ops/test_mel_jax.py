@@ -8,7 +8,7 @@ import torch
 from transformers import WhisperFeatureExtractor
 
 from omni_jax.data import media
-from omni_jax.data.audio_features import mel_filters
+from omni_jax.ops.mel_filters import mel_filters
 from omni_jax.data.speech_synth import BuiltinTTS
 from omni_jax.ops import mel_jax
 
