@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from omni_jax.models.qwen2 import config_from_dict
+from omni_jax.models.config import config_from_dict
 
 Array = jax.Array
 

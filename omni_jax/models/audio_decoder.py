@@ -26,7 +26,7 @@ scale is per clip, and outputs beyond each valid length are zero.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -35,14 +35,16 @@ from flax import linen as nn
 
 from omni_jax.layers import LayerNorm, dtype_of
 from omni_jax.layers.conv1d import Conv1d, ConvTranspose1d
-from omni_jax.models.qwen2 import config_from_dict
+from omni_jax.models.config import LayerStackConfig
 from omni_jax.models.whisper import ACT_AXES, AudioLayerSpec, length_mask, scanned_layers, sinusoids
 
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class AudioDecoderConfig:
+class AudioDecoderConfig(LayerStackConfig):
+    WHERE: ClassVar[str] = "config.model.audio_decoder"
+
     d_model: int = 1280
     num_layers: int = 8
     num_heads: int = 20
@@ -61,19 +63,9 @@ class AudioDecoderConfig:
     layer_norm_eps: float = 1e-5
     group_norm_eps: float = 1e-5
     initializer_range: float = 0.02
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat_policy: str = "none"
-    scan_unroll: int = 1
-    attention_impl: str = "xla"
-    attention_block_size: int = 512
 
     def __post_init__(self):
         object.__setattr__(self, "postnet_channels", tuple(int(c) for c in self.postnet_channels))
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "config.model.audio_decoder") -> "AudioDecoderConfig":
-        return config_from_dict(cls, d, where)
 
     def validate(self) -> None:
         if self.d_model % self.num_heads:

@@ -38,21 +38,23 @@ other codebooks take no loss there, matching the release sampler that drops thei
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from omni_jax.layers import Dense, Embed, RMSNorm, dot_product_attention, dtype_of
-from omni_jax.models.qwen2 import config_from_dict
+from omni_jax.models.config import ModelConfig, config_from_dict
 
 Array = jax.Array
 RELEASE_CODEBOOK_SIZES = (8192, 4096, 2048, 1024, 1024, 1024, 1024, 1024)
 
 
 @dataclasses.dataclass(frozen=True)
-class AudioHeadConfig:
+class AudioHeadConfig(ModelConfig):
+    WHERE: ClassVar[str] = "config.model.audio_head"
+
     hidden_size: int = 3584
     codebook_sizes: tuple[int, ...] = RELEASE_CODEBOOK_SIZES
     num_layers: int = 3
@@ -60,8 +62,6 @@ class AudioHeadConfig:
     ffn_mult: int = 2  # per-position feed-forward width = ffn_mult * hidden_size (release 7168)
     rms_norm_eps: float = 1e-6
     initializer_range: float = 0.02
-    dtype: str = "float32"
-    param_dtype: str = "float32"
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "config.model.audio_head") -> "AudioHeadConfig":

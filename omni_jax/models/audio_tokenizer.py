@@ -35,15 +35,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from omni_jax.layers import Dense, LayerNorm, dtype_of
+from omni_jax.models.config import ModelConfig
 from omni_jax.models.audio_decoder import AudioDecoder, AudioDecoderConfig
-from omni_jax.models.qwen2 import config_from_dict
 from omni_jax.models.whisper import WhisperEncoder, WhisperEncoderConfig, length_mask
 
 Array = jax.Array
@@ -53,14 +53,14 @@ RELEASE_CODEBOOK_SIZES = (8192, 4096, 2048, 1024, 1024, 1024, 1024, 1024)
 
 
 @dataclasses.dataclass(frozen=True)
-class AudioBridgeConfig:
+class AudioBridgeConfig(ModelConfig):
+    WHERE: ClassVar[str] = "config.model.audio_bridge"
+
     d_model: int = 1280  # encoder width in, decoder width out (proj_decoder)
     pool: int = 4  # avg_pooler: 50 Hz -> 12.5 Hz; the code dim is pool * d_model
     codebook_sizes: tuple[int, ...] = RELEASE_CODEBOOK_SIZES
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
-    dtype: str = "float32"
-    param_dtype: str = "float32"
     # ---- training the tokenizer ----
     ema_decay: float = 0.99
     ema_eps: float = 1e-5  # Laplace smoothing of cluster sizes
@@ -71,10 +71,6 @@ class AudioBridgeConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "codebook_sizes", tuple(int(k) for k in self.codebook_sizes))
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "config.model.audio_bridge") -> "AudioBridgeConfig":
-        return config_from_dict(cls, d, where)
 
     def validate(self) -> None:
         if not self.codebook_sizes:

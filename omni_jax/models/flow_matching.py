@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +43,7 @@ from flax import linen as nn
 
 from omni_jax.layers import Dense, LayerNorm, RMSNorm, dot_product_attention, dtype_of
 from omni_jax.layers.conv1d import Conv1d
-from omni_jax.models.qwen2 import config_from_dict
+from omni_jax.models.config import ModelConfig, config_from_dict
 from omni_jax.models.remat import remat_policy
 from omni_jax.models.whisper import sinusoids
 
@@ -51,7 +51,9 @@ Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class FlowMatchingConfig:
+class FlowMatchingConfig(ModelConfig):
+    WHERE: ClassVar[str] = "config.model.flow_matching"
+
     n_mels: int = 80
     # prenet
     prenet_in_dim: int = 1280
@@ -81,8 +83,6 @@ class FlowMatchingConfig:
     prior_loss_weight: float = 1.0
     prior_loss_type: str = "l1"  # l1 | l2
     initializer_range: float = 0.02
-    dtype: str = "float32"
-    param_dtype: str = "float32"
     remat_policy: str = "none"
 
     @classmethod

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -38,13 +38,15 @@ from flax import linen as nn
 from omni_jax.layers import Dense, dtype_of
 from omni_jax.layers.conv1d import Conv1d, ConvTranspose1d
 from omni_jax.layers.spectral import hann_window, istft, stft
-from omni_jax.models.qwen2 import config_from_dict
+from omni_jax.models.config import ModelConfig, config_from_dict
 
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class HiFTConfig:
+class HiFTConfig(ModelConfig):
+    WHERE: ClassVar[str] = "config.model.vocoder"
+
     n_mels: int = 80
     base_channels: int = 512
     nb_harmonics: int = 8
@@ -64,8 +66,6 @@ class HiFTConfig:
     audio_limit: float = 0.99
     f0_channels: int = 512
     f0_layers: int = 5
-    dtype: str = "float32"
-    param_dtype: str = "float32"
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "config.model.vocoder") -> "HiFTConfig":

@@ -37,7 +37,7 @@ Parameters (blocks stacked on a leading `layers` axis by nn.scan):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +45,7 @@ from flax import linen as nn
 
 from omni_jax.layers import Dense, LayerNorm, apply_rotary, dot_product_attention, dtype_of
 from omni_jax.layers.rotary import inverse_frequencies
-from omni_jax.models.qwen2 import config_from_dict
+from omni_jax.models.config import LayerStackConfig
 from omni_jax.models.remat import remat_policy
 
 Array = jax.Array
@@ -67,8 +67,10 @@ def activation(name: str):
 
 
 @dataclasses.dataclass(frozen=True)
-class NaViTConfig:
+class NaViTConfig(LayerStackConfig):
     """Encoder + bridge hyper-parameters; defaults are the release's (Qwen2-VL-7B vision)."""
+
+    WHERE: ClassVar[str] = "config.model.visual"
 
     embed_dim: int = 1280
     depth: int = 32
@@ -83,16 +85,6 @@ class NaViTConfig:
     hidden_act: str = "quick_gelu"
     out_hidden_size: int = 3584  # the LLM width the bridge projects to
     initializer_range: float = 0.02
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat_policy: str = "none"
-    scan_unroll: int = 1
-    attention_impl: str = "xla"  # "xla" | "blockwise" (long rows: 16k patches per image)
-    attention_block_size: int = 512
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "config.model.visual") -> "NaViTConfig":
-        return config_from_dict(cls, d, where)
 
     def validate(self) -> None:
         if self.embed_dim % self.num_heads:

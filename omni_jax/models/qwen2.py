@@ -23,7 +23,7 @@ tensor-parallel shard's queries next to the keys/values they read.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -31,13 +31,16 @@ from flax import linen as nn
 
 from omni_jax.layers import Dense, Embed, RMSNorm, apply_rotary, dot_product_attention, dtype_of
 from omni_jax.layers.rotary import rotary_cos_sin
+from omni_jax.models.config import LayerStackConfig
 from omni_jax.models.remat import remat_policy
 
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class Qwen2Config:
+class Qwen2Config(LayerStackConfig):
+    WHERE: ClassVar[str] = "config.model.llm"
+
     vocab_size: int = 152064
     hidden_size: int = 3584
     num_layers: int = 28
@@ -50,16 +53,6 @@ class Qwen2Config:
     qkv_bias: bool = True
     padding_idx: int | None = 0  # embedding row that receives no gradient (release: 0)
     initializer_range: float = 0.02
-    dtype: str = "float32"  # compute dtype
-    param_dtype: str = "float32"
-    remat_policy: str = "none"  # see omni_jax/models/remat.py
-    scan_unroll: int = 1  # >1 unrolls the layer scan (cost analysis counts every layer)
-    attention_impl: str = "xla"  # "xla" | "blockwise"
-    attention_block_size: int = 512
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "config.model.llm") -> "Qwen2Config":
-        return config_from_dict(cls, d, where)
 
     def validate(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -77,21 +70,6 @@ class Qwen2Config:
         qkv_b = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim if self.qkv_bias else 0
         per_layer = qkv + qkv_b + self.num_heads * self.head_dim * d + 3 * d * f + 2 * d
         return L * per_layer + 2 * v * d + d
-
-
-def config_from_dict(cls, d: Mapping[str, Any], where: str):
-    """Builds a frozen config dataclass, naming unknown keys and the valid ones."""
-    d = dict(d)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(
-            f"{where}: unknown key(s) {unknown}. Valid keys: {sorted(names)}"
-        )
-    cfg = cls(**d)
-    if hasattr(cfg, "validate"):
-        cfg.validate()
-    return cfg
 
 
 class Attention(nn.Module):

@@ -24,15 +24,15 @@ Parameters (layers stacked on the `layers` axis):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from omni_jax.layers import Dense, LayerNorm, dot_product_attention, dtype_of
+from omni_jax.models.config import LayerStackConfig
 from omni_jax.models.navit import activation
-from omni_jax.models.qwen2 import config_from_dict
 from omni_jax.models.remat import remat_policy
 
 Array = jax.Array
@@ -41,7 +41,9 @@ _HEAD_AXES = ("activation_batch", "activation_length", "activation_heads", "acti
 
 
 @dataclasses.dataclass(frozen=True)
-class SiglipConfig:
+class SiglipConfig(LayerStackConfig):
+    WHERE: ClassVar[str] = "config.model.siglip"
+
     hidden_size: int = 1152
     intermediate_size: int = 4304
     num_layers: int = 27
@@ -53,16 +55,6 @@ class SiglipConfig:
     layer_norm_eps: float = 1e-6
     use_head: bool = False
     initializer_range: float = 0.02
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat_policy: str = "none"
-    scan_unroll: int = 1
-    attention_impl: str = "xla"
-    attention_block_size: int = 512
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "config.model.siglip") -> "SiglipConfig":
-        return config_from_dict(cls, d, where)
 
     def validate(self) -> None:
         if self.hidden_size % self.num_heads:

@@ -22,32 +22,28 @@ shortcut/kernel (n*d, n*d), shortcut/bias; out_proj/kernel (n*d, llm), out_proj/
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from omni_jax.layers import Dense, dtype_of
-from omni_jax.models.qwen2 import config_from_dict
+from omni_jax.models.config import ModelConfig
 from omni_jax.models.whisper import length_mask
 
 RATES = (2, 4, 8)
 
 
 @dataclasses.dataclass(frozen=True)
-class V1AudioProjectorConfig:
+class V1AudioProjectorConfig(ModelConfig):
+    WHERE: ClassVar[str] = "config.model.v1_audio_projector"
+
     d_model: int = 1280  # Whisper-large-v3 width
     llm_hidden_size: int = 3584
     rate: int = 4  # downsampling: 2, 4 or 8
     shortcut: str = "linear"  # "linear" | "identity"
     initializer_range: float = 0.02
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "config.model.v1_audio_projector") -> "V1AudioProjectorConfig":
-        return config_from_dict(cls, d, where)
 
     def validate(self) -> None:
         if self.rate not in RATES:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -40,14 +40,16 @@ import numpy as np
 from flax import linen as nn
 
 from omni_jax.layers import Dense, dtype_of
+from omni_jax.models.config import ModelConfig, config_from_dict
 from omni_jax.models.navit import activation
-from omni_jax.models.qwen2 import config_from_dict
 
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class V1ProjectorConfig:
+class V1ProjectorConfig(ModelConfig):
+    WHERE: ClassVar[str] = "config.model.v1_projector"
+
     vision_width: int = 1152  # SigLIP so400m
     llm_width: int = 3584
     vision_grid: int = 27  # 384 px / 14 px patches
@@ -56,8 +58,6 @@ class V1ProjectorConfig:
     video_pool_grid: tuple[int, int] = (21, 26)  # 546 tokens per video frame
     hidden_act: str = "gelu"
     initializer_range: float = 0.02
-    dtype: str = "float32"
-    param_dtype: str = "float32"
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "config.model.v1_projector") -> "V1ProjectorConfig":

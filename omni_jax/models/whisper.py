@@ -31,7 +31,7 @@ Parameter tree of WhisperEncoder (layers stacked on a leading `layers` axis):
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +40,7 @@ from flax import linen as nn
 
 from omni_jax.layers import Dense, LayerNorm, RMSNorm, dot_product_attention, dtype_of
 from omni_jax.layers.conv1d import Conv1d
-from omni_jax.models.qwen2 import config_from_dict
+from omni_jax.models.config import LayerStackConfig
 from omni_jax.models.remat import remat_policy
 
 Array = jax.Array
@@ -156,7 +156,9 @@ def scanned_layers(spec: AudioLayerSpec, num_layers: int, *, remat: str = "none"
 
 
 @dataclasses.dataclass(frozen=True)
-class WhisperEncoderConfig:
+class WhisperEncoderConfig(LayerStackConfig):
+    WHERE: ClassVar[str] = "config.model.audio_encoder"
+
     num_mel_bins: int = 128
     d_model: int = 1280
     num_layers: int = 32
@@ -167,16 +169,6 @@ class WhisperEncoderConfig:
     stride: int = 2
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat_policy: str = "none"
-    scan_unroll: int = 1
-    attention_impl: str = "xla"
-    attention_block_size: int = 512
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "config.model.audio_encoder") -> "WhisperEncoderConfig":
-        return config_from_dict(cls, d, where)
 
     def validate(self) -> None:
         if self.d_model % self.num_heads:

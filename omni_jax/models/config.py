@@ -1,0 +1,58 @@
+"""Model configs: building them from config dicts, and the fields every model config repeats.
+
+  config_from_dict(cls, d, where)  a frozen config dataclass from a dict; unknown keys are an
+                                   error naming them and listing the valid ones; runs `validate()`
+  ModelConfig                      dtype (compute) and param_dtype as strings ("float32",
+                                   "bfloat16"; omni_jax.layers.dtype_of), `from_dict`
+  LayerStackConfig                 + remat_policy (omni_jax/models/remat.py), scan_unroll (> 1
+                                   unrolls the layer scan), attention_impl ("xla" | "blockwise",
+                                   omni_jax/layers/attention.py) and attention_block_size
+
+A branch config subclasses one of them and sets WHERE, the config path its errors name
+(`config.model.llm`, ...). The base fields are keyword-only, so a branch's own fields keep their
+positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Mapping
+
+
+def config_from_dict(cls, d: Mapping[str, Any], where: str):
+    """Builds a frozen config dataclass, naming unknown keys and the valid ones."""
+    d = dict(d)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown key(s) {unknown}. Valid keys: {sorted(names)}"
+        )
+    cfg = cls(**d)
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The compute and parameter dtypes of a module, and `from_dict`."""
+
+    WHERE: ClassVar[str] = "config.model"
+
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str | None = None):
+        return config_from_dict(cls, d, cls.WHERE if where is None else where)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LayerStackConfig(ModelConfig):
+    """A ModelConfig of a module with a scanned stack of attention layers."""
+
+    remat_policy: str = "none"  # see omni_jax/models/remat.py
+    scan_unroll: int = 1  # >1 unrolls the layer scan (cost analysis counts every layer)
+    attention_impl: str = "xla"  # "xla" | "blockwise"
+    attention_block_size: int = 512
