@@ -27,6 +27,82 @@ def base() -> ml_collections.ConfigDict:
     return c
 
 
+# ---------------------------------------------------------------------------------
+# Stage configs (configs/omni15/stages.py, configs/omni_v1/stages.py)
+# ---------------------------------------------------------------------------------
+
+STAGE_SIZES = ("tiny", "small", "7b")  # plus "test": tiny models, shorter rows, for the test suite
+# learning rate = published (or, where unpublished, our 7b choice) x LR_SCALE, at most LR_CAP
+LR_SCALE = {"tiny": 30.0, "small": 10.0, "7b": 1.0}
+LR_CAP = {"tiny": 3e-3, "small": 1e-3, "7b": 1.0}
+WARMUP = {"tiny": 10, "small": 50, "7b": 100}
+
+
+def stage_base(size: str, task: str, model: ml_collections.ConfigDict, seq: dict, small_shapes: dict,
+               large_shapes: dict, bf16_parts: tuple[str, ...], speech_reply: bool) -> ml_collections.ConfigDict:
+    """The run defaults every stage config of an omni model shares: `model` (a preset of the
+    model size), data shapes (`small_shapes` for tiny/test, `large_shapes` for small/7b, whose
+    tokenizer is bytes for small and the release's for 7b), sequence length seq[size], batch size,
+    bf16 + full remat for `bf16_parts` at 7b, checkpointing and the end-of-run evaluation."""
+    if size not in STAGE_SIZES + ("test",):
+        raise ValueError(f"unknown size {size!r}; use one of {STAGE_SIZES}")
+    c = base()
+    c.task = task
+    c.model = model
+    small = size in ("tiny", "test")
+    c.data = omni_data(seq_len=seq[size], **(small_shapes if small else large_shapes))
+    if not small:
+        c.data.tokenizer.kind = "byte" if size == "small" else "release"
+    c.train.update(batch_size={"tiny": 8, "test": 8, "small": 32, "7b": 256}[size], log_every=10)
+    if size == "7b":
+        for part in bf16_parts:
+            c.model[part].update(dtype="bfloat16", remat_policy="full")
+        c.mesh.update(data=1, fsdp=-1)
+    c.checkpoint.update(every=100, keep=2)
+    c.evaluate = ml_collections.ConfigDict(dict(at_end=False, num_samples=16, max_new_tokens=48,
+                                                dataset=dataset_config(size), speech_reply=speech_reply))
+    c.size = size
+    return c
+
+
+def dataset_config(size: str) -> str:
+    """The embedded dataset's builder config for a stage size."""
+    return "shapes_tiny" if size == "test" else "shapes"
+
+
+def partition(groups: dict[str, tuple[str, ...]], components: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Rules giving every component exactly one group: the named ones, the rest `frozen`.
+    Entries are top-level component names or `name/sub-regex` patterns."""
+    rules, named = [], set()
+    for group, comps in groups.items():
+        pats = [c if "/" in c else f"{c}/.*" for c in comps]
+        rules.append((f"(?:{'|'.join(pats)})", group))
+        named |= {c.split("/")[0] for c in comps}
+    rest = [c for c in components if c not in named]
+    if rest:
+        rules.append((f"(?:{'|'.join(rest)})/.*", "frozen"))
+    return rules
+
+
+def stage_group(lr: float, size: str, **kw) -> dict:
+    """An optimizer group: the rate scaled for the from-scratch sizes, cosine schedule."""
+    size = "tiny" if size == "test" else size
+    return dict(lr=min(lr * LR_SCALE[size], LR_CAP[size]), schedule="cosine", warmup_steps=WARMUP[size],
+                weight_decay=0.0, min_lr_ratio=0.1, **kw)
+
+
+def stage_entry(c, steps: int, groups: dict, rates: dict, mix: dict, components: tuple[str, ...]) -> ml_collections.ConfigDict:
+    """A stage of an omni task: its regex groups and rates, its data mixture, and (task_config)
+    the modalities its batches carry, so the step skips the encoders of media the stage lacks."""
+    from omni_jax.data.formats import mixture_needs
+
+    return ml_collections.ConfigDict(dict(
+        steps=steps, rules=partition(groups, components), grad_clip_norm=1.0,
+        groups={g: stage_group(rates[g], c.size) for g in groups},
+        data=dict(mixture=mix), task_config=dict(modalities=mixture_needs(mix)),
+    ))
+
+
 def pipeline(c: ml_collections.ConfigDict, stage_fns: dict, order, steps: dict) -> ml_collections.ConfigDict:
     """A multi-stage run: every stage of `order` with steps[name] > 0 (stage_fns[name](c, steps)
     adds config.stages.<name>), trained in one run and evaluated at the end. `c.size == "test"`

@@ -17,71 +17,31 @@ from __future__ import annotations
 import ml_collections
 
 from configs import audio_tokenizer_tiny, common
-from omni_jax.data.formats import mixture_needs
 from omni_jax.data.stage_mixtures import mixture
 
 COMPONENTS = ("llm", "visual", "visual_bridge", "audio_encoder", "audio_bridge", "audio_decoder", "audio_embed",
               "audio_head", "flow_matching", "vocoder", "audio_text_adapter")
-SIZES = ("tiny", "small", "7b")
-# learning rate = published (or, where unpublished, our 7b choice) x LR_SCALE, at most LR_CAP
-LR_SCALE = {"tiny": 30.0, "small": 10.0, "7b": 1.0}
-LR_CAP = {"tiny": 3e-3, "small": 1e-3, "7b": 1.0}
-WARMUP = {"tiny": 10, "small": 50, "7b": 100}
+SIZES = common.STAGE_SIZES
 
 
 def partition(groups: dict[str, tuple[str, ...]], components: tuple[str, ...] = COMPONENTS) -> list[tuple[str, str]]:
-    """Rules giving every component exactly one group: the named ones, the rest `frozen`.
-    Entries are top-level component names or `name/sub-regex` patterns."""
-    rules, named = [], set()
-    for group, comps in groups.items():
-        pats = [c if "/" in c else f"{c}/.*" for c in comps]
-        rules.append((f"(?:{'|'.join(pats)})", group))
-        named |= {c.split("/")[0] for c in comps}
-    rest = [c for c in components if c not in named]
-    if rest:
-        rules.append((f"(?:{'|'.join(rest)})/.*", "frozen"))
-    return rules
-
-
-def _group(lr: float, size: str, **kw) -> dict:
-    size = "tiny" if size == "test" else size
-    return dict(lr=min(lr * LR_SCALE[size], LR_CAP[size]), schedule="cosine", warmup_steps=WARMUP[size],
-                weight_decay=0.0, min_lr_ratio=0.1, **kw)
-
-
-def dataset_config(size: str) -> str:
-    return "shapes_tiny" if size == "test" else "shapes"
+    return common.partition(groups, components)
 
 
 def base(size: str = "tiny") -> ml_collections.ConfigDict:
     """Model, data and run defaults shared by every 1.5 stage config."""
-    if size not in SIZES + ("test",):
-        raise ValueError(f"unknown size {size!r}; use one of {SIZES}")
-    model_size = "tiny" if size == "test" else size
-    c = common.base()
-    c.task = "omni"
-    c.model = common.omni15_model(model_size)
-    seq = {"tiny": 512, "test": 384, "small": 1024, "7b": 4096}[size]
-    if size in ("tiny", "test"):
-        c.data = common.omni_data(seq_len=seq, max_patches=256, max_vision_items=8,
-                                  max_audio_chunks=2, max_speech_chunks=2, mel_frames=600)
-    else:
-        c.data = common.omni_data(seq_len=seq, max_patches=4096, max_vision_items=32, max_audio_chunks=4,
-                                  max_speech_chunks=4, mel_frames=3000)
-        c.data.tokenizer.kind = "byte" if size == "small" else "release"
+    c = common.stage_base(
+        size, "omni", common.omni15_model("tiny" if size == "test" else size),
+        seq={"tiny": 512, "test": 384, "small": 1024, "7b": 4096},
+        small_shapes=dict(max_patches=256, max_vision_items=8, max_audio_chunks=2, max_speech_chunks=2,
+                          mel_frames=600),
+        large_shapes=dict(max_patches=4096, max_vision_items=32, max_audio_chunks=4, max_speech_chunks=4,
+                          mel_frames=3000),
+        bf16_parts=("llm", "vision"), speech_reply=True)
     c.loss = ml_collections.ConfigDict(dict(text=1.0, audio=1.0))
-    c.train.update(batch_size={"tiny": 8, "test": 8, "small": 32, "7b": 256}[size], log_every=10)
-    if size == "7b":
-        c.model.llm.update(dtype="bfloat16", remat_policy="full")
-        c.model.vision.update(dtype="bfloat16", remat_policy="full")
-        c.mesh.update(data=1, fsdp=-1)
-    c.checkpoint.update(every=100, keep=2)
     # starting from a release-format checkpoint (omni_jax/convert/omni.py): the training-only
     # transcription adapter of the tokenizer stage is not in the release; keep initialising it
     c.init.update(exclude=("audio_text_adapter",), vocoder="")
-    c.evaluate = ml_collections.ConfigDict(dict(at_end=False, num_samples=16, max_new_tokens=48,
-                                                dataset=dataset_config(size), speech_reply=True))
-    c.size = size
     return c
 
 
@@ -90,27 +50,17 @@ def base(size: str = "tiny") -> ml_collections.ConfigDict:
 # ---------------------------------------------------------------------------------
 
 
-def stage_entry(c, steps: int, groups: dict, rates: dict, mix: dict, components=COMPONENTS) -> ml_collections.ConfigDict:
-    """A stage of the omni task: its regex groups and rates, its data mixture, and (task_config)
-    the modalities its batches carry, so the step skips the encoders of media the stage lacks."""
-    return ml_collections.ConfigDict(dict(
-        steps=steps, rules=partition(groups, components), grad_clip_norm=1.0,
-        groups={g: _group(rates[g], c.size) for g in groups},
-        data=dict(mixture=mix), task_config=dict(modalities=mixture_needs(mix)),
-    ))
-
-
 def _omni_stage(c, name: str, steps: int, groups: dict, rates: dict, mix: str | dict | None = None):
     if not isinstance(mix, dict):
-        mix = mixture(mix or name, dataset_config(c.size))
-    c.stages[name] = stage_entry(c, steps, groups, rates, mix)
+        mix = mixture(mix or name, common.dataset_config(c.size))
+    c.stages[name] = common.stage_entry(c, steps, groups, rates, mix, COMPONENTS)
 
 
 def text_pretrain(c, steps):
     """tiny/small only: the LLM learns the text of the embedded world first (the release starts
     from pretrained Qwen2.5-7B instead)."""
     _omni_stage(c, "text_pretrain", steps, {"llm": ("llm",)}, {"llm": 1e-4},
-                mix={"text": dict(dataset=f"omni_text/{dataset_config(c.size)}", format="text", weight=1.0,
+                mix={"text": dict(dataset=f"omni_text/{common.dataset_config(c.size)}", format="text", weight=1.0,
                                   split="train")})
 
 
@@ -122,7 +72,7 @@ def audio_tokenizer(c, steps):
         steps=steps, task="audio_tokenizer",
         task_config=dict(data=tok.data.to_dict(), loss=dict(tok.loss.to_dict(), quant_warmup_steps=steps // 2)),
         rules=partition({"audio": ("audio_encoder", "audio_bridge", "audio_decoder", "audio_text_adapter")}),
-        groups=dict(audio=_group(2e-4, c.size)), grad_clip_norm=1.0))  # unpublished: our choice
+        groups=dict(audio=common.stage_group(2e-4, c.size)), grad_clip_norm=1.0))  # unpublished: our choice
 
 
 def flow_matching(c, steps):
@@ -133,7 +83,7 @@ def flow_matching(c, steps):
         # the prenet position table is stored but never used by the release (ARCHITECTURE.md 1.5)
         rules=partition({"fm": ("flow_matching/(?!prenet/positional_embedding).*",),
                          "frozen": ("flow_matching/prenet/positional_embedding",)}),
-        groups=dict(fm=_group(2e-4, c.size)), grad_clip_norm=1.0))  # unpublished: our choice
+        groups=dict(fm=common.stage_group(2e-4, c.size)), grad_clip_norm=1.0))  # unpublished: our choice
 
 
 def vocoder(c, steps):
@@ -143,7 +93,7 @@ def vocoder(c, steps):
         task_config=dict(data=dict(frames=16, seed=0),
                          loss=dict(mel_loss_weight=45.0, stft_loss_weight=1.0, f0_loss_weight=1.0)),
         rules=partition({"voc": ("vocoder",)}),
-        groups=dict(voc=_group(2e-4, c.size, b1=0.8, b2=0.99)), grad_clip_norm=1.0))  # CosyVoice HiFT: 2e-4
+        groups=dict(voc=common.stage_group(2e-4, c.size, b1=0.8, b2=0.99)), grad_clip_norm=1.0))  # CosyVoice HiFT: 2e-4
 
 
 def image_text_1(c, steps):

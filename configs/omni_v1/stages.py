@@ -2,8 +2,8 @@
 
 Each stage = which top-level components train (every other one is `frozen`: no optimizer
 state, bit-identical), learning rates and its data mixture (omni_jax/data/stage_mixtures.py
-`v1_*` over the embedded dataset). Shared helpers (regex partition, learning-rate scaling for
-the from-scratch sizes) are the 1.5 configs' (configs/omni15/stages.py).
+`v1_*` over the embedded dataset). Shared helpers (run defaults, regex partition, learning-rate
+scaling for the from-scratch sizes) are configs/common.py's, as for the 1.5 stages.
 
 Published rates: image-language 1e-3 (projector), 1e-5 (+ SigLIP), 1e-5 (everything visual +
 LLM); video-language 4e-6 (video projector only). Not published, our choices: audio-language
@@ -17,57 +17,41 @@ from __future__ import annotations
 import ml_collections
 
 from configs import common
-from configs.omni15.stages import dataset_config, stage_entry
 from omni_jax.data.stage_mixtures import mixture
 
 COMPONENTS = ("llm", "siglip", "v1_projector", "v1_video_projector", "audio_encoder", "v1_audio_projector")
-SIZES = ("tiny", "small", "7b")
+SIZES = common.STAGE_SIZES
 
 
 def base(size: str = "tiny") -> ml_collections.ConfigDict:
     """Model, data and run defaults shared by every v1 stage config."""
-    if size not in SIZES + ("test",):
-        raise ValueError(f"unknown size {size!r}; use one of {SIZES}")
-    model_size = "tiny" if size == "test" else size
-    c = common.base()
-    c.task = "omni_v1"
-    c.model = common.omni_v1_model(model_size)
-    seq = {"tiny": 512, "test": 256, "small": 1024, "7b": 4096}[size]
-    if size in ("tiny", "test"):
-        c.data = common.omni_data(seq_len=seq, max_patches=0, max_tiles=16, max_vision_items=8, max_audio_chunks=2,
-                                  max_speech_chunks=0, mel_frames=600)
-    else:
-        c.data = common.omni_data(seq_len=seq, max_patches=0, max_tiles=64, max_vision_items=48, max_audio_chunks=4,
-                                  max_speech_chunks=0, mel_frames=3000)
-        c.data.tokenizer.kind = "byte" if size == "small" else "release"
+    c = common.stage_base(
+        size, "omni_v1", common.omni_v1_model("tiny" if size == "test" else size),
+        seq={"tiny": 512, "test": 256, "small": 1024, "7b": 4096},
+        small_shapes=dict(max_patches=0, max_tiles=16, max_vision_items=8, max_audio_chunks=2, max_speech_chunks=0,
+                          mel_frames=600),
+        large_shapes=dict(max_patches=0, max_tiles=64, max_vision_items=48, max_audio_chunks=4, max_speech_chunks=0,
+                          mel_frames=3000),
+        bf16_parts=("llm", "siglip", "audio_encoder"), speech_reply=False)
     m = c.model
     c.data.media.update(vision_mode="tiles", tile_size=m.siglip.image_size, video_max_frames=48,
                         tokens_per_tile=m.v1_projector.pool_grid[0] * m.v1_projector.pool_grid[1],
                         video_tokens_per_frame=m.v1_projector.video_pool_grid[0] * m.v1_projector.video_pool_grid[1],
                         audio_pool=m.v1_audio_projector.rate)
     c.loss = ml_collections.ConfigDict(dict(text=1.0))
-    c.train.update(batch_size={"tiny": 8, "test": 8, "small": 32, "7b": 256}[size], log_every=10)
-    if size == "7b":
-        for part in ("llm", "siglip", "audio_encoder"):
-            c.model[part].update(dtype="bfloat16", remat_policy="full")
-        c.mesh.update(data=1, fsdp=-1)
-    c.checkpoint.update(every=100, keep=2)
-    c.evaluate = ml_collections.ConfigDict(dict(at_end=False, num_samples=16, max_new_tokens=48,
-                                                dataset=dataset_config(size), speech_reply=False))
-    c.size = size
     return c
 
 
 def _stage(c, name: str, steps: int, groups: dict, rates: dict, mix: dict | None = None):
-    mix = mix or mixture(f"v1_{name}", dataset_config(c.size))
-    c.stages[name] = stage_entry(c, steps, groups, rates, mix, COMPONENTS)
+    mix = mix or mixture(f"v1_{name}", common.dataset_config(c.size))
+    c.stages[name] = common.stage_entry(c, steps, groups, rates, mix, COMPONENTS)
 
 
 def text_pretrain(c, steps):
     """tiny/small only: the LLM learns the text of the embedded world first (v1 starts from a
     pretrained 7B LLM instead)."""
     _stage(c, "text_pretrain", steps, {"llm": ("llm",)}, {"llm": 1e-4},
-           mix={"text": dict(dataset=f"omni_text/{dataset_config(c.size)}", format="text", weight=1.0, split="train")})
+           mix={"text": dict(dataset=f"omni_text/{common.dataset_config(c.size)}", format="text", weight=1.0, split="train")})
 
 
 def image_language_1(c, steps):
