@@ -130,20 +130,6 @@ def unbox(tree: Any) -> Any:
         tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
 
-def tree_shardings(abstract_boxed_tree: Any, mesh: Mesh) -> Any:
-    """NamedShardings for a tree whose leaves may be `nn.LogicallyPartitioned` boxes.
-
-    Unboxed leaves (optimizer counters, rng keys, ...) are replicated.
-    """
-    specs = nn.get_partition_spec(abstract_boxed_tree)
-    return jax.tree.map(
-        lambda s: NamedSharding(mesh, nn.logical_to_mesh_axes(tuple(s), LOGICAL_AXIS_RULES)
-                                if isinstance(s, P) else P()),
-        specs,
-        is_leaf=lambda x: isinstance(x, P),
-    )
-
-
 def check_rules_cover(abstract_boxed_tree: Any) -> None:
     """Every logical name used by a parameter must appear in the rules table."""
     known = set(rules_dict())

@@ -79,11 +79,12 @@ def make_layout(task: Task, mesh: Mesh, global_batch: int, boxed: Any = None, bo
     return Layout(
         mesh=mesh,
         abstract_params=shd.unbox(boxed),
-        param_shardings=shd.tree_shardings(boxed, mesh),
+        param_shardings=nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, shd.LOGICAL_AXIS_RULES),
         batch_shardings={k: shd.logical_sharding(axes, mesh) for k, (_, axes) in spec.items()},
         batch_abstract={k: a for k, (a, _) in spec.items()},
         abstract_model_state=None if boxed_state is None else shd.unbox(boxed_state),
-        model_state_shardings=None if boxed_state is None else shd.tree_shardings(boxed_state, mesh),
+        model_state_shardings=None if boxed_state is None else nn.logical_to_mesh_sharding(
+            nn.get_partition_spec(boxed_state), mesh, shd.LOGICAL_AXIS_RULES),
     )
 
 

@@ -108,7 +108,7 @@ def test_sharded_forward_on_8_devices_equals_single_device(ref):
     boxed = _abstract(cfg)
     shd.check_rules_cover(boxed)
     shd.check_divisible(boxed, mesh)
-    shardings = shd.tree_shardings(boxed, mesh)
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, shd.LOGICAL_AXIS_RULES)
     assert shardings["visual"]["blocks"]["attn"]["qkv"]["kernel"].spec == P(None, ("fsdp", "context"), None, "tensor", None)
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
         sharded = jax.device_put(params, shardings)

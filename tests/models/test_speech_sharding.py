@@ -35,7 +35,7 @@ def test_release_shapes_use_known_axes_and_divide_a_pod_mesh():
     devices = np.asarray(jax.devices()[:8])
     mesh = jax.sharding.Mesh(devices.reshape(1, 4, 2, 1), shd.MESH_AXES)
     shd.check_divisible(boxed, mesh)  # fsdp 4 x tensor 2
-    specs = shd.tree_shardings(boxed, mesh)
+    specs = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, shd.LOGICAL_AXIS_RULES)
     spec = lambda *names: shd.logical_to_spec(names)
     assert specs["audio_head"]["layers"]["linear1"]["kernel"].spec == spec("layers", "depth", "embed", "mlp")
     assert specs["audio_head"]["layers"]["in_proj"]["kernel"].spec == spec("layers", "embed", "qkv", "heads", "head_dim")
@@ -57,7 +57,7 @@ def test_sharded_audio_head_loss_equals_single_device():
     single = float(jax.jit(loss)(params, hidden))
     mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2, "context": 1})
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
-        ps = shd.tree_shardings(boxed, mesh)
+        ps = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, shd.LOGICAL_AXIS_RULES)
         placed = jax.device_put(params, ps)
         h = jax.device_put(hidden, NamedSharding(mesh, P(("data", "fsdp"))))
         sharded = float(jax.jit(loss, in_shardings=(ps, h.sharding))(placed, h))

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import linen as nn
 from torch import nn as tnn
 
 from omni_jax import sharding as shd
@@ -139,7 +140,7 @@ def test_v1_tower_tree_composition_and_sharding_on_8_devices():
     mesh = shd.make_mesh(dict(data=2, fsdp=2, tensor=2))
     shd.check_rules_cover(boxed)
     shd.check_divisible(boxed, mesh)
-    shardings = shd.tree_shardings(boxed, mesh)
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, shd.LOGICAL_AXIS_RULES)
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
         data = NamedSharding(mesh, P(("data", "fsdp")))
         got = jax.jit(tower.apply, in_shardings=({"params": shardings}, data, data))(

@@ -124,7 +124,7 @@ def test_sharded_remat_equals_plain(ref_and_ours):
     mesh = shd.make_mesh(dict(data=2, fsdp=2, tensor=2))
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
         boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 128, T_MEL)), jnp.ones((1,), jnp.int32))["params"]
-        shard = shd.tree_shardings(boxed, mesh)
+        shard = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, shd.LOGICAL_AXIS_RULES)
         p = jax.device_put(params, shard)
         g1, h1 = jax.jit(jax.grad(loss, has_aux=True))(p, mel)
     assert p["layers"]["fc1"]["kernel"].sharding.spec == jax.P(None, ("fsdp", "context"), "tensor")
