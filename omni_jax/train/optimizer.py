@@ -101,10 +101,6 @@ def stage_from_config(name: str, c: Mapping[str, Any]) -> StageConfig:
                        grad_clip_norm=None if clip is None else float(clip))
 
 
-def param_paths(params: Mapping[str, Any]) -> list[str]:
-    return ["/".join(k) for k in traverse_util.flatten_dict(dict(params))]
-
-
 def assign_groups(params: Mapping[str, Any], rules: Sequence[tuple[str, str]], stage: str = "?") -> Any:
     """Tree of group names (same structure as params). Exactly one rule per parameter."""
     compiled = [(re.compile(r), g, r) for r, g in rules]
