@@ -108,7 +108,7 @@ class OmniRunner:
             abstract_params, abstract_state = abstract_variables(config.model)
             params, state = import_release(workdir, config.model, abstract_params, abstract_state, step=step)
         else:
-            from omni_jax.generate.params import restore_params
+            from omni_jax.convert.workdir import restore_params
 
             params, state = restore_params(config, workdir, step), None
         return cls(config, params, state)

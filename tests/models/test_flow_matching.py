@@ -127,7 +127,7 @@ def test_chunk_causal_mask_and_causality(ref_and_ours):
 def test_cli_training_brings_sampled_mels_closer(tmp_path, ref_and_ours):
     """`python -m launch.train --config=configs/flow_matching_tiny.py` (one CPU device, as a user
     runs it), then the restored params sample held-out mels much closer to their targets."""
-    from omni_jax.generate.params import restore_params
+    from omni_jax.convert.workdir import restore_params
     from omni_jax.tasks import get_task
 
     steps = 100

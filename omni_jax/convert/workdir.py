@@ -1,9 +1,11 @@
-"""Parameters of a trained run for inference: the latest (or a given) checkpoint of a workdir.
+"""Parameters of a trained run (any task): the latest (or a given) checkpoint of a workdir.
 
-    params = restore_params(config, workdir)        # e.g. a flow_matching or vocoder run
+    params = restore_params(config, workdir)        # e.g. a flow_matching, vocoder or v1 run
 
 Reads only the params of the trainer's TrainState (no optimizer state), as numpy arrays,
-checked against the config's shapes (omni_jax/train/checkpoint.py restore_params).
+checked against the config's shapes (omni_jax/train/checkpoint.py restore_params). Inference
+(omni_jax/generate/) restores through this module, never through omni_jax/train/ directly.
+omni_jax/convert/omni.py `restore_workdir` reads a 1.5 workdir without a config.
 """
 
 from __future__ import annotations
