@@ -8,11 +8,16 @@ trainable are kept), jit the step, stream step-indexed batches, log, checkpoint 
 `config.checkpoint.every` steps and at the stage end. A restart with the same workdir
 resumes from the latest checkpoint and reproduces the uninterrupted run bit for bit.
 SIGTERM / SIGINT make it save a checkpoint at the next step boundary and return.
+
+`train` reads as its steps: `_open_run` (stages, mesh, tasks, checkpointer, config.json),
+`_plan_layouts` (one parameter tree, per-stage shardings), `_resume` or `_initial_state`, then
+per stage `_run_stage` (`_enter_stage` carries optimizer moments; the step loop logs with
+`_StepTimer` and checkpoints), and `_evaluate_at_end`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -75,14 +80,62 @@ def _meta(config, stage, stage_index, stage_step, step) -> dict:
             "step": int(step), "task": task, "model": config.model.to_dict()}
 
 
+@dataclasses.dataclass
+class _Run:
+    """What every step of the loop reads: the config's stages and where each starts, the mesh,
+    the stage tasks, the checkpointer and the per-stage layouts over ONE parameter tree."""
+
+    config: Any
+    workdir: str
+    stages: list
+    starts: list[int]
+    mesh: Any
+    tasks: StageTasks
+    ckpt: Checkpointer
+    layouts: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class _Progress:
+    """Where the run is: the TrainState, the stage (index, step within it), the data iterator
+    state to resume (None = start the stage's data fresh), the last saved step, last metrics."""
+
+    state: Any
+    stage_index: int = 0
+    stage_step: int = 0
+    data_state: Any = None
+    saved_step: int | None = None
+    last: dict = dataclasses.field(default_factory=dict)
+    status: str = "done"
+
+
 def train(config, workdir: str) -> dict[str, Any]:
-    """Runs (or resumes) every stage. Returns {'status', 'step', 'last_metrics'}."""
+    """Runs (or resumes) every stage. Returns {'status', 'step', 'last_metrics', 'evaluation'}."""
+    run = _open_run(config, workdir)
+    with jax.set_mesh(run.mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES), _StopFlag() as stop:
+        _plan_layouts(run)
+        latest = run.ckpt.latest_step()
+        progress = _resume(run, latest) if latest is not None else _Progress(_initial_state(run))
+        metrics_log = MetricsWriter(workdir, resume_step=latest if latest is not None else 0)
+        for si in range(progress.stage_index, len(run.stages)):
+            progress.stage_index = si
+            _run_stage(run, progress, metrics_log, stop)
+            if progress.status == "preempted":
+                break
+            progress.stage_step = 0
+        run.ckpt.close()
+        metrics_log.close()
+        evaluation = _evaluate_at_end(run, progress)
+    return {"status": progress.status, "step": int(jax.device_get(progress.state.step)),
+            "last_metrics": progress.last, "evaluation": evaluation}
+
+
+def _open_run(config, workdir: str) -> _Run:
+    """Parses the stages, builds the mesh, the stage tasks and the checkpointer (keeping every
+    stage end), and writes the config next to the checkpoints."""
     os.makedirs(workdir, exist_ok=True)
     stages = parse_stages(config)
     starts = np.cumsum([0] + [s.steps for s in stages]).tolist()
-    mesh = shd.make_mesh(config.mesh.to_dict())
-    tasks = StageTasks(config, [s.name for s in stages])
-    task = tasks.main
     ckpt = Checkpointer(
         os.path.join(workdir, "checkpoints"),
         max_to_keep=config.checkpoint.keep,
@@ -92,118 +145,153 @@ def train(config, workdir: str) -> dict[str, Any]:
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
+    return _Run(config, workdir, stages, starts, shd.make_mesh(config.mesh.to_dict()),
+                StageTasks(config, [s.name for s in stages]), ckpt)
 
-    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES), _StopFlag() as stop:
-        # one parameter tree for the whole run: the union of the stage tasks' trees
-        trees = [(type(t).__name__, step_lib.abstract_boxed(t)) for t in tasks.unique]
-        boxed = union_trees([(n, b[0]) for n, b in trees], "parameters")
-        boxed_state = union_trees([(n, b[1]) for n, b in trees], "model state")
-        layouts = {s.name: step_lib.make_layout(tasks[s.name], mesh, config.train.batch_size, boxed, boxed_state)
-                   for s in stages}
-        layout = layouts[stages[0].name]
-        # ---- where to start: a checkpoint, imported weights, or random init ----
-        state, data_state, si, stage_step = None, None, 0, 0
-        latest = ckpt.latest_step()
-        if latest is not None:
-            meta = ckpt.read_meta(latest)
-            si, stage_step = int(meta["stage_index"]), int(meta["stage_step"])
-            if si >= len(stages) or stages[si].name != meta["stage"]:
-                raise ValueError(f"checkpoint {latest} is from stage {meta['stage']!r} (index {si}), "
-                                 f"which config.stage_order {list(config.stage_order)} does not have there")
-            opt = build_optimizer(stages[si], layout.abstract_params)
-            state, _, data_state = ckpt.restore(latest, step_lib.abstract_state(layout, opt))
-            log.info("resumed from step %d (stage %s, step %d of %d)", latest, meta["stage"], stage_step, stages[si].steps)
-            if stage_step >= stages[si].steps:  # that stage was complete: enter the next
-                si, stage_step, data_state = si + 1, 0, None
-        else:
-            # the main task imports what the checkpoint has; only the other components are initialised
-            imported, imported_state = {}, {}
-            if config.init.get("checkpoint"):
-                imported = task.import_params(config.init.checkpoint, layout.abstract_params)
-                imported = jax.device_put(imported, {k: layout.param_shardings[k] for k in imported})
-                if layout.abstract_model_state is not None:
-                    imported_state = task.import_state(config.init.checkpoint, layout.abstract_model_state) or {}
-                    imported_state = jax.device_put(
-                        imported_state, {k: layout.model_state_shardings[k] for k in imported_state})
-            params = dict(init_union(tasks.unique, layout, config.train.seed, "params", skip=imported), **imported)
-            model_state = init_union(tasks.unique, layout, config.train.seed, "state", skip=imported_state)
-            if model_state is not None:
-                model_state = dict(model_state, **imported_state)
-            if config.init.get("checkpoint"):
-                log.info("imported %s from %s; initialised %s", sorted(imported), config.init.checkpoint,
-                         sorted(set(params) - set(imported)))
-            state = step_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                                        opt_state=None, rng=jax.random.PRNGKey(config.train.seed),
-                                        model_state=model_state)
-        metrics_log = MetricsWriter(workdir, resume_step=latest if latest is not None else 0)
-        last: dict[str, float] = {}
-        status = "done"
-        saved_step = latest
 
-        for si in range(si, len(stages)):
-            stage = stages[si]
-            stage_task, layout = tasks[stage.name], layouts[stage.name]
-            opt = build_optimizer(stage, layout.abstract_params)
-            if data_state is None:  # entering the stage: fresh optimizer, moments carried over
-                fresh = step_lib.init_opt_state(opt, layout, state.params)
-                carried = 0
-                if state.opt_state is not None:
-                    fresh, carried = transfer_state(state.opt_state, fresh)
-                state = state.replace(opt_state=fresh)
-                log.info("stage %s: %d trainable tensors, %d optimizer leaves carried over",
-                         stage.name, len(opt.trainable_paths()), carried)
-            train_step = step_lib.make_train_step(stage_task, opt, layout, microbatches=config.train.microbatches)
-            data = stage_task.make_data(stage, start_step=stage_step, process_index=jax.process_index(),
-                                        process_count=jax.process_count())
-            if data_state is not None:
-                data.set_state(data_state)
-            data_state = None
+def _plan_layouts(run: _Run) -> None:
+    """One parameter tree (and model state) for the whole run, the union of the stage tasks'
+    trees; per stage, its shardings and batch layout over that tree."""
+    trees = [(type(t).__name__, step_lib.abstract_boxed(t)) for t in run.tasks.unique]
+    boxed = union_trees([(n, b[0]) for n, b in trees], "parameters")
+    boxed_state = union_trees([(n, b[1]) for n, b in trees], "model state")
+    run.layouts = {s.name: step_lib.make_layout(run.tasks[s.name], run.mesh, run.config.train.batch_size, boxed,
+                                                boxed_state) for s in run.stages}
 
-            step = starts[si] + stage_step
-            bar = tqdm(total=stage.steps, initial=stage_step, desc=stage.name, unit="step",
-                       disable=jax.process_index() != 0 or not config.train.get("progress_bar", True))
-            t_last, n_acc = time.perf_counter(), 0
-            tokens_per_step = int(np.prod(layout.batch_abstract["tokens"].shape[:2])) if "tokens" in layout.batch_abstract else 0
-            while stage_step < stage.steps:
-                if stop.signum is not None:
-                    if saved_step != step:
-                        ckpt.save(step, state, _meta(config, stage, si, stage_step, step), data.get_state(), force=True)
-                    ckpt.wait()
-                    log.warning("signal %d: saved checkpoint at step %d and stopped", stop.signum, step)
-                    status = "preempted"
-                    break
-                batch = step_lib.global_batch_from_local(next(data), layout)
-                state, metrics = train_step(state, batch)
-                stage_step += 1
-                step += 1
-                n_acc += 1
-                bar.update(1)
-                if stage_step % config.train.log_every == 0 or stage_step == stage.steps:
-                    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    dt = time.perf_counter() - t_last
-                    m["step_time_s"] = dt / n_acc
-                    m["tokens_per_s"] = tokens_per_step * n_acc / dt if dt > 0 else 0.0
-                    m.update({f"lr/{g}": v for g, v in learning_rates(stage, stage_step - 1).items()})
-                    metrics_log.write(step, m, stage=stage.name)
-                    bar.set_postfix(loss=f"{m.get('loss', m['objective']):.4f}")
-                    last = m
-                    t_last, n_acc = time.perf_counter(), 0
-                if stage_step % config.checkpoint.every == 0 or stage_step == stage.steps:
-                    if ckpt.save(step, state, _meta(config, stage, si, stage_step, step), data.get_state(),
-                                 force=stage_step == stage.steps):
-                        saved_step = step
-            bar.close()
-            if status == "preempted":
-                break
-            stage_step = 0
-        ckpt.close()
-        metrics_log.close()
-        evaluation = None
-        if status == "done" and config.get("evaluate", None) and config.evaluate.get("at_end", False):
-            if not hasattr(task, "evaluate"):
-                raise ValueError(f"config.evaluate.at_end is set but task {config.task!r} has no evaluate()")
-            evaluation = task.evaluate(state.params, state.model_state, workdir)
-            if jax.process_index() == 0:
-                with open(os.path.join(workdir, "eval.json"), "w") as f:
-                    json.dump(evaluation, f, indent=2, default=str)
-    return {"status": status, "step": int(jax.device_get(state.step)), "last_metrics": last, "evaluation": evaluation}
+
+def _resume(run: _Run, latest: int) -> _Progress:
+    """The latest checkpoint: TrainState, data state, stage and step (a complete stage enters the next)."""
+    meta = run.ckpt.read_meta(latest)
+    si, stage_step = int(meta["stage_index"]), int(meta["stage_step"])
+    stages = run.stages
+    if si >= len(stages) or stages[si].name != meta["stage"]:
+        raise ValueError(f"checkpoint {latest} is from stage {meta['stage']!r} (index {si}), "
+                         f"which config.stage_order {list(run.config.stage_order)} does not have there")
+    layout = run.layouts[stages[0].name]
+    opt = build_optimizer(stages[si], layout.abstract_params)
+    state, _, data_state = run.ckpt.restore(latest, step_lib.abstract_state(layout, opt))
+    log.info("resumed from step %d (stage %s, step %d of %d)", latest, meta["stage"], stage_step, stages[si].steps)
+    if stage_step >= stages[si].steps:  # that stage was complete: enter the next
+        si, stage_step, data_state = si + 1, 0, None
+    return _Progress(state, si, stage_step, data_state, saved_step=latest)
+
+
+def _initial_state(run: _Run):
+    """A fresh TrainState: the main task imports what `config.init.checkpoint` has, every other
+    component is initialised from `config.train.seed`; no optimizer state yet."""
+    config, task = run.config, run.tasks.main
+    layout = run.layouts[run.stages[0].name]
+    imported, imported_state = {}, {}
+    if config.init.get("checkpoint"):
+        imported = task.import_params(config.init.checkpoint, layout.abstract_params)
+        imported = jax.device_put(imported, {k: layout.param_shardings[k] for k in imported})
+        if layout.abstract_model_state is not None:
+            imported_state = task.import_state(config.init.checkpoint, layout.abstract_model_state) or {}
+            imported_state = jax.device_put(
+                imported_state, {k: layout.model_state_shardings[k] for k in imported_state})
+    params = dict(init_union(run.tasks.unique, layout, config.train.seed, "params", skip=imported), **imported)
+    model_state = init_union(run.tasks.unique, layout, config.train.seed, "state", skip=imported_state)
+    if model_state is not None:
+        model_state = dict(model_state, **imported_state)
+    if config.init.get("checkpoint"):
+        log.info("imported %s from %s; initialised %s", sorted(imported), config.init.checkpoint,
+                 sorted(set(params) - set(imported)))
+    return step_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=None,
+                               rng=jax.random.PRNGKey(config.train.seed), model_state=model_state)
+
+
+def _enter_stage(state, stage, opt, layout):
+    """A fresh optimizer state for the stage, with the moments of parameters that stay trainable
+    carried over from the previous stage."""
+    fresh = step_lib.init_opt_state(opt, layout, state.params)
+    carried = 0
+    if state.opt_state is not None:
+        fresh, carried = transfer_state(state.opt_state, fresh)
+    log.info("stage %s: %d trainable tensors, %d optimizer leaves carried over",
+             stage.name, len(opt.trainable_paths()), carried)
+    return state.replace(opt_state=fresh)
+
+
+def _run_stage(run: _Run, progress: _Progress, metrics_log: MetricsWriter, stop: _StopFlag) -> None:
+    """The steps of stage `progress.stage_index` from `progress.stage_step`: optimizer, jitted
+    step, step-indexed data; logs and checkpoints on schedule; on a signal saves and stops."""
+    config, si = run.config, progress.stage_index
+    stage = run.stages[si]
+    stage_task, layout = run.tasks[stage.name], run.layouts[stage.name]
+    opt = build_optimizer(stage, layout.abstract_params)
+    if progress.data_state is None:  # entering the stage (not resuming inside it)
+        progress.state = _enter_stage(progress.state, stage, opt, layout)
+    train_step = step_lib.make_train_step(stage_task, opt, layout, microbatches=config.train.microbatches)
+    data = stage_task.make_data(stage, start_step=progress.stage_step, process_index=jax.process_index(),
+                                process_count=jax.process_count())
+    if progress.data_state is not None:
+        data.set_state(progress.data_state)
+    progress.data_state = None
+
+    step = run.starts[si] + progress.stage_step
+    bar = tqdm(total=stage.steps, initial=progress.stage_step, desc=stage.name, unit="step",
+               disable=jax.process_index() != 0 or not config.train.get("progress_bar", True))
+    timer = _StepTimer(layout)
+
+    def meta() -> dict:
+        return _meta(config, stage, si, progress.stage_step, step)
+
+    while progress.stage_step < stage.steps:
+        if stop.signum is not None:
+            if progress.saved_step != step:
+                run.ckpt.save(step, progress.state, meta(), data.get_state(), force=True)
+            run.ckpt.wait()
+            log.warning("signal %d: saved checkpoint at step %d and stopped", stop.signum, step)
+            progress.status = "preempted"
+            break
+        batch = step_lib.global_batch_from_local(next(data), layout)
+        progress.state, metrics = train_step(progress.state, batch)
+        progress.stage_step += 1
+        step += 1
+        timer.count()
+        bar.update(1)
+        end = progress.stage_step == stage.steps
+        if progress.stage_step % config.train.log_every == 0 or end:
+            progress.last = timer.metrics(metrics, stage, progress.stage_step)
+            metrics_log.write(step, progress.last, stage=stage.name)
+            bar.set_postfix(loss=f"{progress.last.get('loss', progress.last['objective']):.4f}")
+        if progress.stage_step % config.checkpoint.every == 0 or end:
+            if run.ckpt.save(step, progress.state, meta(), data.get_state(), force=end):
+                progress.saved_step = step
+    bar.close()
+
+
+class _StepTimer:
+    """Step time and token throughput since the last logged step."""
+
+    def __init__(self, layout):
+        tokens = layout.batch_abstract.get("tokens")
+        self.tokens_per_step = int(np.prod(tokens.shape[:2])) if tokens is not None else 0
+        self.t_last, self.n = time.perf_counter(), 0
+
+    def count(self) -> None:
+        self.n += 1
+
+    def metrics(self, metrics, stage, stage_step: int) -> dict[str, float]:
+        """The step's metrics as floats, plus step_time_s, tokens_per_s and each group's lr."""
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        dt = time.perf_counter() - self.t_last
+        m["step_time_s"] = dt / self.n
+        m["tokens_per_s"] = self.tokens_per_step * self.n / dt if dt > 0 else 0.0
+        m.update({f"lr/{g}": v for g, v in learning_rates(stage, stage_step - 1).items()})
+        self.t_last, self.n = time.perf_counter(), 0
+        return m
+
+
+def _evaluate_at_end(run: _Run, progress: _Progress):
+    """`config.evaluate.at_end`: the main task's evaluate() on the final params, written to eval.json."""
+    config, task = run.config, run.tasks.main
+    if progress.status != "done" or not config.get("evaluate", None) or not config.evaluate.get("at_end", False):
+        return None
+    if not hasattr(task, "evaluate"):
+        raise ValueError(f"config.evaluate.at_end is set but task {config.task!r} has no evaluate()")
+    evaluation = task.evaluate(progress.state.params, progress.state.model_state, run.workdir)
+    if jax.process_index() == 0:
+        with open(os.path.join(run.workdir, "eval.json"), "w") as f:
+            json.dump(evaluation, f, indent=2, default=str)
+    return evaluation
