@@ -92,140 +92,201 @@ def _apply(module, params, *args, method=None):
     return module.apply({"params": params}, *args, method=method)
 
 
+class _Dims(NamedTuple):
+    """Static sizes of one generate call."""
+
+    b: int  # rows
+    p: int  # prompt length
+    s_max: int  # generated steps
+    depth: int  # codebooks (1 for a text-only model's dummy audio state)
+    vmax: int  # rows of the largest code table, end code included
+    end0: int  # codebook 0's end code
+
+
+def _dims(models: SpeechModels, prompt_ids: Array, cfg: GenerationConfig) -> _Dims:
+    hcfg = models.head.cfg if models.head is not None else None
+    b, p = prompt_ids.shape
+    # text-only models (no audio head, e.g. Baichuan-Omni v1) keep a one-codebook dummy audio state
+    return _Dims(b, p, cfg.max_new_steps, hcfg.depth if hcfg else 1, max(hcfg.codebook_sizes) + 1 if hcfg else 1,
+                 hcfg.codebook_sizes[0] if hcfg else 0)
+
+
 def generate(models: SpeechModels, params: Any, prompt_ids: Array, prompt_mask: Array, rng: Array,
              ids: SpecialIds, cfg: GenerationConfig, prompt_embeds: Array | None = None) -> GenerationOutput:
     """Runs the loop (jit it with `make_generate`). prompt_ids / prompt_mask (B, P), left padded;
-    prompt_embeds (B, P, D) optionally replaces the token embeddings (multimodal prompts)."""
-    llm, embed, head = models.llm, models.embed, models.head
-    hcfg = head.cfg if head is not None else None
-    b, p = prompt_ids.shape
-    s_max = cfg.max_new_steps
-    # text-only models (no audio head, e.g. Baichuan-Omni v1) keep a one-codebook dummy audio state
-    depth = hcfg.depth if hcfg else 1
-    vmax = max(hcfg.codebook_sizes) + 1 if hcfg else 1
-    vocab = llm.cfg.vocab_size
-    end0 = hcfg.codebook_sizes[0] if hcfg else 0
+    prompt_embeds (B, P, D) optionally replaces the token embeddings (multimodal prompts).
 
-    # ---- prefill ----
+    Steps: `_prefill` the prompt into the KV cache, `_initial_state`, then `_step` (sample, move
+    every row's state machine, feed one position) until every row is done or `max_new_steps`."""
+    d = _dims(models, prompt_ids, cfg)
+    h_last, cache = _prefill(models, params, prompt_ids, prompt_mask, d, prompt_embeds)
+    state = _initial_state(models, prompt_ids, prompt_mask, d, h_last, cache, rng)
+    st = jax.lax.while_loop(lambda st: (st["step"] < d.s_max) & jnp.any(st["mode"] != DONE),
+                            functools.partial(_step, models, params, ids, cfg, d), state)
+    return GenerationOutput(st["out_tokens"], st["out_fed"], st["out_codes"], st["out_valid"], st["out_chunk"],
+                            st["step"], st["mode"] == DONE, st["chunk_id"] + 1)
+
+
+def _prefill(models: SpeechModels, params, prompt_ids, prompt_mask, d: _Dims, prompt_embeds):
+    """The prompt through the LLM into a cache of p + s_max positions; rotary positions count
+    real tokens only. Returns (last hidden state (B, D), cache)."""
+    llm = models.llm
     mask = prompt_mask.astype(jnp.int32)
     x = prompt_embeds if prompt_embeds is not None else _apply(llm, params["llm"], prompt_ids, method=Qwen2LM.embed)
     pos = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-    cache = init_kv_cache(llm.cfg, b, p + s_max)
+    cache = init_kv_cache(llm.cfg, d.b, d.p + d.s_max)
     h, cache = _apply(llm, params["llm"], x, pos, mask, cache, 0, method=Qwen2LM.hidden)
-    h_last = h[:, -1]
-    text_seen = jnp.zeros((b, vocab), bool).at[jnp.arange(b)[:, None], prompt_ids].max(mask > 0)
+    return h[:, -1], cache
 
-    def sample_text(h_last, key, seen):
-        logits = _apply(llm, params["llm"], h_last[:, None], method=Qwen2LM.logits)[:, 0]
-        return sample(key, logits, seen, cfg.text)
 
-    def sample_frame(h_last, key, seen):
-        dcache = init_depth_cache(hcfg, b)
-        x, cum, codes = h_last, None, []
-        keys = jax.random.split(key, depth)
-        for i in range(depth):
-            lg, dcache = _apply(head, params["audio_head"], x, i, dcache, method=AudioHead.step)
-            if i > 0:
-                lg = lg[:, :-1]  # only codebook 0 may emit the end code
-            c = sample(keys[i], lg, seen[:, i, : lg.shape[1]], cfg.audio)
-            codes.append(c)
-            e = _apply(embed, params["audio_embed"], c, i, method=AudioEmbed.lookup)
-            cum = e if cum is None else cum + e
-            x = cum
-        return jnp.stack(codes, axis=-1)
-
-    state = dict(
+def _initial_state(models: SpeechModels, prompt_ids, prompt_mask, d: _Dims, h_last, cache, rng) -> dict:
+    """Every row in text mode; the repetition penalty has seen the prompt's tokens."""
+    b, s_max = d.b, d.s_max
+    mask = prompt_mask.astype(jnp.int32)
+    text_seen = jnp.zeros((b, models.llm.cfg.vocab_size), bool).at[jnp.arange(b)[:, None], prompt_ids].max(mask > 0)
+    return dict(
         step=jnp.zeros((), jnp.int32), cache=cache, h=h_last,
         mode=jnp.full((b,), TEXT, jnp.int32), final=jnp.zeros((b,), bool),
         chunk_count=jnp.zeros((b,), jnp.int32), frames=jnp.zeros((b,), jnp.int32),
         chunk_id=jnp.full((b,), -1, jnp.int32), pos=mask.sum(axis=1).astype(jnp.int32),
-        text_seen=text_seen, audio_seen=jnp.zeros((b, depth, vmax), bool),
+        text_seen=text_seen, audio_seen=jnp.zeros((b, d.depth, d.vmax), bool),
         out_tokens=jnp.full((b, s_max), -1, jnp.int32), out_fed=jnp.zeros((b, s_max), bool),
-        out_codes=jnp.zeros((b, s_max, depth), jnp.int32), out_valid=jnp.zeros((b, s_max), bool),
+        out_codes=jnp.zeros((b, s_max, d.depth), jnp.int32), out_valid=jnp.zeros((b, s_max), bool),
         out_chunk=jnp.full((b, s_max), -1, jnp.int32), key=rng,
     )
 
-    def cond(st):
-        return (st["step"] < s_max) & jnp.any(st["mode"] != DONE)
 
-    def body(st):
-        s = st["step"]
-        key, k_text, k_audio = jax.random.split(jax.random.fold_in(st["key"], s), 3)
-        mode = st["mode"]
-        in_text, in_audio = mode == TEXT, mode == AUDIO
-        tok = jax.lax.cond(jnp.any(in_text), lambda: sample_text(st["h"], k_text, st["text_seen"]),
-                           lambda: jnp.zeros((b,), jnp.int32))
-        if cfg.speech:
-            codes = jax.lax.cond(jnp.any(in_audio), lambda: sample_frame(st["h"], k_audio, st["audio_seen"]),
-                                 lambda: jnp.zeros((b, depth), jnp.int32))
-        else:
-            codes = jnp.zeros((b, depth), jnp.int32)
+def _sample_text(models: SpeechModels, params, cfg: GenerationConfig, h_last, key, seen) -> Array:
+    """The next text token of every row (B,) from the last hidden state."""
+    logits = _apply(models.llm, params["llm"], h_last[:, None], method=Qwen2LM.logits)[:, 0]
+    return sample(key, logits, seen, cfg.text)
 
-        # ---- text rows ----
-        cc = st["chunk_count"] + 1
-        is_eos = tok == ids.eos
-        if cfg.speech:
-            start_audio = in_text & ~is_eos & ((tok == ids.audiogen_start) | (cc >= cfg.max_text_tokens_per_chunk))
-            eos_audio = in_text & is_eos & (cc > 1)
-        else:
-            start_audio = eos_audio = jnp.zeros((b,), bool)
-        eos_stop = in_text & is_eos & ~eos_audio
-        to_audio = start_audio | eos_audio
-        text_feed = in_text & ~eos_stop
 
-        # ---- audio rows ----
-        nf = st["frames"] + 1
-        ended = in_audio & (codes[:, 0] == end0)
-        capped = in_audio & ~ended & (nf >= cfg.max_audio_frames_per_chunk)
-        record = in_audio & ~ended
-        leave = ended | capped
-        audio_stop = leave & st["final"]
-        feed_end = leave & ~st["final"]
-        feed_frame = in_audio & ~leave
+def _sample_frame(models: SpeechModels, params, cfg: GenerationConfig, d: _Dims, h_last, key, seen) -> Array:
+    """One audio frame (B, depth): the depth transformer samples codebooks 0..depth-1 in order,
+    each conditioned on the sum of the earlier codes' embeddings; only codebook 0 may end."""
+    head, embed = models.head, models.embed
+    dcache = init_depth_cache(head.cfg, d.b)
+    x, cum, codes = h_last, None, []
+    keys = jax.random.split(key, d.depth)
+    for i in range(d.depth):
+        lg, dcache = _apply(head, params["audio_head"], x, i, dcache, method=AudioHead.step)
+        if i > 0:
+            lg = lg[:, :-1]  # only codebook 0 may emit the end code
+        c = sample(keys[i], lg, seen[:, i, : lg.shape[1]], cfg.audio)
+        codes.append(c)
+        e = _apply(embed, params["audio_embed"], c, i, method=AudioEmbed.lookup)
+        cum = e if cum is None else cum + e
+        x = cum
+    return jnp.stack(codes, axis=-1)
 
-        # ---- what enters the cache ----
-        feed_tok = jnp.where(to_audio, ids.audiogen_start, tok)
-        feed_tok = jnp.where(in_audio, jnp.where(feed_end, ids.audiogen_end, ids.audio_pad), feed_tok)
-        fed = (text_feed | feed_end | feed_frame)
-        emitted = jnp.where(fed, feed_tok, jnp.where(eos_stop, ids.eos, -1))
-        x_tok = _apply(llm, params["llm"], jnp.where(fed, feed_tok, 0)[:, None], method=Qwen2LM.embed)[:, 0]
-        if cfg.speech:
-            x_aud = _apply(embed, params["audio_embed"], codes)
-            x = jnp.where(feed_frame[:, None], x_aud.astype(x_tok.dtype), x_tok)
-        else:
-            x = x_tok
-        seg = fed.astype(jnp.int32)
-        h, cache = _apply(llm, params["llm"], x[:, None], st["pos"][:, None], seg[:, None], st["cache"], p + s,
-                          method=Qwen2LM.hidden)
 
-        new_mode = jnp.where(eos_stop | audio_stop, DONE, mode)
-        new_mode = jnp.where(to_audio, AUDIO, new_mode)
-        new_mode = jnp.where(feed_end, TEXT, new_mode)
-        entering = to_audio
-        chunk_id = st["chunk_id"] + entering.astype(jnp.int32)
-        audio_seen = jnp.where(entering[:, None, None], False, st["audio_seen"])
-        rows = jnp.arange(b)
-        for i in range(depth):
-            audio_seen = audio_seen.at[rows, i, codes[:, i]].max(record)
-        return dict(
-            step=s + 1, cache=cache, h=h[:, 0], mode=new_mode,
-            final=jnp.where(eos_audio, True, st["final"]),
-            chunk_count=jnp.where(in_text & ~to_audio, cc, 0).astype(jnp.int32),
-            frames=jnp.where(feed_frame, nf, 0).astype(jnp.int32),
-            chunk_id=chunk_id, pos=st["pos"] + fed.astype(jnp.int32),
-            text_seen=mark_seen(st["text_seen"], feed_tok, fed),
-            audio_seen=audio_seen,
-            out_tokens=st["out_tokens"].at[:, s].set(emitted),
-            out_fed=st["out_fed"].at[:, s].set(fed),
-            out_codes=st["out_codes"].at[:, s].set(jnp.where(record[:, None], codes, 0)),
-            out_valid=st["out_valid"].at[:, s].set(record),
-            out_chunk=st["out_chunk"].at[:, s].set(jnp.where(record, st["chunk_id"], -1)),
-            key=st["key"],
-        )
+class _TextMove(NamedTuple):
+    """What the text rows do with their sampled token (all (B,))."""
 
-    st = jax.lax.while_loop(cond, body, state)
-    return GenerationOutput(st["out_tokens"], st["out_fed"], st["out_codes"], st["out_valid"], st["out_chunk"],
-                            st["step"], st["mode"] == DONE, st["chunk_id"] + 1)
+    count: Array  # text tokens of the chunk including this one
+    to_audio: Array  # enter audio: <audiogen_start> sampled, the chunk is full, or eos after text
+    eos_audio: Array  # eos after text: one last audio chunk, then stop
+    eos_stop: Array  # eos that ends the row
+    feed: Array  # the token (or its <audiogen_start> replacement) enters the cache
+
+
+def _text_move(tok, st, ids: SpecialIds, cfg: GenerationConfig) -> _TextMove:
+    in_text = st["mode"] == TEXT
+    count = st["chunk_count"] + 1
+    is_eos = tok == ids.eos
+    if cfg.speech:
+        start_audio = in_text & ~is_eos & ((tok == ids.audiogen_start) | (count >= cfg.max_text_tokens_per_chunk))
+        eos_audio = in_text & is_eos & (count > 1)
+    else:
+        start_audio = eos_audio = jnp.zeros(tok.shape, bool)
+    eos_stop = in_text & is_eos & ~eos_audio
+    return _TextMove(count, start_audio | eos_audio, eos_audio, eos_stop, in_text & ~eos_stop)
+
+
+class _AudioMove(NamedTuple):
+    """What the audio rows do with their sampled frame (all (B,))."""
+
+    frames: Array  # frames of the chunk including this one
+    record: Array  # the frame is kept (not the end code)
+    stop: Array  # the chunk ends and it was the final one
+    feed_end: Array  # the chunk ends: feed <audiogen_end>, back to text
+    feed_frame: Array  # feed the frame (as <audio_pad> = the sum of its code embeddings)
+
+
+def _audio_move(codes, st, d: _Dims, cfg: GenerationConfig) -> _AudioMove:
+    in_audio = st["mode"] == AUDIO
+    frames = st["frames"] + 1
+    ended = in_audio & (codes[:, 0] == d.end0)
+    capped = in_audio & ~ended & (frames >= cfg.max_audio_frames_per_chunk)
+    leave = ended | capped
+    return _AudioMove(frames, in_audio & ~ended, leave & st["final"], leave & ~st["final"], in_audio & ~leave)
+
+
+def _step(models: SpeechModels, params, ids: SpecialIds, cfg: GenerationConfig, d: _Dims, st: dict) -> dict:
+    """One loop step: sample (text rows a token, audio rows a frame), move each row's state
+    machine, feed ONE position per row into the KV cache, record the outputs."""
+    s, b = st["step"], d.b
+    key, k_text, k_audio = jax.random.split(jax.random.fold_in(st["key"], s), 3)
+    mode = st["mode"]
+    in_text, in_audio = mode == TEXT, mode == AUDIO
+    tok = jax.lax.cond(jnp.any(in_text), lambda: _sample_text(models, params, cfg, st["h"], k_text, st["text_seen"]),
+                       lambda: jnp.zeros((b,), jnp.int32))
+    if cfg.speech:
+        codes = jax.lax.cond(jnp.any(in_audio),
+                             lambda: _sample_frame(models, params, cfg, d, st["h"], k_audio, st["audio_seen"]),
+                             lambda: jnp.zeros((b, d.depth), jnp.int32))
+    else:
+        codes = jnp.zeros((b, d.depth), jnp.int32)
+    t, a = _text_move(tok, st, ids, cfg), _audio_move(codes, st, d, cfg)
+
+    # ---- what enters the cache ----
+    feed_tok = jnp.where(t.to_audio, ids.audiogen_start, tok)
+    feed_tok = jnp.where(in_audio, jnp.where(a.feed_end, ids.audiogen_end, ids.audio_pad), feed_tok)
+    fed = t.feed | a.feed_end | a.feed_frame
+    emitted = jnp.where(fed, feed_tok, jnp.where(t.eos_stop, ids.eos, -1))
+    h, cache = _feed(models, params, cfg, d, st, jnp.where(fed, feed_tok, 0), fed, a.feed_frame, codes)
+
+    # ---- the next state ----
+    new_mode = jnp.where(t.eos_stop | a.stop, DONE, mode)
+    new_mode = jnp.where(t.to_audio, AUDIO, new_mode)
+    new_mode = jnp.where(a.feed_end, TEXT, new_mode)
+    audio_seen = jnp.where(t.to_audio[:, None, None], False, st["audio_seen"])
+    rows = jnp.arange(b)
+    for i in range(d.depth):
+        audio_seen = audio_seen.at[rows, i, codes[:, i]].max(a.record)
+    return dict(
+        step=s + 1, cache=cache, h=h, mode=new_mode,
+        final=jnp.where(t.eos_audio, True, st["final"]),
+        chunk_count=jnp.where(in_text & ~t.to_audio, t.count, 0).astype(jnp.int32),
+        frames=jnp.where(a.feed_frame, a.frames, 0).astype(jnp.int32),
+        chunk_id=st["chunk_id"] + t.to_audio.astype(jnp.int32), pos=st["pos"] + fed.astype(jnp.int32),
+        text_seen=mark_seen(st["text_seen"], feed_tok, fed),
+        audio_seen=audio_seen,
+        out_tokens=st["out_tokens"].at[:, s].set(emitted),
+        out_fed=st["out_fed"].at[:, s].set(fed),
+        out_codes=st["out_codes"].at[:, s].set(jnp.where(a.record[:, None], codes, 0)),
+        out_valid=st["out_valid"].at[:, s].set(a.record),
+        out_chunk=st["out_chunk"].at[:, s].set(jnp.where(a.record, st["chunk_id"], -1)),
+        key=st["key"],
+    )
+
+
+def _feed(models: SpeechModels, params, cfg: GenerationConfig, d: _Dims, st: dict, tokens, fed, feed_frame, codes):
+    """One position per row into the cache at index p + step: the token's embedding, or for an
+    audio frame the sum of its code embeddings; rows that feed nothing get segment id 0.
+    Returns (hidden (B, D), cache)."""
+    llm = models.llm
+    x_tok = _apply(llm, params["llm"], tokens[:, None], method=Qwen2LM.embed)[:, 0]
+    if cfg.speech:
+        x_aud = _apply(models.embed, params["audio_embed"], codes)
+        x = jnp.where(feed_frame[:, None], x_aud.astype(x_tok.dtype), x_tok)
+    else:
+        x = x_tok
+    seg = fed.astype(jnp.int32)
+    h, cache = _apply(llm, params["llm"], x[:, None], st["pos"][:, None], seg[:, None], st["cache"], d.p + st["step"],
+                      method=Qwen2LM.hidden)
+    return h[:, 0], cache
 
 
 def check_setup(models: SpeechModels, ids: SpecialIds, cfg: GenerationConfig) -> None:
