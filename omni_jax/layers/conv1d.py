@@ -12,6 +12,7 @@ stored (kernel_size, in_channels, out_channels) ("WIO"): torch's Conv1d weight
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Sequence
 
 import jax
@@ -35,14 +36,14 @@ def _pad_amounts(padding: Any, kernel_size: int, dilation: int) -> tuple[int, in
     return int(left), int(right)
 
 
-class Conv1d(nn.Module):
-    """y[b, t, o] = sum_{k, i} x[b, t * stride + k * dilation - left, i] W[k, i, o] (+ bias)."""
+class _Conv(nn.Module):
+    """The kernel (kernel_size, in, features), the dilated convolution and the bias shared by
+    Conv1d and ConvTranspose1d."""
 
     features: int
     kernel_size: int
     stride: int = 1
-    dilation: int = 1
-    padding: Any = (0, 0)  # (left, right) | int | "causal" | "same"
+    _: dataclasses.KW_ONLY  # the subclasses' own fields follow stride positionally
     use_bias: bool = True
     kernel_axes: Sequence[str | None] = ("conv_window", "channels", "channels_out")
     dtype: Any = jnp.float32
@@ -51,15 +52,17 @@ class Conv1d(nn.Module):
     bias_init: Initializer = nn.initializers.zeros
     precision: Any = None
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def _apply(self, x: jax.Array, pad: tuple[int, int], *, transpose: bool) -> jax.Array:
         kernel = self.param(
             "kernel", nn.with_logical_partitioning(self.kernel_init, tuple(self.kernel_axes)),
             (self.kernel_size, x.shape[-1], self.features), self.param_dtype)
-        pad = _pad_amounts(self.padding, self.kernel_size, self.dilation)
+        if transpose:  # stride-dilated input, flipped kernel
+            kernel, strides, lhs_dilation = jnp.flip(kernel, 0), (1,), (self.stride,)
+        else:
+            strides, lhs_dilation = (self.stride,), None
         y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), kernel.astype(self.dtype), window_strides=(self.stride,),
-            padding=[pad], rhs_dilation=(self.dilation,), dimension_numbers=("NWC", "WIO", "NWC"),
+            x.astype(self.dtype), kernel.astype(self.dtype), window_strides=strides, padding=[pad],
+            lhs_dilation=lhs_dilation, rhs_dilation=(self.dilation,), dimension_numbers=("NWC", "WIO", "NWC"),
             precision=self.precision)
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, (self.kernel_axes[-1],)),
@@ -68,40 +71,29 @@ class Conv1d(nn.Module):
         return y
 
 
-class ConvTranspose1d(nn.Module):
-    """torch.nn.ConvTranspose1d (groups 1): a stride-dilated input convolved with the
-    flipped kernel, cropped by `padding` on both sides (plus `output_padding` on the right)."""
+class Conv1d(_Conv):
+    """y[b, t, o] = sum_{k, i} x[b, t * stride + k * dilation - left, i] W[k, i, o] (+ bias)."""
 
-    features: int
-    kernel_size: int
-    stride: int = 1
-    padding: int = 0
-    output_padding: int = 0
     dilation: int = 1
-    use_bias: bool = True
-    kernel_axes: Sequence[str | None] = ("conv_window", "channels", "channels_out")
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    kernel_init: Initializer = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
-    bias_init: Initializer = nn.initializers.zeros
-    precision: Any = None
+    padding: Any = (0, 0)  # (left, right) | int | "causal" | "same"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param(
-            "kernel", nn.with_logical_partitioning(self.kernel_init, tuple(self.kernel_axes)),
-            (self.kernel_size, x.shape[-1], self.features), self.param_dtype)
+        return self._apply(x, _pad_amounts(self.padding, self.kernel_size, self.dilation), transpose=False)
+
+
+class ConvTranspose1d(_Conv):
+    """torch.nn.ConvTranspose1d (groups 1): a stride-dilated input convolved with the
+    flipped kernel, cropped by `padding` on both sides (plus `output_padding` on the right)."""
+
+    padding: int = 0
+    output_padding: int = 0
+    dilation: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
         span = self.dilation * (self.kernel_size - 1)
-        pad = (span - self.padding, span - self.padding + self.output_padding)
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), jnp.flip(kernel, 0).astype(self.dtype), window_strides=(1,),
-            padding=[pad], lhs_dilation=(self.stride,), rhs_dilation=(self.dilation,),
-            dimension_numbers=("NWC", "WIO", "NWC"), precision=self.precision)
-        if self.use_bias:
-            bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, (self.kernel_axes[-1],)),
-                              (self.features,), self.param_dtype)
-            y = y + bias.astype(self.dtype)
-        return y
+        return self._apply(x, (span - self.padding, span - self.padding + self.output_padding), transpose=True)
 
 
 def conv_out_length(length: int, kernel_size: int, stride: int = 1, padding: tuple[int, int] = (0, 0),
