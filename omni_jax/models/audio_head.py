@@ -45,7 +45,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from omni_jax.layers import Dense, Embed, RMSNorm, dot_product_attention, dtype_of
-from omni_jax.models.config import ModelConfig, config_from_dict
+from omni_jax.models.config import ModelConfig
 
 Array = jax.Array
 RELEASE_CODEBOOK_SIZES = (8192, 4096, 2048, 1024, 1024, 1024, 1024, 1024)
@@ -62,13 +62,6 @@ class AudioHeadConfig(ModelConfig):
     ffn_mult: int = 2  # per-position feed-forward width = ffn_mult * hidden_size (release 7168)
     rms_norm_eps: float = 1e-6
     initializer_range: float = 0.02
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "config.model.audio_head") -> "AudioHeadConfig":
-        d = dict(d)
-        if "codebook_sizes" in d:
-            d["codebook_sizes"] = tuple(int(c) for c in d["codebook_sizes"])
-        return config_from_dict(cls, d, where)
 
     def validate(self) -> None:
         if self.hidden_size % self.head_dim:

@@ -19,15 +19,26 @@ import dataclasses
 from typing import Any, ClassVar, Mapping
 
 
+def _like(value: Any, default: Any) -> Any:
+    """`value` shaped like a tuple-valued default: lists become (nested) tuples, int leaves ints."""
+    if isinstance(default, tuple) and isinstance(value, (list, tuple)):
+        return tuple(_like(v, default[0] if default else None) for v in value)
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, (int, float)):
+        return int(value)
+    return value
+
+
 def config_from_dict(cls, d: Mapping[str, Any], where: str):
-    """Builds a frozen config dataclass, naming unknown keys and the valid ones."""
+    """Builds a frozen config dataclass, naming unknown keys and the valid ones. Values of
+    tuple-valued fields (`channels`, `codebook_sizes`, ...) may come as lists (JSON, ConfigDict)."""
     d = dict(d)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
     if unknown:
         raise ValueError(
-            f"{where}: unknown key(s) {unknown}. Valid keys: {sorted(names)}"
+            f"{where}: unknown key(s) {unknown}. Valid keys: {sorted(fields)}"
         )
+    d = {k: _like(v, fields[k].default) if isinstance(fields[k].default, tuple) else v for k, v in d.items()}
     cfg = cls(**d)
     if hasattr(cfg, "validate"):
         cfg.validate()

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +43,7 @@ from flax import linen as nn
 
 from omni_jax.layers import Dense, LayerNorm, RMSNorm, dot_product_attention, dtype_of
 from omni_jax.layers.conv1d import Conv1d
-from omni_jax.models.config import ModelConfig, config_from_dict
+from omni_jax.models.config import ModelConfig
 from omni_jax.models.remat import remat_policy
 from omni_jax.models.whisper import sinusoids
 
@@ -84,13 +84,6 @@ class FlowMatchingConfig(ModelConfig):
     prior_loss_type: str = "l1"  # l1 | l2
     initializer_range: float = 0.02
     remat_policy: str = "none"
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "config.model.flow_matching") -> "FlowMatchingConfig":
-        d = dict(d)
-        if "channels" in d:
-            d["channels"] = tuple(int(c) for c in d["channels"])
-        return config_from_dict(cls, d, where)
 
     def validate(self) -> None:
         if len(self.channels) != 1:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +38,7 @@ from flax import linen as nn
 from omni_jax.layers import Dense, dtype_of
 from omni_jax.layers.conv1d import Conv1d, ConvTranspose1d
 from omni_jax.layers.spectral import hann_window, istft, stft
-from omni_jax.models.config import ModelConfig, config_from_dict
+from omni_jax.models.config import ModelConfig
 
 Array = jax.Array
 
@@ -66,17 +66,6 @@ class HiFTConfig(ModelConfig):
     audio_limit: float = 0.99
     f0_channels: int = 512
     f0_layers: int = 5
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "config.model.vocoder") -> "HiFTConfig":
-        d = dict(d)
-        for k in ("upsample_rates", "upsample_kernel_sizes", "resblock_kernel_sizes", "source_resblock_kernel_sizes"):
-            if k in d:
-                d[k] = tuple(int(v) for v in d[k])
-        for k in ("resblock_dilations", "source_resblock_dilations"):
-            if k in d:
-                d[k] = tuple(tuple(int(v) for v in row) for row in d[k])
-        return config_from_dict(cls, d, where)
 
     def validate(self) -> None:
         n = len(self.upsample_rates)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +40,7 @@ import numpy as np
 from flax import linen as nn
 
 from omni_jax.layers import Dense, dtype_of
-from omni_jax.models.config import ModelConfig, config_from_dict
+from omni_jax.models.config import ModelConfig
 from omni_jax.models.navit import activation
 
 Array = jax.Array
@@ -58,14 +58,6 @@ class V1ProjectorConfig(ModelConfig):
     video_pool_grid: tuple[int, int] = (21, 26)  # 546 tokens per video frame
     hidden_act: str = "gelu"
     initializer_range: float = 0.02
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "config.model.v1_projector") -> "V1ProjectorConfig":
-        d = dict(d)
-        for k in ("pool_grid", "video_pool_grid"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return config_from_dict(cls, d, where)
 
     def validate(self) -> None:
         g, c = self.vision_grid, self.conv_grid
