@@ -235,25 +235,23 @@ def fmt_video_qa(rec, ctx, rng, rid) -> Sample:
     return _reply(b, get_text(rec, ctx, "answer"))
 
 
-def fmt_asr(rec, ctx, rng, rid) -> Sample:
-    b = _chat(ctx, rid)
-    _audio(b, ctx, AudioItem(get_bytes(rec, ctx, "audio")))
-    b.text(_prompt(ctx, "asr", rng))
-    return _reply(b, get_text(rec, ctx, "transcript"))
+def _spoken_prompt(prompt: str, answer_field: str):
+    """A format: the record's audio, then a text prompt of kind `prompt` (asr, audio_qa, ...),
+    answered by the text of `answer_field`."""
+
+    def fmt(rec, ctx, rng, rid) -> Sample:
+        b = _chat(ctx, rid)
+        _audio(b, ctx, AudioItem(get_bytes(rec, ctx, "audio")))
+        b.text(_prompt(ctx, prompt, rng))
+        return _reply(b, get_text(rec, ctx, answer_field))
+
+    fmt.__name__ = f"fmt_{prompt}"
+    return fmt
 
 
-def fmt_audio_qa(rec, ctx, rng, rid) -> Sample:
-    b = _chat(ctx, rid)
-    _audio(b, ctx, AudioItem(get_bytes(rec, ctx, "audio")))
-    b.text(_prompt(ctx, "audio_qa", rng))
-    return _reply(b, get_text(rec, ctx, "answer"))
-
-
-def fmt_speech_translation(rec, ctx, rng, rid) -> Sample:
-    b = _chat(ctx, rid)
-    _audio(b, ctx, AudioItem(get_bytes(rec, ctx, "audio")))
-    b.text(_prompt(ctx, "speech_translation", rng))
-    return _reply(b, get_text(rec, ctx, "translation"))
+fmt_asr = _spoken_prompt("asr", "transcript")
+fmt_audio_qa = _spoken_prompt("audio_qa", "answer")
+fmt_speech_translation = _spoken_prompt("speech_translation", "translation")
 
 
 def fmt_speech_qa(rec, ctx, rng, rid) -> Sample:

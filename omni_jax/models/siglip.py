@@ -76,14 +76,19 @@ class SiglipConfig(LayerStackConfig):
         return self.grid ** 2
 
 
+def _dense_kw(cfg: SiglipConfig) -> dict:
+    """The biased Dense layers' dtypes and initialiser."""
+    return dict(dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype), use_bias=True,
+                kernel_init=nn.initializers.normal(cfg.initializer_range))
+
+
 class SiglipAttention(nn.Module):
     cfg: SiglipConfig
 
     @nn.compact
     def __call__(self, x):
         cfg = self.cfg
-        kw = dict(dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype), use_bias=True,
-                  kernel_init=nn.initializers.normal(cfg.initializer_range))
+        kw = _dense_kw(cfg)
         proj = lambda n: Dense((cfg.num_heads, cfg.head_dim), kernel_axes=("embed", "heads", "head_dim"),
                                name=f"{n}_proj", **kw)(x)
         q = nn.with_logical_constraint(proj("q"), _HEAD_AXES)
@@ -102,8 +107,7 @@ class SiglipMLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.cfg
-        kw = dict(dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype), use_bias=True,
-                  kernel_init=nn.initializers.normal(cfg.initializer_range))
+        kw = _dense_kw(cfg)
         h = activation(cfg.hidden_act)(Dense(cfg.intermediate_size, kernel_axes=("embed", "mlp"), name="fc1", **kw)(x))
         h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
         return Dense(cfg.hidden_size, kernel_axes=("mlp", "embed"), name="fc2", **kw)(h)
