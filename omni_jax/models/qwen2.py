@@ -56,6 +56,11 @@ class Qwen2Config:
     scan_unroll: int = 1  # >1 unrolls the layer scan (cost analysis counts every layer)
     attention_impl: str = "xla"  # "xla" | "blockwise"
     attention_block_size: int = 512
+    # the training loss on the LM head (omni_jax/tasks/losses.py): sequence / vocabulary tiling
+    # (0 = off) so the (tokens x vocab) fp32 logits are never materialised, and a z-loss weight
+    loss_token_chunk: int = 0
+    loss_vocab_chunk: int = 0
+    z_loss: float = 0.0
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "config.model.llm") -> "Qwen2Config":
