@@ -24,6 +24,8 @@ Implementations (`impl`):
            for long sequences on CPU/XLA.
   "splash" / "splash_interpret" / "cudnn"  the TPU Pallas and GPU cuDNN kernels
            (omni_jax/layers/attention_kernels.py); segment ids and causal only.
+  "ring"   context parallelism: keys/values circulate over the `context` mesh axis
+           (omni_jax/layers/ring_attention.py); "blockwise" when context = 1.
 """
 
 from __future__ import annotations
@@ -98,6 +100,19 @@ def dot_product_attention(
         ks = kv_segment_ids if kv_segment_ids is not None else jnp.ones((b, s), jnp.int32)
         q_idx = jnp.broadcast_to(jnp.arange(t)[None] + jnp.reshape(jnp.asarray(q_offset), (-1, 1)), (b, t))
         return _blockwise(q, k, v, qs, ks, q_idx, causal, scale, min(block_size, t), min(block_size, s), block_skip)
+    if impl == "ring":
+        from omni_jax.layers.ring_attention import context_size, ring_attention
+
+        if mask is not None:
+            raise ValueError("attention impl 'ring' takes segment ids and causal only, not `mask`")
+        decoding = not (isinstance(q_offset, int) and q_offset == 0)
+        if decoding or context_size() == 1:
+            return dot_product_attention(q, k, v, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
+                                         causal=causal, q_offset=q_offset, scale=scale,
+                                         impl="xla" if decoding else "blockwise", block_size=block_size)
+        qs = q_segment_ids if q_segment_ids is not None else jnp.ones((b, t), jnp.int32)
+        ks = kv_segment_ids if kv_segment_ids is not None else jnp.ones((b, s), jnp.int32)
+        return ring_attention(q, k, v, qs, ks, causal=causal, scale=scale)
     if impl in ("splash", "splash_interpret", "cudnn"):
         from omni_jax.layers import attention_kernels as kernels
 
@@ -116,7 +131,7 @@ def dot_product_attention(
         return kernels.splash_attention(q, k, v, qs, ks, causal=causal, scale=scale, block=block_size,
                                         interpret=impl == "splash_interpret")
     raise ValueError(f"unknown attention impl {impl!r}; use 'xla', 'blockwise', 'splash' (TPU), "
-                     "'splash_interpret' or 'cudnn' (GPU)")
+                     "'splash_interpret', 'cudnn' (GPU) or 'ring' (context parallelism)")
 
 
 def _group(q: jax.Array, kvh: int) -> jax.Array:

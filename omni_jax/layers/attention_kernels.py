@@ -79,8 +79,11 @@ def splash_attention(q, k, v, q_segment_ids, kv_segment_ids, *, causal: bool, sc
     if any(a is not None and mesh.shape[a] > 1 for a in split):
         raise ValueError(f"splash attention does not split the sequence, but the mesh splits it over {split}: "
                          "use attention_impl='blockwise' with a context axis, or set the context axis to 1")
-    q_spec = jax.P(q_spec[0], None, q_spec[2], None)
-    kv_spec = jax.P(kv_spec[0], None, kv_spec[2], None)
+    from omni_jax.layers.ring_attention import fit
+
+    batch = fit(q_spec[0], q.shape[0], mesh)  # e.g. the 1-row batch of parameter init: replicated
+    q_spec = jax.P(batch, None, fit(q_spec[2], q.shape[2], mesh), None)
+    kv_spec = jax.P(batch, None, fit(kv_spec[2], k.shape[2], mesh), None)
     seg_spec = jax.P(q_spec[0], None)
     return jax.shard_map(body, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec, seg_spec),
                          out_specs=q_spec, check_vma=False)(q, k, v, q_segment_ids, kv_segment_ids)

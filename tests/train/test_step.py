@@ -68,6 +68,19 @@ def test_tiled_lm_loss_sharded_matches_the_plain_single_device_step():
     assert d <= 1e-5
 
 
+@pytest.mark.parametrize("mesh_cfg", [dict(data=2, context=4)])  # context 2 and 4: tests/layers/test_ring_attention.py
+def test_context_parallel_ring_step_matches_single_device(mesh_cfg):
+    """Context parallelism that never gathers the sequence (ring attention) on packed rows."""
+    one, _, p1, _ = _run(_config(), dict(data=1), jax.devices()[:1])
+    c = _config()
+    c.model.llm.attention_impl = "ring"
+    ring, _, pr, _ = _run(c, mesh_cfg, jax.devices())
+    np.testing.assert_allclose(ring, one, atol=1e-5)
+    d = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(pr)))
+    print(f"ring {mesh_cfg} vs single device params after 2 steps: max abs diff {d:.3e}")
+    assert d <= 1e-5
+
+
 def test_microbatch_accumulation_matches_full_batch():
     c = _config()
     full, _, pf, _ = _run(c, dict(data=1), jax.devices()[:1])
