@@ -78,18 +78,19 @@ def main() -> None:
         seg = jnp.asarray(_segments(t, a.samples))
 
         def grads(impl, skip=True):
-            def loss(q, k, v):
+            def loss(q, k, v, w, seg):
                 o = dot_product_attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, causal=True, impl=impl,
                                           block_size=a.block, block_skip=skip)
                 return (o * w).sum(), o
-            return jax.jit(lambda q, k, v: jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v))
+            return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))  # inputs are arguments, not constants
 
+        args = (q, k, v, w, seg)
         full, skip = grads("blockwise", False), grads("blockwise", True)
-        d = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(full(q, k, v)),
-                                                              jax.tree.leaves(skip(q, k, v))))
-        t_full = _time(full, q, k, v, reps=a.reps)
-        t_skip = _time(skip, q, k, v, reps=a.reps)
-        t_xla = f"{_time(grads('xla'), q, k, v, reps=a.reps):.0f}" if t <= 4096 else "-"
+        d = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(full(*args)),
+                                                              jax.tree.leaves(skip(*args))))
+        t_full = _time(full, *args, reps=a.reps)
+        t_skip = _time(skip, *args, reps=a.reps)
+        t_xla = f"{_time(grads('xla'), *args, reps=a.reps):.0f}" if t <= 4096 else "-"
         print(f"| {t} | {_live_fraction(np.asarray(seg), a.block):.2f} | {t_full:.0f} | {t_skip:.0f} | "
               f"{t_full / t_skip:.2f}x | {t_xla} | {d:.1e} |")
 
