@@ -128,12 +128,14 @@ def qwen2(size: str) -> ml_collections.ConfigDict:
         "small": dict(vocab_size=32768, hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=4,
                       head_dim=64, intermediate_size=2048),
         "7b": dict(vocab_size=152064, hidden_size=3584, num_layers=28, num_heads=28, num_kv_heads=4,
-                   head_dim=128, intermediate_size=18944),
+                   head_dim=128, intermediate_size=18944,
+                   loss_token_chunk=512),  # never the (tokens x 152k) fp32 logits: 512-token tiles
     }
     if size not in presets:
         raise ValueError(f"unknown backbone size {size!r}; use one of {sorted(presets)}")
     return ml_collections.ConfigDict(dict(
-        presets[size], rms_norm_eps=1e-6, rope_theta=1e6, qkv_bias=True, padding_idx=0,
+        dict(loss_token_chunk=0, loss_vocab_chunk=0, z_loss=0.0),  # omni_jax/tasks/losses.py tiling
+        **presets[size], rms_norm_eps=1e-6, rope_theta=1e6, qkv_bias=True, padding_idx=0,
         initializer_range=0.02, dtype="float32", param_dtype="float32", remat_policy="none",
         scan_unroll=1, attention_impl="xla", attention_block_size=512,
     ))

@@ -17,9 +17,15 @@ Extra structure (chunk-causal masks of the flow-matching U-Net, ...) goes in `ma
 
 Implementations (`impl`):
   "xla"    materialises the (q_len, kv_len) scores; softmax in fp32. Exact reference.
-  "blockwise"  online-softmax over key blocks with a custom VJP that recomputes scores
-           blockwise (flash-attention algorithm in plain JAX): memory O(q_len * block)
-           instead of O(q_len * kv_len). Use it for long sequences.
+  "blockwise"  online-softmax over (query block, key block) pairs with a custom VJP that
+           recomputes scores blockwise (flash-attention algorithm in plain JAX): memory
+           O(block^2) per step instead of O(q_len * kv_len), and block pairs that the causal or
+           segment mask removes entirely are skipped (`lax.cond`), forward and backward. Use it
+           for long sequences on CPU/XLA.
+  "splash" / "splash_interpret" / "cudnn"  the TPU Pallas and GPU cuDNN kernels
+           (omni_jax/layers/attention_kernels.py); segment ids and causal only.
+  "ring"   context parallelism: keys/values circulate over the `context` mesh axis
+           (omni_jax/layers/ring_attention.py); "blockwise" when context = 1.
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ def dot_product_attention(
     scale: float | None = None,
     impl: str = "xla",
     block_size: int = 512,
+    block_skip: bool = True,
 ) -> jax.Array:
     """Returns (batch, q_len, heads, head_dim) in q's dtype. See the module docstring."""
     b, t, h, d = q.shape
@@ -92,8 +99,39 @@ def dot_product_attention(
         qs = q_segment_ids if q_segment_ids is not None else jnp.ones((b, t), jnp.int32)
         ks = kv_segment_ids if kv_segment_ids is not None else jnp.ones((b, s), jnp.int32)
         q_idx = jnp.broadcast_to(jnp.arange(t)[None] + jnp.reshape(jnp.asarray(q_offset), (-1, 1)), (b, t))
-        return _blockwise(q, k, v, qs, ks, q_idx, causal, scale, min(block_size, s))
-    raise ValueError(f"unknown attention impl {impl!r}; use 'xla' or 'blockwise'")
+        return _blockwise(q, k, v, qs, ks, q_idx, causal, scale, min(block_size, t), min(block_size, s), block_skip)
+    if impl == "ring":
+        from omni_jax.layers.ring_attention import context_size, ring_attention
+
+        if mask is not None:
+            raise ValueError("attention impl 'ring' takes segment ids and causal only, not `mask`")
+        decoding = not (isinstance(q_offset, int) and q_offset == 0)
+        if decoding or context_size() == 1:
+            return dot_product_attention(q, k, v, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
+                                         causal=causal, q_offset=q_offset, scale=scale,
+                                         impl="xla" if decoding else "blockwise", block_size=block_size)
+        qs = q_segment_ids if q_segment_ids is not None else jnp.ones((b, t), jnp.int32)
+        ks = kv_segment_ids if kv_segment_ids is not None else jnp.ones((b, s), jnp.int32)
+        return ring_attention(q, k, v, qs, ks, causal=causal, scale=scale)
+    if impl in ("splash", "splash_interpret", "cudnn"):
+        from omni_jax.layers import attention_kernels as kernels
+
+        if mask is not None:
+            raise ValueError(f"attention impl {impl!r} takes segment ids and causal only, not `mask`")
+        if not (isinstance(q_offset, int) and q_offset == 0):  # KV-cache decoding: the exact XLA path
+            return dot_product_attention(q, k, v, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
+                                         causal=causal, q_offset=q_offset, scale=scale)
+        if impl != "splash_interpret":
+            kernels.check_platform(impl)
+        qs = q_segment_ids if q_segment_ids is not None else jnp.ones((b, t), jnp.int32)
+        ks = kv_segment_ids if kv_segment_ids is not None else jnp.ones((b, s), jnp.int32)
+        if impl == "cudnn":
+            seg = make_attention_mask(t, s, batch=b, q_segment_ids=qs, kv_segment_ids=ks)
+            return kernels.cudnn_attention(q, k, v, seg, causal=causal, scale=scale)
+        return kernels.splash_attention(q, k, v, qs, ks, causal=causal, scale=scale, block=block_size,
+                                        interpret=impl == "splash_interpret")
+    raise ValueError(f"unknown attention impl {impl!r}; use 'xla', 'blockwise', 'splash' (TPU), "
+                     "'splash_interpret', 'cudnn' (GPU) or 'ring' (context parallelism)")
 
 
 def _group(q: jax.Array, kvh: int) -> jax.Array:
@@ -134,99 +172,156 @@ def _xla_attention(q, k, v, mask, scale):
 # ---------------------------------------------------------------------------------
 
 
-def _block_mask(qs, ks_blk, q_idx, kv_idx_blk, causal):
-    m = qs[:, :, None] == ks_blk[:, None, :]  # (b, t, blk)
-    if causal:
-        m &= q_idx[:, :, None] >= kv_idx_blk[None, None, :]
-    return m[:, None]  # (b, 1, t, blk)
-
-
-def _split_blocks(x, blk):
-    """(b, s, ...) -> (n, b, blk, ...), padding s to a multiple of blk."""
+def _split_blocks(x, blk, fill=0):
+    """(b, s, ...) -> (n, b, blk, ...), padding s to a multiple of blk with `fill`."""
     s = x.shape[1]
     n = -(-s // blk)
     pad = n * blk - s
     if pad:
-        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
     return jnp.moveaxis(x.reshape(x.shape[0], n, blk, *x.shape[2:]), 1, 0)
 
 
-def _kv_blocks(k, v, ks, blk):
-    s = k.shape[1]
-    kb, vb = _split_blocks(k, blk), _split_blocks(v, blk)
-    # padded keys get segment id -1: never equal to a real (>= 0) query segment
-    ksb = _split_blocks(jnp.pad(ks, [(0, 0), (0, (-s) % blk)], constant_values=-1), blk)
-    kvidx = jnp.arange(kb.shape[0] * blk).reshape(kb.shape[0], blk)
-    return kb, vb, ksb, kvidx
+_BIG = jnp.iinfo(jnp.int32).max
 
 
-def _blockwise_fwd_impl(q, k, v, qs, ks, q_idx, causal, scale, blk):
+def _seg_range(seg, pad_id):
+    """Per block (n, b, blk) -> (min, max) segment id over the real (non-pad) entries."""
+    real = seg != pad_id
+    return jnp.where(real, seg, _BIG).min(-1), jnp.where(real, seg, -_BIG).max(-1)
+
+
+def _blocks(q, k, v, qs, ks, q_idx, bq, bk):
+    """Query and key/value blocks plus the per-block facts that decide which pairs to skip.
+
+    q (b, t, h, d) -> (nq, b, g, r, bq, d) (query heads grouped by kv head); keys (nk, b, bk, g, d).
+    Padded queries get segment id -2 and padded keys -1, so they never meet a real entry."""
     b, t, h, d = q.shape
-    kvh = k.shape[2]
-    qg = _group(q, kvh)  # (b, g, r*t, d)
-    rt = qg.shape[2]
-
-    def body(carry, xs):
-        o, m_prev, l_prev = carry
-        kj, vj, ksj, idxj = xs
-        logits = jnp.einsum("bgqd,bsgd->bgqs", qg, kj, preferred_element_type=jnp.float32) * scale
-        logits = _masked(logits, _block_mask(qs, ksj, q_idx, idxj, causal), t)
-        m_new = jnp.maximum(m_prev, logits.max(-1))
-        p = jnp.exp(logits - m_new[..., None])
-        corr = jnp.exp(m_prev - m_new)
-        l_new = l_prev * corr + p.sum(-1)
-        o = o * corr[..., None] + jnp.einsum("bgqs,bsgd->bgqd", p.astype(v.dtype), vj,
-                                             preferred_element_type=jnp.float32)
-        return (o, m_new, l_new), None
-
-    init = (
-        jnp.zeros((b, kvh, rt, v.shape[-1]), jnp.float32),
-        jnp.full((b, kvh, rt), _NEG, jnp.float32),
-        jnp.zeros((b, kvh, rt), jnp.float32),
-    )
-    (o, m, l), _ = jax.lax.scan(body, init, _kv_blocks(k, v, ks, blk))
-    o = o / l[..., None]
-    lse = m + jnp.log(l)
-    return _ungroup(o, t).astype(q.dtype), lse
+    g = k.shape[2]
+    qg = q.reshape(b, t, g, h // g, d)
+    qb = jnp.moveaxis(_split_blocks(qg, bq), 2, -2)  # (nq, b, g, r, bq, d)
+    qsb = _split_blocks(qs, bq, fill=-2)
+    qib = _split_blocks(q_idx, bq, fill=-1)
+    kb, vb = _split_blocks(k, bk), _split_blocks(v, bk)
+    ksb = _split_blocks(ks, bk, fill=-1)
+    kvidx = jnp.arange(kb.shape[0] * bk).reshape(kb.shape[0], bk)
+    return (qb, qsb, qib), (kb, vb, ksb, kvidx)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def _blockwise(q, k, v, qs, ks, q_idx, causal, scale, blk):
-    return _blockwise_fwd_impl(q, k, v, qs, ks, q_idx, causal, scale, blk)[0]
+def _active(qsi, qii, ksj, idxj, causal, skip=True):
+    """Whether any (query, key) pair of the two blocks may attend: the segment-id ranges overlap
+    (segment ids are equal only if their ranges overlap) and, if causal, some key index <= some
+    query index. Over the whole batch (one decision per block pair). skip=False: always True
+    (every pair computed; benchmarks/attention.py measures what skipping saves)."""
+    if not skip:
+        return jnp.bool_(True)
+    qmin, qmax = _seg_range(qsi, -2)
+    kmin, kmax = _seg_range(ksj, -1)
+    ok = jnp.any((qmin <= kmax) & (kmin <= qmax))
+    if causal:
+        ok &= idxj[0] <= qii.max()
+    return ok
 
 
-def _blockwise_fwd(q, k, v, qs, ks, q_idx, causal, scale, blk):
-    out, lse = _blockwise_fwd_impl(q, k, v, qs, ks, q_idx, causal, scale, blk)
+def _pair_mask(qsi, qii, ksj, idxj, causal):
+    m = qsi[:, :, None] == ksj[:, None, :]  # (b, bq, bk)
+    if causal:
+        m &= qii[:, :, None] >= idxj[None, None, :]
+    return m[:, None, None]  # (b, 1, 1, bq, bk)
+
+
+def _scores(qi, kj, scale):
+    return jnp.einsum("bgrqd,bkgd->bgrqk", qi, kj, preferred_element_type=jnp.float32) * scale
+
+
+def _blockwise_fwd_impl(q, k, v, qs, ks, q_idx, causal, scale, bq, bk, skip):
+    b, t, h, d = q.shape
+    g = k.shape[2]
+    (qb, qsb, qib), kvb = _blocks(q, k, v, qs, ks, q_idx, bq, bk)
+
+    def one_q_block(xs):
+        qi, qsi, qii = xs
+
+        def body(carry, kv):
+            kj, vj, ksj, idxj = kv
+
+            def compute(carry):
+                o, m_prev, l_prev = carry
+                logits = jnp.where(_pair_mask(qsi, qii, ksj, idxj, causal), _scores(qi, kj, scale), _NEG)
+                m_new = jnp.maximum(m_prev, logits.max(-1))
+                p = jnp.exp(logits - m_new[..., None])
+                corr = jnp.exp(m_prev - m_new)
+                o = o * corr[..., None] + jnp.einsum("bgrqk,bkgd->bgrqd", p.astype(v.dtype), vj,
+                                                     preferred_element_type=jnp.float32)
+                return o, m_new, l_prev * corr + p.sum(-1)
+
+            return jax.lax.cond(_active(qsi, qii, ksj, idxj, causal, skip), compute, lambda c: c, carry), None
+
+        init = (jnp.zeros(qi.shape[:-1] + (v.shape[-1],), jnp.float32),
+                jnp.full(qi.shape[:-1], _NEG, jnp.float32), jnp.zeros(qi.shape[:-1], jnp.float32))
+        (o, m, l), _ = jax.lax.scan(body, init, kvb)
+        seen = l > 0  # rows with no key at all (every block skipped) give 0, never NaN
+        o = jnp.where(seen[..., None], o / jnp.where(seen, l, 1.0)[..., None], 0.0)
+        return o, jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), 0.0)
+
+    o, lse = jax.lax.map(one_q_block, (qb, qsb, qib))  # (nq, b, g, r, bq, d), (nq, b, g, r, bq)
+    o = jnp.moveaxis(o, 0, 3).reshape(b, g, h // g, -1, v.shape[-1])[:, :, :, :t]
+    return o.transpose(0, 3, 1, 2, 4).reshape(b, t, h, v.shape[-1]).astype(q.dtype), lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
+def _blockwise(q, k, v, qs, ks, q_idx, causal, scale, bq, bk, skip):
+    return _blockwise_fwd_impl(q, k, v, qs, ks, q_idx, causal, scale, bq, bk, skip)[0]
+
+
+def _blockwise_fwd(q, k, v, qs, ks, q_idx, causal, scale, bq, bk, skip):
+    out, lse = _blockwise_fwd_impl(q, k, v, qs, ks, q_idx, causal, scale, bq, bk, skip)
     return out, (q, k, v, qs, ks, q_idx, out, lse)
 
 
-def _blockwise_bwd(causal, scale, blk, res, dout):
+def _blockwise_bwd(causal, scale, bq, bk, skip, res, dout):
     q, k, v, qs, ks, q_idx, out, lse = res
     b, t, h, d = q.shape
-    s, kvh = k.shape[1], k.shape[2]
-    qg = _group(q, kvh)
-    dog = _group(dout, kvh).astype(jnp.float32)
-    delta = jnp.sum(dog * _group(out, kvh).astype(jnp.float32), axis=-1)  # rowsum(dO * O)
+    s, g = k.shape[1], k.shape[2]
+    (qb, qsb, qib), (kb, vb, ksb, kvidx) = _blocks(q, k, v, qs, ks, q_idx, bq, bk)
+    (dob, _, _), _ = _blocks(dout, k, v, qs, ks, q_idx, bq, bk)
+    (ob, _, _), _ = _blocks(out, k, v, qs, ks, q_idx, bq, bk)
+    dob = dob.astype(jnp.float32)
+    delta = jnp.sum(dob * ob.astype(jnp.float32), axis=-1)  # rowsum(dO * O), (nq, b, g, r, bq)
 
-    def body(dq, xs):
-        kj, vj, ksj, idxj = xs
-        logits = jnp.einsum("bgqd,bsgd->bgqs", qg, kj, preferred_element_type=jnp.float32) * scale
-        msk = _block_mask(qs, ksj, q_idx, idxj, causal)
-        # masked scores are _NEG, so exp(. - lse) is exactly 0 there (and matches the
-        # forward's uniform weights on fully masked padding rows)
-        p = jnp.exp(_masked(logits, msk, t) - lse[..., None])
-        dv = jnp.einsum("bgqs,bgqd->bsgd", p, dog)
-        dp = jnp.einsum("bgqd,bsgd->bgqs", dog, vj.astype(jnp.float32))
-        ds = p * (dp - delta[..., None]) * scale
-        dq = dq + jnp.einsum("bgqs,bsgd->bgqd", ds, kj.astype(jnp.float32))
-        dk = jnp.einsum("bgqs,bgqd->bsgd", ds, qg.astype(jnp.float32))
+    def one_kv_block(dq, kv):
+        kj, vj, ksj, idxj = kv
+
+        def body(acc, xs):
+            dk, dv = acc
+            qi, qsi, qii, doi, lsei, deltai, dqi = xs
+
+            def compute(args):
+                dk, dv, dqi = args
+                logits = jnp.where(_pair_mask(qsi, qii, ksj, idxj, causal), _scores(qi, kj, scale), _NEG)
+                # masked scores are _NEG, so exp(. - lse) is exactly 0 there
+                p = jnp.exp(logits - lsei[..., None])
+                dv = dv + jnp.einsum("bgrqk,bgrqd->bkgd", p, doi)
+                dp = jnp.einsum("bgrqd,bkgd->bgrqk", doi, vj.astype(jnp.float32))
+                ds = p * (dp - deltai[..., None]) * scale
+                dqi = dqi + jnp.einsum("bgrqk,bkgd->bgrqd", ds, kj.astype(jnp.float32))
+                dk = dk + jnp.einsum("bgrqk,bgrqd->bkgd", ds, qi.astype(jnp.float32))
+                return dk, dv, dqi
+
+            dk, dv, dqi = jax.lax.cond(_active(qsi, qii, ksj, idxj, causal, skip), compute, lambda a: a, (dk, dv, dqi))
+            return (dk, dv), dqi
+
+        zeros = jnp.zeros(kj.shape[:3] + (d,), jnp.float32)
+        (dk, dv), dq = jax.lax.scan(body, (zeros, jnp.zeros(vj.shape, jnp.float32)),
+                                    (qb, qsb, qib, dob, lse, delta, dq))
         return dq, (dk, dv)
 
-    dq0 = jnp.zeros(qg.shape, jnp.float32)
-    dq, (dkb, dvb) = jax.lax.scan(body, dq0, _kv_blocks(k, v, ks, blk))
-    dk = jnp.moveaxis(dkb, 0, 1).reshape(b, -1, kvh, d)[:, :s]
-    dv = jnp.moveaxis(dvb, 0, 1).reshape(b, -1, kvh, v.shape[-1])[:, :s]
-    return (_ungroup(dq, t).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, None)
+    dq0 = jnp.zeros(qb.shape, jnp.float32)
+    dq, (dkb, dvb) = jax.lax.scan(one_kv_block, dq0, (kb, vb, ksb, kvidx))
+    dq = jnp.moveaxis(dq, 0, 3).reshape(b, g, h // g, -1, d)[:, :, :, :t].transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+    dk = jnp.moveaxis(dkb, 0, 1).reshape(b, -1, g, d)[:, :s]
+    dv = jnp.moveaxis(dvb, 0, 1).reshape(b, -1, g, v.shape[-1])[:, :s]
+    return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, None)
 
 
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)

@@ -5,8 +5,9 @@
   ModelConfig                      dtype (compute) and param_dtype as strings ("float32",
                                    "bfloat16"; omni_jax.layers.dtype_of), `from_dict`
   LayerStackConfig                 + remat_policy (omni_jax/models/remat.py), scan_unroll (> 1
-                                   unrolls the layer scan), attention_impl ("xla" | "blockwise",
-                                   omni_jax/layers/attention.py) and attention_block_size
+                                   unrolls the layer scan), attention_impl ("xla" | "blockwise" |
+                                   "splash" | "cudnn" | "ring", omni_jax/layers/attention.py)
+                                   and attention_block_size
 
 A branch config subclasses one of them and sets WHERE, the config path its errors name
 (`config.model.llm`, ...). The base fields are keyword-only, so a branch's own fields keep their
@@ -65,5 +66,6 @@ class LayerStackConfig(ModelConfig):
 
     remat_policy: str = "none"  # see omni_jax/models/remat.py
     scan_unroll: int = 1  # >1 unrolls the layer scan (cost analysis counts every layer)
-    attention_impl: str = "xla"  # "xla" | "blockwise"
+    # "xla" | "blockwise" | "splash" (TPU) | "cudnn" (GPU) | "ring" (context > 1): omni_jax/layers/attention.py
+    attention_impl: str = "xla"
     attention_block_size: int = 512

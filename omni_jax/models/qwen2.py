@@ -53,6 +53,11 @@ class Qwen2Config(LayerStackConfig):
     qkv_bias: bool = True
     padding_idx: int | None = 0  # embedding row that receives no gradient (release: 0)
     initializer_range: float = 0.02
+    # the training loss on the LM head (omni_jax/tasks/losses.py): sequence / vocabulary tiling
+    # (0 = off) so the (tokens x vocab) fp32 logits are never materialised, and a z-loss weight
+    loss_token_chunk: int = 0
+    loss_vocab_chunk: int = 0
+    z_loss: float = 0.0
 
     def validate(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -105,8 +110,10 @@ class Attention(nn.Module):
             new_cache = {"k": ck, "v": cv, "segment_ids": cseg}
             k, v, kv_seg, q_offset = ck.astype(dtype), cv.astype(dtype), cseg, cache_index
 
-        k = nn.with_logical_constraint(k, ("activation_batch", "activation_kv_length", "activation_kv_heads", "activation_head_dim"))
-        v = nn.with_logical_constraint(v, ("activation_batch", "activation_kv_length", "activation_kv_heads", "activation_head_dim"))
+        # keys/values are all-gathered over `context`, except for ring attention (they circulate)
+        kv_len = "activation_length" if cfg.attention_impl == "ring" and kv_cache is None else "activation_kv_length"
+        k = nn.with_logical_constraint(k, ("activation_batch", kv_len, "activation_kv_heads", "activation_head_dim"))
+        v = nn.with_logical_constraint(v, ("activation_batch", kv_len, "activation_kv_heads", "activation_head_dim"))
         out = dot_product_attention(
             q, k, v, q_segment_ids=segment_ids, kv_segment_ids=kv_seg, causal=True,
             q_offset=q_offset, impl=cfg.attention_impl, block_size=cfg.attention_block_size,

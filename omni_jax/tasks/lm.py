@@ -18,7 +18,7 @@ import numpy as np
 
 from omni_jax.models.qwen2 import Qwen2Config, Qwen2LM
 from omni_jax.tasks.base import Task
-from omni_jax.tasks.losses import cross_entropy_sum
+from omni_jax.tasks.losses import llm_loss_sums
 
 TOKEN_AXES = ("activation_batch", "activation_length")
 
@@ -50,10 +50,15 @@ class LanguageModelTask(Task):
 
     def loss(self, params, batch, rng, norms):
         del rng
-        logits = self.model.apply({"params": params["llm"]}, batch["tokens"], batch["positions"], batch["segment_ids"])
-        nll, correct = cross_entropy_sum(logits, batch["targets"], batch["loss_mask"])
-        loss = nll / norms["tokens"]
-        return loss, {"loss": loss, "accuracy": correct / norms["tokens"], "tokens": batch["loss_mask"].sum()}
+        x = self.model.apply({"params": params["llm"]}, batch["tokens"], method=Qwen2LM.embed)
+        h, _ = self.model.apply({"params": params["llm"]}, x, batch["positions"], batch["segment_ids"],
+                                method=Qwen2LM.hidden)
+        nll, correct, z = llm_loss_sums(self.model_cfg, params["llm"], h, batch["targets"], batch["loss_mask"])
+        loss = (nll + z) / norms["tokens"]
+        metrics = {"loss": loss, "accuracy": correct / norms["tokens"], "tokens": batch["loss_mask"].sum()}
+        if self.model_cfg.z_loss:
+            metrics["z_loss"] = z / norms["tokens"]
+        return loss, metrics
 
     def make_data(self, stage, *, start_step, process_index, process_count):
         if "mixture" in self.config.data:  # a multi-dataset text mixture (omni_jax/data/mixture.py)

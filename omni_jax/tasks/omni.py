@@ -25,7 +25,7 @@ from omni_jax.data.omni_batch import TEXT_FIELDS, OmniShapes, batch_spec
 from omni_jax.models.audio_head import audio_head_loss_sum, gather_frames, take_positions
 from omni_jax.models.omni import Omni15, Omni15Config, speech_head_targets
 from omni_jax.tasks.base import Task
-from omni_jax.tasks.losses import cross_entropy_sum
+from omni_jax.tasks.losses import llm_loss_sums
 
 VISION_FIELDS = ("vision_patches", "vision_positions", "vision_segment_ids", "vision_token_index")
 AUDIO_FIELDS = ("audio_mels", "audio_mel_lengths", "audio_token_index")
@@ -88,11 +88,13 @@ class OmniTask(Task):
         """Data shapes the model cannot read (the v1 task checks its tile and audio geometry)."""
 
     def text_loss(self, params, h, batch, norms):
-        logits = self.model.logits(params, h)
-        nll, correct = cross_entropy_sum(logits, batch["targets"], batch["loss_mask"])
-        text_loss = nll / norms["text"]
+        llm_cfg = self.model_cfg.llm
+        nll, correct, z = llm_loss_sums(llm_cfg, params["llm"], h, batch["targets"], batch["loss_mask"])
+        text_loss = (nll + z) / norms["text"]
         metrics = {"text_loss": text_loss, "text_accuracy": correct / norms["text"],
                    "tokens": batch["loss_mask"].sum()}
+        if llm_cfg.z_loss:
+            metrics["text_z_loss"] = z / norms["text"]
         return self.loss_cfg["text"] * text_loss, metrics
 
     # ---- parameters and state ----

@@ -75,12 +75,31 @@ def test_blockwise_gradients_match_xla(causal):
         np.testing.assert_allclose(gb, gx, atol=2e-5)
 
 
-def test_q_offset_matches_full_causal():
+@pytest.mark.parametrize("impl", ["xla", "blockwise"])
+def test_q_offset_matches_full_causal(impl):
     """A query chunk at offset 16 sees keys 0..16+i, like rows 16.. of the full pass."""
     q, k, v = _qkv(b=1, t=24)
     full = dot_product_attention(q, k, v, causal=True)
-    tail = dot_product_attention(q[:, 16:], k, v, causal=True, q_offset=16)
+    tail = dot_product_attention(q[:, 16:], k, v, causal=True, q_offset=16, impl=impl, block_size=8)
     np.testing.assert_allclose(tail, full[:, 16:], atol=1e-6)
+
+
+def test_blockwise_never_computes_blocks_the_mask_removes():
+    """Key blocks in a query block's future, or of other packed samples only, are skipped: keys
+    and values there are NaN, and the outputs that cannot see them stay finite and exact (a
+    masked-but-computed block would give 0 * NaN = NaN)."""
+    q, k, v = _qkv(b=1, t=32)
+    seg = np.array([[1] * 16 + [2] * 16])
+    poison = jnp.arange(32)[None, :, None, None] >= 16
+    kp, vp = jnp.where(poison, jnp.nan, k), jnp.where(poison, jnp.nan, v)
+    for causal, s in ((True, None), (False, seg)):  # causal alone; segments alone
+        ref = dot_product_attention(q[:, :16], k[:, :16], v[:, :16], causal=causal)
+        out = dot_product_attention(q, kp, vp, q_segment_ids=s, kv_segment_ids=s, causal=causal,
+                                    impl="blockwise", block_size=8)
+        np.testing.assert_allclose(out[:, :16], ref, atol=1e-6)
+        g = jax.grad(lambda q: dot_product_attention(q, kp, vp, q_segment_ids=s, kv_segment_ids=s, causal=causal,
+                                                     impl="blockwise", block_size=8)[:, :16].sum())(q)
+        assert np.isfinite(np.asarray(g[:, :16])).all()
 
 
 def test_bad_head_counts_and_impl_are_errors():
