@@ -8,6 +8,9 @@ trainable are kept), jit the step, stream step-indexed batches, log, checkpoint 
 `config.checkpoint.every` steps and at the stage end. A restart with the same workdir
 resumes from the latest checkpoint and reproduces the uninterrupted run bit for bit.
 SIGTERM / SIGINT make it save a checkpoint at the next step boundary and return.
+The workdir may be local or an object store (gs://...): every file in it goes through
+`etils.epath` (omni_jax/train/workdir.py), and an owner lease refuses a workdir another
+live run is writing.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from omni_jax.train.checkpoint import Checkpointer
 from omni_jax.train.metrics import MetricsWriter
 from omni_jax.train.multitask import StageTasks, init_union, union_trees
 from omni_jax.train.optimizer import build_optimizer, learning_rates, stage_from_config, transfer_state
+from omni_jax.train.workdir import WorkdirBusyError, WorkdirLease, config_hash, workdir_path, write_text_atomic
 
 log = logging.getLogger("omni_jax")
 
@@ -75,23 +79,63 @@ def _meta(config, stage, stage_index, stage_step, step) -> dict:
             "step": int(step), "task": task, "model": config.model.to_dict()}
 
 
-def train(config, workdir: str) -> dict[str, Any]:
-    """Runs (or resumes) every stage. Returns {'status', 'step', 'last_metrics'}."""
-    os.makedirs(workdir, exist_ok=True)
+def _agreed(ok: bool) -> bool:
+    """Process 0's verdict, the same on every process (so all stop together, none waits in a collective)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+
+
+def _lease_check(lease: WorkdirLease | None) -> None:
+    """Before a save: process 0 checks the lease is still this run's; every process stops if not."""
+    err = None
+    if lease is not None:
+        try:
+            lease.check()
+        except WorkdirBusyError as e:
+            err = e
+    if not _agreed(err is None):
+        raise err or WorkdirBusyError("process 0 found that another run took over the workdir (see its log)")
+
+
+def train(config, workdir: str | os.PathLike) -> dict[str, Any]:
+    """Runs (or resumes) every stage. Returns {'status', 'step', 'last_metrics'}.
+
+    Refuses (WorkdirBusyError) a workdir whose owner lease another live run holds."""
+    workdir = workdir_path(workdir)
+    lease, err = None, None
+    if jax.process_index() == 0:
+        lease = WorkdirLease(workdir, config_hash(config),
+                             timeout_s=config.checkpoint.get("lease_timeout_s", 600.0))
+        try:
+            lease.acquire()
+        except WorkdirBusyError as e:
+            lease, err = None, e
+    if not _agreed(err is None):
+        raise err or WorkdirBusyError(f"process 0 could not take the owner lease of {workdir} (see its log)")
+    try:
+        return _train(config, workdir, lease)
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _train(config, workdir, lease: WorkdirLease | None) -> dict[str, Any]:
     stages = parse_stages(config)
     starts = np.cumsum([0] + [s.steps for s in stages]).tolist()
     mesh = shd.make_mesh(config.mesh.to_dict())
     tasks = StageTasks(config, [s.name for s in stages])
     task = tasks.main
     ckpt = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
+        workdir / "checkpoints",
         max_to_keep=config.checkpoint.keep,
         keep_steps=starts[1:],
         async_save=config.checkpoint.get("async_save", True),
     )
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2))
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES), _StopFlag() as stop:
         # one parameter tree for the whole run: the union of the stage tasks' trees
@@ -167,6 +211,7 @@ def train(config, workdir: str) -> dict[str, Any]:
             while stage_step < stage.steps:
                 if stop.signum is not None:
                     if saved_step != step:
+                        _lease_check(lease)
                         ckpt.save(step, state, _meta(config, stage, si, stage_step, step), data.get_state(), force=True)
                     ckpt.wait()
                     log.warning("signal %d: saved checkpoint at step %d and stopped", stop.signum, step)
@@ -189,6 +234,7 @@ def train(config, workdir: str) -> dict[str, Any]:
                     last = m
                     t_last, n_acc = time.perf_counter(), 0
                 if stage_step % config.checkpoint.every == 0 or stage_step == stage.steps:
+                    _lease_check(lease)
                     if ckpt.save(step, state, _meta(config, stage, si, stage_step, step), data.get_state(),
                                  force=stage_step == stage.steps):
                         saved_step = step
@@ -204,6 +250,5 @@ def train(config, workdir: str) -> dict[str, Any]:
                 raise ValueError(f"config.evaluate.at_end is set but task {config.task!r} has no evaluate()")
             evaluation = task.evaluate(state.params, state.model_state, workdir)
             if jax.process_index() == 0:
-                with open(os.path.join(workdir, "eval.json"), "w") as f:
-                    json.dump(evaluation, f, indent=2, default=str)
+                write_text_atomic(workdir / "eval.json", json.dumps(evaluation, indent=2, default=str))
     return {"status": status, "step": int(jax.device_get(state.step)), "last_metrics": last, "evaluation": evaluation}
