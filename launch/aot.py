@@ -47,6 +47,21 @@ def topology_devices(name: str, num_slices: int = 1):
     return topo.devices, name.split(":")[0]
 
 
+_COLLECTIVE = r"(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)"
+
+
+def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
+    """Collective ops of a compiled program: `in_slice` (XLA collectives over the slice's ICI) and
+    `over_dcn` (multi-slice programs are compiled per slice; their cross-slice collectives are
+    Megascale rendezvous over the data-center network)."""
+    import collections
+    import re
+
+    ici = collections.Counter(re.findall(_COLLECTIVE + r"(?:-start)?\(", hlo_text))
+    dcn = collections.Counter(re.findall(r'MegascaleRendezvousKeyName="' + _COLLECTIVE + r"\.", hlo_text))
+    return {"in_slice": dict(sorted(ici.items())), "over_dcn": dict(sorted(dcn.items()))}
+
+
 def plan(config, topology: str, stage_name: str = "", num_slices: int = 1) -> dict:
     import jax
     import numpy as np
@@ -93,6 +108,7 @@ def plan(config, topology: str, stage_name: str = "", num_slices: int = 1) -> di
                          - mem.alias_size_in_bytes),
         },
         "compiler_flops_per_device": float(cost.get("flops", float("nan"))),
+        "collectives": collectives(compiled.as_text()),
         "analytic_flops_per_step": analytic,
     }
     if kind in PEAK_BF16_TFLOPS and analytic == analytic:
@@ -112,6 +128,8 @@ def _print(r: dict) -> None:
         print(f"| {k} | {m[k] / 2**20:.1f} |")
     print(f"compiler flops/device (a scanned layer counts once): {r['compiler_flops_per_device']:.3e}")
     print(f"analytic flops/step (6*N*tokens + attention): {r['analytic_flops_per_step']:.3e}")
+    c = r["collectives"]
+    print(f"collectives within a slice: {c['in_slice']}" + (f"; over DCN: {c['over_dcn']}" if c["over_dcn"] else ""))
     if "ideal_step_s_at_100pct_mfu" in r:
         s = r["ideal_step_s_at_100pct_mfu"]
         print(f"step time at 100% / 50% / 40% MFU: {s:.3f} / {s / 0.5:.3f} / {s / 0.4:.3f} s")

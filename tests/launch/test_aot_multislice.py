@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+from launch.aot import collectives
+
 SCRIPT = r"""
 import json, numpy as np
 from launch.aot import topology_devices
@@ -54,3 +56,14 @@ def test_two_slice_mesh_puts_data_over_dcn_and_fsdp_within_a_slice():
     f = r["dcn_fsdp"]
     assert f["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1, "context": 1} and f["crossing"] == ["fsdp"]
     assert "need 4 TPU slices, but the 8 devices belong to 2" in r["error"] and "dcn_data=2" in r["error"]
+
+
+def test_collectives_are_counted_within_a_slice_and_over_dcn():
+    hlo = """
+  %all-gather.1 = f32[8]{0} all-gather(f32[2]{0} %p), channel_id=1, replica_groups={{0,1,2,3}}, dimensions={0}
+  %ag-start = (f32[2], f32[8]) all-gather-start(f32[2]{0} %q), replica_groups=[1,4]<=[4]
+  %all-reduce.2 = f32[8]{0} all-reduce(f32[8]{0} %g), replica_groups={{0,1,2,3}}, to_apply=%add
+  %after-all = token[] after-all(), frontend_attributes={MegascaleRendezvousKeyName="all-reduce.13_0"}
+  %after-all.1 = token[] after-all(), frontend_attributes={MegascaleRendezvousKeyName="all-reduce.54_0"}
+"""
+    assert collectives(hlo) == {"in_slice": {"all-gather": 2, "all-reduce": 1}, "over_dcn": {"all-reduce": 2}}
