@@ -187,3 +187,24 @@ def test_train_refuses_a_busy_workdir_before_building_anything(tmp_path):
         p.kill()
         p.wait()
     assert sorted(os.listdir(tmp_path)) == [LEASE_FILE]  # nothing written: no checkpoints, config or metrics
+
+
+def test_a_run_whose_workdir_is_taken_over_stops_at_its_next_save(tmp_path, monkeypatch):
+    import omni_jax.train.trainer as tr
+
+    orig = tr.MetricsWriter.write
+
+    def write_then_lose_the_lease(self, step, scalars, **extra):
+        orig(self, step, scalars, **extra)
+        if step == 1:  # another run takes the workdir over between the log line and the save
+            _lease_of(tmp_path, host="other-host")
+
+    monkeypatch.setattr(tr.MetricsWriter, "write", write_then_lose_the_lease)
+    c = backbone_tiny.get_config("runlocal")
+    c.train.steps = 2
+    c.stages.pretrain.steps = 2
+    c.checkpoint.every = 1
+    with pytest.raises(WorkdirBusyError, match="took over .* host other-host"):
+        tr.train(c, str(tmp_path))
+    assert not (tmp_path / "checkpoints" / "1").exists()  # nothing saved over the other run's files
+    assert json.loads((tmp_path / LEASE_FILE).read_text())["host"] == "other-host"
