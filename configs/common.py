@@ -12,6 +12,9 @@ def base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = "lm"
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, context=1))
+    # multi-slice TPU / multi-node GPU: slices (nodes) along data / fsdp over the data-center network;
+    # the sizes above are then per slice (omni_jax/sharding.py)
+    c.mesh.update(dcn_data=1, dcn_fsdp=1)
     c.train = ml_collections.ConfigDict(dict(
         steps=100,  # default length of single-stage configs (stages reference it)
         batch_size=8,  # global batch, rows
@@ -20,7 +23,8 @@ def base() -> ml_collections.ConfigDict:
         log_every=10,
         progress_bar=True,
     ))
-    c.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=3, async_save=True))
+    # lease_timeout_s: another run may take over this run's workdir lease after that long without renewal
+    c.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=3, async_save=True, lease_timeout_s=600.0))
     c.init = ml_collections.ConfigDict(dict(checkpoint="", flavour="hf"))  # safetensors to start from
     c.stages = ml_collections.ConfigDict()
     c.stage_order = ()

@@ -2,6 +2,8 @@ r"""Ahead-of-time compile a config's train step for a device topology and report
 
   python -m launch.aot --config=configs/backbone_7b.py --topology=v5p:4x4x4
   python -m launch.aot --config=configs/backbone_tiny.py --topology=cpu    # this machine's devices
+  python -m launch.aot --config=configs/backbone_tiny.py --topology=v5e:2x2 --num_slices=2 \
+      --config.mesh.dcn_data=2 --config.mesh.fsdp=-1     # 2 slices: data over DCN, fsdp within a slice
 
 With the `tpu` extra (libtpu) installed, `--topology` names a TPU slice (e.g. v5p:4x4x4,
 v5e:8x8, v4:2x2x2); the real TPU compiler runs here without the hardware (MaxText's
@@ -27,7 +29,7 @@ FLAGS = flags.FLAGS
 PEAK_BF16_TFLOPS = {"v5p": 459.0, "v5e": 197.0, "v5litepod": 197.0, "v4": 275.0, "v6e": 918.0}
 
 
-def topology_devices(name: str):
+def topology_devices(name: str, num_slices: int = 1):
     import jax
 
     if name == "cpu":
@@ -35,7 +37,8 @@ def topology_devices(name: str):
     from jax.experimental import topologies
 
     try:
-        topo = topologies.get_topology_desc(platform="tpu", topology_name=name)
+        kw = {"num_slices": num_slices} if num_slices > 1 else {}
+        topo = topologies.get_topology_desc(platform="tpu", topology_name=name, **kw)
     except Exception as e:  # libtpu missing or unknown name
         raise SystemExit(
             f"cannot describe TPU topology {name!r}: {e}\n"
@@ -44,7 +47,22 @@ def topology_devices(name: str):
     return topo.devices, name.split(":")[0]
 
 
-def plan(config, topology: str, stage_name: str = "") -> dict:
+_COLLECTIVE = r"(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)"
+
+
+def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
+    """Collective ops of a compiled program: `in_slice` (XLA collectives over the slice's ICI) and
+    `over_dcn` (multi-slice programs are compiled per slice; their cross-slice collectives are
+    Megascale rendezvous over the data-center network)."""
+    import collections
+    import re
+
+    ici = collections.Counter(re.findall(_COLLECTIVE + r"(?:-start)?\(", hlo_text))
+    dcn = collections.Counter(re.findall(r'MegascaleRendezvousKeyName="' + _COLLECTIVE + r"\.", hlo_text))
+    return {"in_slice": dict(sorted(ici.items())), "over_dcn": dict(sorted(dcn.items()))}
+
+
+def plan(config, topology: str, stage_name: str = "", num_slices: int = 1) -> dict:
     import jax
     import numpy as np
     from flax import linen as nn
@@ -55,7 +73,7 @@ def plan(config, topology: str, stage_name: str = "") -> dict:
     from omni_jax.train.optimizer import build_optimizer
     from omni_jax.train.trainer import parse_stages
 
-    devices, kind = topology_devices(topology)
+    devices, kind = topology_devices(topology, num_slices)
     mesh = shd.make_mesh(config.mesh.to_dict(), devices)
     task = get_task(config)
     stages = parse_stages(config)
@@ -70,6 +88,8 @@ def plan(config, topology: str, stage_name: str = "") -> dict:
         t0 = time.perf_counter()
         compiled = fn.lower(state, batch).compile()
         compile_s = time.perf_counter() - t0
+    granule = np.vectorize(lambda d: getattr(d, "slice_index", getattr(d, "process_index", 0)))(mesh.devices)
+    crossing = [a for i, a in enumerate(shd.MESH_AXES) if (np.diff(granule, axis=i) != 0).any()]
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
@@ -77,7 +97,9 @@ def plan(config, topology: str, stage_name: str = "") -> dict:
     tokens = int(np.prod(layout.batch_abstract["tokens"].shape)) if "tokens" in layout.batch_abstract else 0
     analytic = task.flops_per_token() * tokens if hasattr(task, "flops_per_token") else float("nan")
     report = {
-        "topology": topology, "devices": len(devices), "mesh": dict(mesh.shape), "stage": stage.name,
+        "topology": topology, "slices": num_slices, "devices": len(devices), "mesh": dict(mesh.shape),
+        "dcn": {a: n for a, n in shd.dcn_shape_from_config(config.mesh.to_dict()).items() if n > 1},
+        "axes_crossing_slices": crossing, "stage": stage.name,
         "params": n_params, "tokens_per_step": tokens, "compile_s": round(compile_s, 1),
         "per_device_bytes": {
             "arguments": int(mem.argument_size_in_bytes), "outputs": int(mem.output_size_in_bytes),
@@ -86,6 +108,7 @@ def plan(config, topology: str, stage_name: str = "") -> dict:
                          - mem.alias_size_in_bytes),
         },
         "compiler_flops_per_device": float(cost.get("flops", float("nan"))),
+        "collectives": collectives(compiled.as_text()),
         "analytic_flops_per_step": analytic,
     }
     if kind in PEAK_BF16_TFLOPS and analytic == analytic:
@@ -96,13 +119,17 @@ def plan(config, topology: str, stage_name: str = "") -> dict:
 
 def _print(r: dict) -> None:
     m = r["per_device_bytes"]
-    print(f"\n{r['topology']}: {r['devices']} devices, mesh {r['mesh']}, stage {r['stage']}")
+    slices = f" x {r['slices']} slices" if r.get("slices", 1) > 1 else ""
+    print(f"\n{r['topology']}{slices}: {r['devices']} devices, mesh {r['mesh']}"
+          + (f" (over DCN: {r['dcn']})" if r.get("dcn") else "") + f", stage {r['stage']}")
     print(f"params {r['params'] / 1e9:.3f} B, {r['tokens_per_step']} tokens/step, compiled in {r['compile_s']} s")
     print("| per device | MiB |\n|---|---|")
     for k in ("arguments", "outputs", "temporaries", "aliased", "total"):
         print(f"| {k} | {m[k] / 2**20:.1f} |")
     print(f"compiler flops/device (a scanned layer counts once): {r['compiler_flops_per_device']:.3e}")
     print(f"analytic flops/step (6*N*tokens + attention): {r['analytic_flops_per_step']:.3e}")
+    c = r["collectives"]
+    print(f"collectives within a slice: {c['in_slice']}" + (f"; over DCN: {c['over_dcn']}" if c["over_dcn"] else ""))
     if "ideal_step_s_at_100pct_mfu" in r:
         s = r["ideal_step_s_at_100pct_mfu"]
         print(f"step time at 100% / 50% / 40% MFU: {s:.3f} / {s / 0.5:.3f} / {s / 0.4:.3f} s")
@@ -113,7 +140,7 @@ def _main(argv):
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)
-    r = plan(FLAGS.config, FLAGS.topology, FLAGS.stage)
+    r = plan(FLAGS.config, FLAGS.topology, FLAGS.stage, FLAGS.num_slices)
     _print(r)
     if FLAGS.json_out:
         with open(FLAGS.json_out, "w") as f:
@@ -125,6 +152,7 @@ def _define_flags() -> None:
     """Defined when the command runs, so several launch modules can be imported together."""
     config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.", lock_config=True)
     flags.DEFINE_string("topology", "cpu", "TPU topology name (e.g. v5p:4x4x4) or 'cpu'.")
+    flags.DEFINE_integer("num_slices", 1, "Number of TPU slices (multi-slice over DCN; see config.mesh.dcn_*).")
     flags.DEFINE_string("stage", "", "Stage to compile (default: the first in stage_order).")
     flags.DEFINE_string("json_out", "", "Also write the report as JSON here.")
     flags.mark_flags_as_required(["config"])

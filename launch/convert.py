@@ -40,9 +40,10 @@ def export(config, workdir: str, out: str, flavour: str, dtype=None, step=None, 
     from omni_jax.convert.safetensors_io import save_state_dict
     from omni_jax.tasks import get_task
     from omni_jax.train.checkpoint import Checkpointer
+    from omni_jax.train.workdir import workdir_path
 
     task = get_task(config)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    ckpt = Checkpointer(workdir_path(workdir) / "checkpoints")
     step = ckpt.latest_step() if step is None else step
     if step is None:
         raise SystemExit(f"no checkpoint in {workdir}/checkpoints")
@@ -68,6 +69,7 @@ def export_release(config, workdir: str, out: str, dtype="bfloat16", step=None, 
     """A trainer workdir (task "omni") -> the release layout in `out` (omni_jax/convert/omni.py save_release).
     The checkpoint's params and RVQ state are checked against config.model before anything is written."""
     from omni_jax.convert import omni as oc
+    from omni_jax.train.workdir import workdir_path
 
     if config.get("task") != "omni":
         raise app.UsageError(f"--mode=export_release exports the omni model: the config's task is {config.get('task')!r}, "
@@ -81,7 +83,7 @@ def export_release(config, workdir: str, out: str, dtype="bfloat16", step=None, 
                                           exclude=tuple(exclude), step=step)
         return oc.save_release(out, params, state, config.model, dtype=dtype or None, max_shard_bytes=max_shard_mb << 20,
                                exclude=tuple(exclude), vocoder_weight_norm=vocoder_weight_norm,
-                               metadata={"omni_jax_workdir": os.path.abspath(workdir)})
+                               metadata={"omni_jax_workdir": os.fspath(workdir_path(workdir))})
     except ValueError as e:
         if "exclude=" in str(e):
             raise _exclude_hint(e) from e
@@ -96,8 +98,10 @@ def import_release(src: str, out: str, model_config=None, exclude=(), vocoder_sr
 
     from omni_jax.convert import omni as oc
     from omni_jax.train.checkpoint import Checkpointer
+    from omni_jax.train.workdir import workdir_path, write_text_atomic
 
-    if os.path.isdir(os.path.join(out, "checkpoints")):
+    out_dir = workdir_path(out)  # a workdir the trainer starts from: local or gs://
+    if (out_dir / "checkpoints").is_dir():
         raise app.UsageError(f"--out={out} already holds checkpoints; choose a new directory")
     try:
         rc = oc.load_release(src, model_config, exclude=tuple(exclude), vocoder_src=vocoder_src)
@@ -105,15 +109,14 @@ def import_release(src: str, out: str, model_config=None, exclude=(), vocoder_sr
         if "exclude=" in str(e):
             raise _exclude_hint(e) from e
         raise
-    os.makedirs(out, exist_ok=True)
-    ckpt = Checkpointer(os.path.join(out, "checkpoints"), async_save=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = Checkpointer(out_dir / "checkpoints", async_save=False)
     tree = {"step": np.zeros((), np.int32), "params": rc.params, "model_state": rc.state}
     meta = {"stage": "import_release", "stage_index": -1, "stage_step": 0, "step": 0, "task": "omni",
             "source": os.path.abspath(src), "model": rc.model_config.to_dict()}
     ckpt.save(0, tree, meta, {}, force=True)
     ckpt.close()
-    with open(os.path.join(out, "model_config.json"), "w") as f:
-        f.write(rc.model_config.to_json_best_effort(indent=2))
+    write_text_atomic(out_dir / "model_config.json", rc.model_config.to_json_best_effort(indent=2))
     return os.path.join(out, "checkpoints", "0")
 
 

@@ -11,6 +11,19 @@ Mesh axes:
   tensor   Megatron-style tensor parallelism over heads / MLP / vocab
   context  sequence (context) parallelism for long sequences: activations are split
            along the sequence, keys/values are gathered for attention.
+
+Multi-slice TPU pods and multi-node GPU clusters (MaxText's dcn_*_parallelism): config.mesh
+may also give `dcn_data`, `dcn_fsdp`, `dcn_tensor`, `dcn_context`, the number of slices (TPU)
+or processes/nodes (GPU) along that axis over the data-center network; the plain names are
+then the sizes within one slice / node (over ICI / NVLink). Each mesh axis spans both: the
+mesh's `data` axis has dcn_data x data devices, its outer (major) factor crossing slices, so
+the rules table below is unchanged: batch rows split over (dcn_data x data, fsdp), parameters
+over fsdp within a slice. `make_mesh` builds it with
+`jax.experimental.mesh_utils.create_hybrid_device_mesh` (granules = TPU slices by
+`slice_index`, or processes on GPU/CPU). Use DCN for data parallelism only (dcn_data = the
+slice count) unless a model does not fit one slice: DCN is ~10-100x slower than ICI.
+GPU and CPU meshes over several processes put devices in process-major order, so the inner
+(rightmost, most communicating) axes stay within a node.
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ from flax import linen as nn
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor", "context")
+DCN_AXES = tuple(f"dcn_{a}" for a in MESH_AXES)  # optional config.mesh keys: slices/nodes per axis
 
 # Batch-like activation dimensions are split over every data-parallel axis.
 _BATCH = ("data", "fsdp")
@@ -67,13 +81,35 @@ def rules_dict() -> dict[str, Any]:
     return dict(LOGICAL_AXIS_RULES)
 
 
+def dcn_shape_from_config(mesh_cfg: Mapping[str, int]) -> dict[str, int]:
+    """{axis: number of slices / nodes along it over DCN} (1 where config.mesh has no dcn_<axis>)."""
+    dcn = {a: int(mesh_cfg.get(f"dcn_{a}", 1)) for a in MESH_AXES}
+    bad = {f"dcn_{a}": n for a, n in dcn.items() if n < 1}
+    if bad:
+        raise ValueError(f"config.mesh: {bad}: dcn_* sizes are slice/node counts >= 1 (-1 is only for the "
+                         "within-slice axes).")
+    return dcn
+
+
 def mesh_shape_from_config(mesh_cfg: Mapping[str, int], num_devices: int) -> dict[str, int]:
-    """Resolves the mesh config (axis -> size, one axis may be -1 to fill) to sizes."""
-    unknown = sorted(set(mesh_cfg) - set(MESH_AXES))
+    """Resolves the mesh config (axis -> size, one axis may be -1 to fill) to the mesh's sizes.
+
+    With dcn_<axis> entries the plain sizes are per slice/node and the result is their product
+    with the dcn sizes (the -1 axis fills num_devices / (slices x nodes) within a slice)."""
+    unknown = sorted(set(mesh_cfg) - set(MESH_AXES) - set(DCN_AXES))
     if unknown:
         raise ValueError(
-            f"config.mesh has unknown axes {unknown}; the mesh axes are {list(MESH_AXES)}."
+            f"config.mesh has unknown axes {unknown}; the mesh axes are {list(MESH_AXES)} "
+            f"(and, for multi-slice / multi-node meshes, {list(DCN_AXES)})."
         )
+    dcn = dcn_shape_from_config(mesh_cfg)
+    granules = math.prod(dcn.values())
+    if num_devices % granules:
+        raise ValueError(f"config.mesh: the dcn_* sizes {dcn} make {granules} slices/nodes, which does not divide "
+                         f"the {num_devices} devices.")
+    if granules > 1:
+        per = mesh_shape_from_config({a: mesh_cfg.get(a, 1) for a in MESH_AXES}, num_devices // granules)
+        return {a: per[a] * dcn[a] for a in MESH_AXES}
     sizes = {a: int(mesh_cfg.get(a, 1)) for a in MESH_AXES}
     fill = [a for a, s in sizes.items() if s == -1]
     if len(fill) > 1:
@@ -104,11 +140,50 @@ def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[Any] | None = None)
     explicitly because jax 0.10 defaults to Explicit axes.
     """
     devices = list(jax.devices() if devices is None else devices)
+    return Mesh(device_array(mesh_cfg, devices), MESH_AXES, axis_types=(AxisType.Auto,) * 4)
+
+
+def _process_major(devices: Sequence[Any]) -> list[Any]:
+    """Devices grouped by process (node), then by id, so a node's devices are contiguous; a
+    single process's devices keep the order given."""
+    if len({getattr(d, "process_index", 0) for d in devices}) == 1:
+        return list(devices)
+    return sorted(devices, key=lambda d: (getattr(d, "process_index", 0), getattr(d, "id", 0)))
+
+
+def device_array(mesh_cfg: Mapping[str, int], devices: Sequence[Any]) -> np.ndarray:
+    """The devices arranged as the mesh (one array axis per MESH_AXES entry)."""
+    devices = list(devices)
     sizes = mesh_shape_from_config(mesh_cfg, len(devices))
     shape = tuple(sizes[a] for a in MESH_AXES)
-    if devices and getattr(devices[0], "platform", "cpu") == "tpu":
-        return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 4, devices=devices)
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 4)
+    dcn = dcn_shape_from_config(mesh_cfg)
+    platform = getattr(devices[0], "platform", "cpu") if devices else "cpu"
+    if math.prod(dcn.values()) > 1:
+        return hybrid_device_array(sizes, dcn, devices)
+    if platform == "tpu":
+        return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 4, devices=devices).devices
+    return np.asarray(_process_major(devices)).reshape(shape)
+
+
+def hybrid_device_array(sizes: Mapping[str, int], dcn: Mapping[str, int], devices: Sequence[Any]) -> np.ndarray:
+    """create_hybrid_device_mesh over TPU slices (slice_index) or, on GPU/CPU, processes (nodes)."""
+    from jax.experimental import mesh_utils
+
+    by_slice = getattr(devices[0], "platform", "cpu") == "tpu" and hasattr(devices[0], "slice_index")
+    key = "slice_index" if by_slice else "process_index"
+    granules = sorted({getattr(d, key, 0) for d in devices})
+    want = math.prod(dcn.values())
+    if len(granules) != want:
+        unit = "TPU slices" if by_slice else "processes (nodes)"
+        raise ValueError(
+            f"config.mesh dcn sizes { {f'dcn_{a}': n for a, n in dcn.items() if n > 1} } need {want} {unit}, "
+            f"but the {len(devices)} devices belong to {len(granules)}. Set the dcn_* product to the number of "
+            f"{unit} (e.g. --config.mesh.dcn_data={len(granules)}), or drop them on a single slice/node.")
+    ici = tuple(sizes[a] // dcn[a] for a in MESH_AXES)
+    arr = mesh_utils.create_hybrid_device_mesh(
+        ici, tuple(dcn[a] for a in MESH_AXES), devices if by_slice else _process_major(devices),
+        process_is_granule=not by_slice)
+    return np.asarray(arr).reshape(tuple(sizes[a] for a in MESH_AXES))
 
 
 def logical_to_spec(names: Sequence[str | None] | None) -> P:

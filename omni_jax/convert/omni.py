@@ -309,7 +309,9 @@ def _select(abstract_params, only, exclude) -> list[str]:
 
 def is_workdir(src) -> bool:
     """An omni_jax trainer workdir (it has checkpoints/), as opposed to a release directory."""
-    return isinstance(src, (str, os.PathLike)) and os.path.isdir(os.path.join(src, "checkpoints"))
+    from omni_jax.train.workdir import workdir_path  # epath: gs://bucket/run workdirs too
+
+    return isinstance(src, (str, os.PathLike)) and (workdir_path(src) / "checkpoints").is_dir()
 
 
 def _vocoder_path(src, vocoder_src) -> str:
@@ -415,8 +417,9 @@ def import_release(src, cfg, abstract_params=None, abstract_state=None, *, only:
 def _workdir_step(workdir: str, step: int | None) -> tuple[str, int]:
     """(the saved TrainState's directory, step) of one checkpoint of an omni_jax workdir."""
     from omni_jax.train.checkpoint import Checkpointer
+    from omni_jax.train.workdir import workdir_path
 
-    ck = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+    ck = Checkpointer(workdir_path(workdir) / "checkpoints", async_save=False)
     try:
         steps = ck.all_steps()
         step = (max(steps) if steps else None) if step is None else step
@@ -426,7 +429,7 @@ def _workdir_step(workdir: str, step: int | None) -> tuple[str, int]:
             raise ValueError(f"{workdir}/checkpoints has no step {step} (it has {sorted(steps)})")
     finally:
         ck.close()
-    return os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "state"), step
+    return ck.directory / str(step) / "state", step
 
 
 def _saved_tree_metadata(path: str):

@@ -19,10 +19,11 @@ import jax.numpy as jnp
 from omni_jax import sharding as shd
 from omni_jax.tasks import get_task
 from omni_jax.train.checkpoint import Checkpointer
+from omni_jax.train.workdir import workdir_path
 
 
-def restore_params(config: Any, workdir: str, step: int | None = None) -> Any:
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+def restore_params(config: Any, workdir: str | os.PathLike, step: int | None = None) -> Any:
+    ckpt = Checkpointer(workdir_path(workdir) / "checkpoints", async_save=False)
     try:
         step = ckpt.latest_step() if step is None else step
         if step is None:

@@ -82,21 +82,23 @@ class OmniRunner:
         """From an omni_jax workdir (its config.json and latest checkpoint, or `step`) or a
         release-format directory (config.json + safetensors [+ vocoder/]; `tokenizer` = the
         release's tokenizer files when they are not in `src`). speech=False skips the vocoder."""
-        if not os.path.isdir(src):
-            raise FileNotFoundError(f"{src!r} is neither an omni_jax workdir nor a release directory")
         from omni_jax.convert.omni import is_workdir
+        from omni_jax.train.workdir import is_local
 
+        if is_local(src) and not os.path.isdir(src):
+            raise FileNotFoundError(f"{src!r} is neither an omni_jax workdir nor a release directory")
         if is_workdir(src):
             return cls._from_workdir(src, step, tokenizer)
         return cls._from_release(src, tokenizer, vocoder_src, speech)
 
     @classmethod
     def _from_workdir(cls, workdir: str, step, tokenizer):
-        path = os.path.join(workdir, "config.json")
-        if not os.path.exists(path):
+        from omni_jax.train.workdir import workdir_path  # the workdir may be gs://...: epath throughout
+
+        path = workdir_path(workdir) / "config.json"
+        if not path.exists():
             raise FileNotFoundError(f"{workdir} has checkpoints/ but no config.json (the trainer writes both)")
-        with open(path) as fh:
-            config = ml_collections.ConfigDict(json.load(fh))
+        config = ml_collections.ConfigDict(json.loads(path.read_text()))
         if config.task not in ("omni", "omni_v1"):
             raise ValueError(f"{workdir} is a run of task {config.task!r}; inference needs an omni model "
                              "(task 'omni' or 'omni_v1')")

@@ -19,6 +19,7 @@ output is sum(lengths) - overlap * (pieces - 1) samples long.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable, Sequence
 
 import jax
@@ -107,8 +108,10 @@ class Synthesizer:
                 n += 1
         return crossfade_concat(waves, self.overlap)
 
-    def write_wav(self, path: str, chunks: Sequence[np.ndarray], rng: jax.Array) -> np.ndarray:
+    def write_wav(self, path: str | os.PathLike, chunks: Sequence[np.ndarray], rng: jax.Array) -> np.ndarray:
+        """Writes through etils.epath, so `path` may be local or on an object store (gs://...)."""
+        from etils import epath
+
         wav = self.waveform(chunks, rng)
-        with open(path, "wb") as f:
-            f.write(encode_wav(wav, self.sample_rate))
+        epath.Path(path).write_bytes(encode_wav(wav, self.sample_rate))
         return wav

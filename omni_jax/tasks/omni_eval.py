@@ -145,8 +145,10 @@ def evaluate(task, params, state, workdir: str) -> dict[str, Any]:
     n, max_new = int(ev.num_samples), int(ev.max_new_tokens)
     sets = evaluation_sets(ev.get("dataset", "shapes"))
     tok = _pipeline(task, sets["image_qa"]).tokenizer
-    out_dir = os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
+    from omni_jax.train.workdir import workdir_path  # the workdir may be gs://...: epath throughout
+
+    out_dir = workdir_path(workdir) / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
     params, state = jax.device_get(params), jax.device_get(state)
     results: dict[str, Any] = {}
     lines = [f"held-out evaluation ({n} samples per set):"]
@@ -173,22 +175,21 @@ def evaluate(task, params, state, workdir: str) -> dict[str, Any]:
         synth = synthesizer(task, params, state)
         replies = []
         for k, (r, s) in enumerate(zip(rows, samples)):
-            path = os.path.join(out_dir, f"speech_reply_{k}.wav")
+            path = out_dir / f"speech_reply_{k}.wav"
             frames = int(sum(len(c) for c in r.audio_chunks))
             seconds = 0.0
             if frames:
                 wav = synth.write_wav(path, r.audio_chunks, jax.random.PRNGKey(k))
                 seconds = len(wav) / synth.sample_rate
             replies.append({"text": text_of(r.tokens, tok, ids).strip(), "reference": s["reference"], "frames": frames,
-                            "seconds": seconds, "wav": path if frames else None})
+                            "seconds": seconds, "wav": os.fspath(path) if frames else None})
         exact = [float(_normalise(x["text"]) == _normalise(x["reference"])) for x in replies]
         results["speech_qa"] = {"text_exact_match": float(np.mean(exact)) if exact else 0.0, "replies": replies}
         first = next((x for x in replies if x["wav"]), replies[0] if replies else None)
         if first:
             lines.append(f"  speech_qa: text exact match {results['speech_qa']['text_exact_match']:.2f}; reply "
                          f"{first['text']!r} + {first['seconds']:.2f} s of speech -> {first['wav']}")
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     summary = "\n".join(lines)
     print(summary)
     log.info(summary)

@@ -9,7 +9,8 @@ One checkpoint holds three items:
 Orbax writes each step into a temporary directory and renames it when complete, so a
 crash or kill during a save leaves the previous checkpoints intact and the partial one
 invisible. Before restoring, the saved tree is compared with what this config expects;
-a mismatch raises `CheckpointMismatchError` naming every differing tensor.
+a mismatch raises `CheckpointMismatchError` naming every differing tensor. The directory is
+an `etils.epath` path (omni_jax/train/workdir.py), so gs:// checkpoints stay on GCS.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
+
+from omni_jax.train.workdir import workdir_path
 
 
 class CheckpointMismatchError(ValueError):
@@ -47,13 +50,13 @@ def _flat_shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
 class Checkpointer:
     def __init__(
         self,
-        directory: str,
+        directory: str | os.PathLike,
         *,
         max_to_keep: int = 3,
         keep_steps: Sequence[int] = (),
         async_save: bool = True,
     ):
-        self.directory = os.path.abspath(directory)
+        self.directory = workdir_path(directory)
         policies = [cm.LatestN(max_to_keep)]
         if keep_steps:
             policies.append(cm.CustomSteps(list(keep_steps)))
@@ -133,7 +136,7 @@ class Checkpointer:
             if getattr(a, "sharding", None) is not None else ocp.RestoreArgs(restore_type=np.ndarray, dtype=a.dtype),
             item)
         out = ocp.PyTreeCheckpointer().restore(
-            os.path.join(self.directory, str(step), "state"),
+            self.directory / str(step) / "state",
             args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
         return out["params"]
 

@@ -13,6 +13,10 @@ SIGTERM / SIGINT make it save a checkpoint at the next step boundary and return.
 `_plan_layouts` (one parameter tree, per-stage shardings), `_resume` or `_initial_state`, then
 per stage `_run_stage` (`_enter_stage` carries optimizer moments; the step loop logs with
 `_StepTimer` and checkpoints), and `_evaluate_at_end`.
+
+The workdir may be local or an object store (gs://...): every file in it goes through
+`etils.epath` (omni_jax/train/workdir.py), and an owner lease refuses a workdir another
+live run is writing.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from omni_jax.train.checkpoint import Checkpointer
 from omni_jax.train.metrics import MetricsWriter
 from omni_jax.train.multitask import StageTasks, init_union, union_trees
 from omni_jax.train.optimizer import build_optimizer, learning_rates, stage_from_config, transfer_state
+from omni_jax.train.workdir import WorkdirBusyError, WorkdirLease, config_hash, workdir_path, write_text_atomic
 
 log = logging.getLogger("omni_jax")
 
@@ -86,12 +91,13 @@ class _Run:
     the stage tasks, the checkpointer and the per-stage layouts over ONE parameter tree."""
 
     config: Any
-    workdir: str
+    workdir: Any  # an etils.epath.Path (local or gs://...)
     stages: list
     starts: list[int]
     mesh: Any
     tasks: StageTasks
     ckpt: Checkpointer
+    lease: WorkdirLease | None = None  # process 0 holds it; checked before every save
     layouts: dict = dataclasses.field(default_factory=dict)
 
 
@@ -109,9 +115,57 @@ class _Progress:
     status: str = "done"
 
 
-def train(config, workdir: str) -> dict[str, Any]:
-    """Runs (or resumes) every stage. Returns {'status', 'step', 'last_metrics', 'evaluation'}."""
-    run = _open_run(config, workdir)
+def _agreed(ok: bool) -> bool:
+    """Process 0's verdict, the same on every process (so all stop together, none waits in a collective)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+
+
+def _lease_check(lease: WorkdirLease | None) -> None:
+    """Before a save: process 0 checks the lease is still this run's; every process stops if not."""
+    err = None
+    if lease is not None:
+        try:
+            lease.check()
+        except WorkdirBusyError as e:
+            err = e
+    if not _agreed(err is None):
+        raise err or WorkdirBusyError("process 0 found that another run took over the workdir (see its log)")
+
+
+def _take_lease(config, workdir) -> WorkdirLease | None:
+    """Process 0 takes the workdir's owner lease (WorkdirBusyError on every process if another
+    live run holds it)."""
+    lease, err = None, None
+    if jax.process_index() == 0:
+        lease = WorkdirLease(workdir, config_hash(config), timeout_s=config.checkpoint.get("lease_timeout_s", 600.0))
+        try:
+            lease.acquire()
+        except WorkdirBusyError as e:
+            lease, err = None, e
+    if not _agreed(err is None):
+        raise err or WorkdirBusyError(f"process 0 could not take the owner lease of {workdir} (see its log)")
+    return lease
+
+
+def train(config, workdir: str | os.PathLike) -> dict[str, Any]:
+    """Runs (or resumes) every stage. Returns {'status', 'step', 'last_metrics', 'evaluation'}.
+
+    Refuses (WorkdirBusyError) a workdir whose owner lease another live run holds."""
+    workdir = workdir_path(workdir)
+    lease = _take_lease(config, workdir)
+    try:
+        return _train(config, workdir, lease)
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _train(config, workdir, lease: WorkdirLease | None) -> dict[str, Any]:
+    run = _open_run(config, workdir, lease)
     with jax.set_mesh(run.mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES), _StopFlag() as stop:
         _plan_layouts(run)
         latest = run.ckpt.latest_step()
@@ -130,23 +184,21 @@ def train(config, workdir: str) -> dict[str, Any]:
             "last_metrics": progress.last, "evaluation": evaluation}
 
 
-def _open_run(config, workdir: str) -> _Run:
+def _open_run(config, workdir, lease: WorkdirLease | None) -> _Run:
     """Parses the stages, builds the mesh, the stage tasks and the checkpointer (keeping every
     stage end), and writes the config next to the checkpoints."""
-    os.makedirs(workdir, exist_ok=True)
     stages = parse_stages(config)
     starts = np.cumsum([0] + [s.steps for s in stages]).tolist()
     ckpt = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
+        workdir / "checkpoints",
         max_to_keep=config.checkpoint.keep,
         keep_steps=starts[1:],
         async_save=config.checkpoint.get("async_save", True),
     )
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2))
     return _Run(config, workdir, stages, starts, shd.make_mesh(config.mesh.to_dict()),
-                StageTasks(config, [s.name for s in stages]), ckpt)
+                StageTasks(config, [s.name for s in stages]), ckpt, lease)
 
 
 def _plan_layouts(run: _Run) -> None:
@@ -239,6 +291,7 @@ def _run_stage(run: _Run, progress: _Progress, metrics_log: MetricsWriter, stop:
     while progress.stage_step < stage.steps:
         if stop.signum is not None:
             if progress.saved_step != step:
+                _lease_check(run.lease)
                 run.ckpt.save(step, progress.state, meta(), data.get_state(), force=True)
             run.ckpt.wait()
             log.warning("signal %d: saved checkpoint at step %d and stopped", stop.signum, step)
@@ -256,6 +309,7 @@ def _run_stage(run: _Run, progress: _Progress, metrics_log: MetricsWriter, stop:
             metrics_log.write(step, progress.last, stage=stage.name)
             bar.set_postfix(loss=f"{progress.last.get('loss', progress.last['objective']):.4f}")
         if progress.stage_step % config.checkpoint.every == 0 or end:
+            _lease_check(run.lease)
             if run.ckpt.save(step, progress.state, meta(), data.get_state(), force=end):
                 progress.saved_step = step
     bar.close()
@@ -292,6 +346,5 @@ def _evaluate_at_end(run: _Run, progress: _Progress):
         raise ValueError(f"config.evaluate.at_end is set but task {config.task!r} has no evaluate()")
     evaluation = task.evaluate(progress.state.params, progress.state.model_state, run.workdir)
     if jax.process_index() == 0:
-        with open(os.path.join(run.workdir, "eval.json"), "w") as f:
-            json.dump(evaluation, f, indent=2, default=str)
+        write_text_atomic(run.workdir / "eval.json", json.dumps(evaluation, indent=2, default=str))
     return evaluation
