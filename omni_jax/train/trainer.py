@@ -26,6 +26,7 @@ from flax import linen as nn
 from tqdm import tqdm
 
 from omni_jax import sharding as shd
+from omni_jax.data.host_rows import process_batch_rows
 from omni_jax.train import step as step_lib
 from omni_jax.train.checkpoint import Checkpointer
 from omni_jax.train.metrics import MetricsWriter
@@ -154,7 +155,8 @@ def train(config, workdir: str) -> dict[str, Any]:
                          stage.name, len(opt.trainable_paths()), carried)
             train_step = step_lib.make_train_step(stage_task, opt, layout, microbatches=config.train.microbatches)
             data = stage_task.make_data(stage, start_step=stage_step, process_index=jax.process_index(),
-                                        process_count=jax.process_count())
+                                        process_count=jax.process_count(),
+                                        rows=process_batch_rows(layout.batch_shardings, config.train.batch_size))
             if data_state is not None:
                 data.set_state(data_state)
             data_state = None
