@@ -56,6 +56,10 @@ class StepIndexedIterator:
         opts = grain.ReadOptions(num_threads=self._threads, prefetch_buffer_size=self._prefetch)
         it = ds.to_iter_dataset(opts)
         if self._workers:
+            from absl import flags
+
+            if not flags.FLAGS.is_parsed():  # grain reads its absl flags (defaults) when workers start
+                flags.FLAGS.mark_as_parsed()
             it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._workers,
                                                              per_worker_buffer_size=max(1, self._prefetch)))
         self._it = iter(it)
