@@ -7,8 +7,8 @@ vision items, audio and speech chunks, tiles) still fits; when no open row fits,
 oldest open row is closed and a new one opened; a row whose token budget is full closes.
 
 Written for 10^7 records: footprints are read in chunks as Python ints, only the budget
-columns the component uses are compared, and the result is two flat int64 arrays
-(entries (record, piece) and row offsets), not one Python object per row.
+columns the component uses are compared, and the result is two flat arrays
+(int32 entries (record, piece) and int64 row offsets), not one Python object per row.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ CHUNK = 1 << 16
 
 def pack_epoch(order: np.ndarray, fp: np.ndarray, cap: np.ndarray, open_rows: int, seq_len: int,
                dims: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(entries (m, 2): record, piece (-1 = whole sample); offsets (rows + 1,)): row k is
+    """(entries (m, 2) int32: record, piece (-1 = whole sample); offsets (rows + 1,)): row k is
     entries[offsets[k]:offsets[k + 1]]. `dims` are the footprint columns to respect
     (column 0, tokens, first); the others are zero for every record in `order`."""
     caps = [int(cap[i]) for i in dims]
     c0, nd, T = caps[0], len(dims), int(seq_len)
-    ent, offs = array("q"), array("q", [0])
+    ent, offs = array("i"), array("q", [0])  # record ids and pieces fit in int32
     used: list[list[int]] = []
     rows: list[list[int]] = []
 
@@ -73,5 +73,5 @@ def pack_epoch(order: np.ndarray, fp: np.ndarray, cap: np.ndarray, open_rows: in
                     close(k)
     while used:
         close(0)
-    return (np.frombuffer(ent, np.int64).reshape(-1, 2) if len(ent) else np.zeros((0, 2), np.int64),
+    return (np.frombuffer(ent, np.int32).reshape(-1, 2) if len(ent) else np.zeros((0, 2), np.int32),
             np.frombuffer(offs, np.int64))

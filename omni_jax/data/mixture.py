@@ -157,7 +157,10 @@ class ComponentPlan:
     part file; process 0 merges the parts into `<key>.npz` (temp + rename) and the others
     wait for it (`wait_timeout_s`, then an error naming the path). Epoch plans are derived
     from (seed, component, epoch) when a row of that epoch is asked for; only the row
-    count of every planned epoch and the last `KEEP_EPOCHS` plans stay in memory."""
+    count of every planned epoch and the last `KEEP_EPOCHS` plans stay in memory. The row
+    counts are cached next to the index by process 0 (`<key>.rows-<packing>.json`), so a
+    run resuming in a late epoch finds where its rows are without packing every earlier
+    epoch again."""
 
     KEEP_EPOCHS = 2
 
@@ -178,6 +181,13 @@ class ComponentPlan:
             raise ValueError(f"process_index {process_index} is not in [0, process_count={process_count})")
         self.process_index, self.process_count = int(process_index), int(process_count)
         self._footprints(cache_dir, cache_key, validate, loader, float(wait_timeout_s))
+        self._counts_path, self._known_counts = None, []
+        if cache_dir and cache_key:
+            packing = plan_cache_key(self.seed, comp.name, self.open_rows, self.capacity.tolist(), shapes.seq_len)
+            self._counts_path = os.path.join(cache_dir, f"{cache_key}.rows-{packing}.json")
+            if os.path.exists(self._counts_path):
+                with open(self._counts_path) as f:
+                    self._known_counts = [int(x) for x in json.load(f)]
 
     def __getstate__(self):  # pickled into grain worker processes: no lock, no error budget
         state = dict(self.__dict__)
@@ -305,8 +315,16 @@ class ComponentPlan:
         """Entries (record, piece; piece -1 = whole sample) of row j of the endless stream."""
         with self._lock:
             while self._starts[-1] <= j:
-                _, offsets = self._epoch(len(self._starts) - 1)
-                self._starts.append(self._starts[-1] + len(offsets) - 1)
+                e = len(self._starts) - 1
+                if e < len(self._known_counts):
+                    count = self._known_counts[e]
+                else:
+                    count = len(self._epoch(e)[1]) - 1
+                    self._known_counts.append(count)
+                    if self._counts_path and self.process_index == 0:
+                        counts = list(self._known_counts)
+                        shared_files.write_atomic(self._counts_path, lambda tmp: _write_json(tmp, counts))
+                self._starts.append(self._starts[-1] + count)
             e = int(np.searchsorted(self._starts, j, side="right")) - 1
             entries, offsets = self._epoch(e)
             k = j - self._starts[e]
@@ -315,6 +333,11 @@ class ComponentPlan:
     def rows_per_epoch(self) -> int:
         self.row(0)
         return self._starts[1]
+
+
+def _write_json(path: str, obj: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f)
 
 
 def _save_index(path: str, fp: np.ndarray, errors: list) -> None:

@@ -1,5 +1,5 @@
-"""omni_jax/data/epoch_packing.py equals the straightforward greedy first-fit packer, and a
-component's plan keeps only the last epochs' row lists."""
+"""omni_jax/data/epoch_packing.py equals the straightforward greedy first-fit packer; a component's
+plan keeps only the last epochs' row lists and caches the epochs' row counts."""
 
 import numpy as np
 import pytest
@@ -65,3 +65,8 @@ def test_plans_keep_only_the_last_epochs(data_dir):
     assert len(plan._starts) >= 6  # one row count per planned epoch
     for j in range(3):  # epoch 0 is planned again, identically
         np.testing.assert_array_equal(plan.row(j), first[j])
+    # the row counts of the planned epochs are cached: a resumed run packs only the epoch it reads
+    fresh = OmniPipeline(make_config()).plans[-1]
+    late = plan._starts[5] + 1
+    np.testing.assert_array_equal(fresh.row(late), plan.row(late))
+    assert list(fresh._plans) == [5]
