@@ -100,3 +100,16 @@ def test_bad_meshes_and_rows_are_named():
     with pytest.raises(ValueError, match="not distinct rows of a global batch of 8"):
         local_rows(B, 0, 1, [0, 0, 1])
     np.testing.assert_array_equal(local_rows(B, 1, 2), np.arange(4, 8))
+
+
+def test_synthetic_iterators_take_explicit_rows():
+    import ml_collections
+
+    from omni_jax.data.synthetic_speech import make_voice_iterator
+
+    c = ml_collections.ConfigDict(dict(train=dict(batch_size=4), data=dict(frames=8, seed=0)))
+    whole = make_voice_iterator(c, start_step=2, process_index=0, process_count=1).peek(2)
+    part = make_voice_iterator(c, start_step=2, process_index=0, process_count=1, rows=[0, 2, 3]).peek(2)
+    assert set(part) == set(whole)
+    for k in whole:
+        np.testing.assert_array_equal(part[k], whole[k][[0, 2, 3]], err_msg=k)
