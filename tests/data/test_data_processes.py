@@ -131,7 +131,7 @@ def test_worker_processes_do_not_change_the_order(prepared, tmp_path):
     d = fresh_data_dir(prepared, tmp_path / "w")
     ref = make_omni_iterator(make_config(d), start_step=1)
     want = [next(ref) for _ in range(4)]
-    for workers in (1, 2):
+    for workers in (2,):  # worker w builds steps w, w+2, ...; grain interleaves them back in order
         it = make_omni_iterator(make_config(d, num_workers=workers), start_step=1)
         try:
             got = [next(it) for _ in range(4)]
