@@ -11,14 +11,20 @@ decoded; the mixture then interleaves whole packed rows. So
 * the global row stream is `grain.MapDataset.mix` of the component streams with the
   configured weights: a fixed, exactly proportional interleaving (weights are fractions
   of rows, i.e. of the token budget), random-access;
-* the global batch at step s is rows [s*B, (s+1)*B) and process p builds only its
-  contiguous share; nothing depends on the process count or on earlier steps, so resuming
-  or re-sharding reproduces the same global batches.
+* the global batch at step s is rows [s*B, (s+1)*B) and a process builds only the rows its
+  devices hold (omni_jax/data/host_rows.py); nothing depends on the process count or on
+  earlier steps, so resuming or re-sharding reproduces the same global batches.
 
-Planning reads each record once (header-only media sizes; `config.data.validate="full"`
-decodes everything) to learn its footprint; records that can never fit a row
-(`over_long`) or fail to parse are skipped and counted against the error budget. Footprints
-are cached under `<data_dir>/omni_jax_plans/` keyed by everything they depend on.
+Planning needs one thing from the records: their footprints (the length index: tokens and
+media budget use, header-only media sizes; `config.data.validate="full"` decodes
+everything). It is measured once per dataset, split over the processes (each reads 1/N of
+the records), merged by process 0 and cached under `<data_dir>/omni_jax_plans/` keyed by
+everything it depends on, written atomically (temp + rename; no file locks, see
+omni_jax/data/shared_files.py); later runs only read it. Records that can never fit a row
+(`over_long`) or fail to parse are skipped and counted against the error budget. Epochs
+are packed lazily from (seed, component, epoch) when their rows are first needed
+(omni_jax/data/epoch_packing.py); a process then reads and decodes only the records of
+its own rows.
 
 Config (`config.data.mixture.<component>`; a stage may replace the whole mixture, or any
 other `config.data` key, with `config.stages.<stage>.data`):
@@ -32,8 +38,8 @@ other `config.data` key, with `config.stages.<stage>.data`):
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
@@ -46,6 +52,8 @@ import grain
 import numpy as np
 
 from omni_jax.data import formats as formats_lib
+from omni_jax.data import shared_files
+from omni_jax.data.epoch_packing import pack_epoch
 from omni_jax.data.errors import DataError, ErrorBudget
 from omni_jax.data.omni_batch import CAPACITY_KEYS, FOOTPRINT_NAMES, OmniShapes
 
@@ -142,20 +150,54 @@ def stage_data(config: Any, stage_name: str | None) -> Any:
 
 # ------------------------------------------------------------------ planning
 class ComponentPlan:
-    """Footprints of one component's records and its packed row stream."""
+    """The length index (footprints) of one component's records and its packed row stream.
+
+    The length index is computed once per dataset and shared through the plan cache:
+    with N processes, process p measures records [p*n/N, (p+1)*n/N) and writes them as a
+    part file; process 0 merges the parts into `<key>.npz` (temp + rename) and the others
+    wait for it (`wait_timeout_s`, then an error naming the path). Epoch plans are derived
+    from (seed, component, epoch) when a row of that epoch is asked for; only the row
+    count of every planned epoch and the last `KEEP_EPOCHS` plans stay in memory. The row
+    counts are cached next to the index by process 0 (`<key>.rows-<packing>.json`), so a
+    run resuming in a late epoch finds where its rows are without packing every earlier
+    epoch again."""
+
+    KEEP_EPOCHS = 2
 
     def __init__(self, index: int, comp: Component, source: Any, ctx: formats_lib.FormatContext,
                  shapes: OmniShapes, seed: int, open_rows: int, budget: ErrorBudget,
                  cache_dir: str | None = None, cache_key: str = "", validate: str = "header",
-                 loader: Any = None):
+                 loader: Any = None, process_index: int = 0, process_count: int = 1,
+                 wait_timeout_s: float = 3600.0):
         self.index, self.comp, self.source, self.ctx, self.shapes = index, comp, source, ctx, shapes
         self.seed, self.open_rows, self.budget = seed, int(open_rows), budget
         self.capacity = shapes.capacity()
         self._lock = threading.Lock()
-        self._epochs: list[list[np.ndarray]] = []
+        self._plans: collections.OrderedDict[int, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
         self._starts = [0]
+        self.reads = 0  # records this process read (planning and building)
         self.tag = int.from_bytes(hashlib.sha1(comp.name.encode()).digest()[:4], "little")
-        self._footprints(cache_dir, cache_key, validate, loader)
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} is not in [0, process_count={process_count})")
+        self.process_index, self.process_count = int(process_index), int(process_count)
+        self._footprints(cache_dir, cache_key, validate, loader, float(wait_timeout_s))
+        self._counts_path, self._known_counts = None, []
+        if cache_dir and cache_key:
+            packing = plan_cache_key(self.seed, comp.name, self.open_rows, self.capacity.tolist(), shapes.seq_len)
+            self._counts_path = os.path.join(cache_dir, f"{cache_key}.rows-{packing}.json")
+            if os.path.exists(self._counts_path):
+                with open(self._counts_path) as f:
+                    self._known_counts = [int(x) for x in json.load(f)]
+
+    def __getstate__(self):  # pickled into grain worker processes: no lock, no error budget
+        state = dict(self.__dict__)
+        state.pop("_lock")
+        state["budget"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     # -- records --
     def rng(self, record: int) -> np.random.Generator:
@@ -165,6 +207,7 @@ class ComponentPlan:
         """(Sample, record id) of record `record`; raises DataError with the id attached."""
         rid = f"#{record}"
         try:
+            self.reads += 1
             rec = self.source[record]
             rid = formats_lib.record_id(rec, record)
             if not isinstance(rec, Mapping):
@@ -193,44 +236,54 @@ class ComponentPlan:
             what = ", ".join(f"{FOOTPRINT_NAMES[i]} {fp[i]} > {CAPACITY_KEYS[i]}={self.capacity[i]}" for i in over)
             raise DataError("over_long", f"sample can never fit a row: {what}", rid)
 
-    def _footprints(self, cache_dir, cache_key, validate, loader) -> None:
-        path = os.path.join(cache_dir, f"{cache_key}.npz") if cache_dir and cache_key else None
-        if path is None:
-            return self._measure(None, validate, loader)
-        os.makedirs(cache_dir, exist_ok=True)
-        with open(path[:-4] + ".lock", "w") as lock:  # one process measures, the others read its result
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    def _measure(self, lo: int, hi: int, validate: str, loader: Any) -> tuple[np.ndarray, list]:
+        """Footprints of records [lo, hi) (-1 rows for skipped records) and their errors."""
+        fp = np.zeros((hi - lo, len(FOOTPRINT_NAMES)), np.int32)
+        errors = []
+        for i in range(lo, hi):
             try:
-                self._measure(path, validate, loader)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                sample, rid = self.format(i)
+                f = self.footprint(sample)
+                self._check_fits(f, rid)
+                if validate == "full":
+                    loader(sample, self.ctx)
+                fp[i - lo] = f
+            except DataError as e:
+                fp[i - lo] = -1
+                errors.append([e.kind, e.message, e.record_id])
+        return fp, errors
 
-    def _measure(self, path, validate, loader) -> None:
+    def _footprints(self, cache_dir, cache_key, validate, loader, timeout) -> None:
         n = len(self.source)
-        if path and os.path.exists(path):
-            with np.load(path) as z:
-                self.fp = z["fp"]
-            errors = json.loads(open(path[:-4] + ".errors.json").read())
+        path = os.path.join(cache_dir, f"{cache_key}.npz") if cache_dir and cache_key else None
+        if path is None:  # in-memory sources: every process measures them (nothing is read from storage)
+            self.fp, errors = self._measure(0, n, validate, loader)
+        elif os.path.exists(path):
+            self.fp, errors = _load_index(path)
+        elif self.process_count == 1:
+            self.fp, errors = self._measure(0, n, validate, loader)
+            _save_index(path, self.fp, errors)
         else:
-            self.fp = np.zeros((n, len(FOOTPRINT_NAMES)), np.int64)
-            errors = []
-            for i in range(n):
-                try:
-                    sample, rid = self.format(i)
-                    fp = self.footprint(sample)
-                    self._check_fits(fp, rid)
-                    if validate == "full":
-                        loader(sample, self.ctx)
-                    self.fp[i] = fp
-                except DataError as e:
-                    self.fp[i] = -1
-                    errors.append([e.kind, e.message, e.record_id])
-            if path:
-                tmp = f"{path}.{os.getpid()}.tmp.npz"
-                np.savez(tmp, fp=self.fp)
-                with open(path[:-4] + ".errors.json", "w") as f:
-                    json.dump(errors, f)
-                os.replace(tmp, path)
+            p, N = self.process_index, self.process_count
+            part = lambda q: f"{path[:-4]}.part{q}of{N}.npz"  # noqa: E731
+            lo, hi = n * p // N, n * (p + 1) // N
+            if not os.path.exists(part(p)):
+                _save_index(part(p), *self._measure(lo, hi, validate, loader))
+            if p == 0:
+                fps, errors = [], []
+                for q in range(N):
+                    shared_files.wait_for(part(q), timeout, f"process {q} of {N} (its share of the length index)")
+                    f, e = _load_index(part(q))
+                    fps.append(f)
+                    errors += e
+                self.fp = np.concatenate(fps)
+                _save_index(path, self.fp, errors)
+                for q in range(N):
+                    _remove(part(q))
+            else:
+                shared_files.wait_for(path, timeout, "process 0 (it merges the length index)")
+                self.fp, errors = _load_index(path)
+                _remove(part(p))
         self.budget.add_seen(n)
         for kind, msg, rid in errors:
             self.budget.record(DataError(kind, msg, rid), component=self.comp.name)
@@ -239,56 +292,68 @@ class ComponentPlan:
             raise ValueError(f"mixture component {self.comp.name!r} ({self.comp.dataset} {self.comp.split}, format "
                              f"{self.comp.format!r}) has no usable records: all {n} were skipped "
                              f"({self.budget.summary()['examples']})")
+        used = self.fp[self.valid].any(axis=0)
+        self._dims = [0] + [i for i in range(1, self.fp.shape[1]) if used[i]]
         self.budget.check()
 
     # -- packing --
-    def _pieces(self, record: int) -> list[tuple[int, int, np.ndarray]]:
-        fp = self.fp[record]
-        T = self.shapes.seq_len
-        if fp[0] <= T:
-            return [(record, -1, fp)]
-        out = []
-        for p, s in enumerate(range(0, int(fp[0]), T)):
-            piece = fp.copy()
-            piece[0] = min(T, fp[0] - s)
-            out.append((record, p, piece))
-        return out
-
-    def _plan_epoch(self, e: int) -> list[np.ndarray]:
+    def _plan_epoch(self, e: int) -> tuple[np.ndarray, np.ndarray]:
         order = self.valid[np.random.default_rng([self.seed, self.tag, 1 << 20, e]).permutation(len(self.valid))]
-        cap = self.capacity
-        closed: list[list] = []
-        open_: list[tuple[np.ndarray, list]] = []
-        for r in order:
-            for rec, piece, fp in self._pieces(int(r)):
-                for used, entries in open_:
-                    if np.all(used + fp <= cap):
-                        used += fp
-                        entries.append((rec, piece))
-                        break
-                else:
-                    if len(open_) >= self.open_rows:
-                        closed.append(open_.pop(0)[1])
-                    open_.append((fp.copy(), [(rec, piece)]))
-                full = [k for k, (used, _) in enumerate(open_) if used[0] >= cap[0]]
-                for k in reversed(full):
-                    closed.append(open_.pop(k)[1])
-        closed.extend(entries for _, entries in open_)
-        return [np.asarray(rows, np.int64).reshape(-1, 2) for rows in closed]
+        return pack_epoch(order, self.fp, self.capacity, self.open_rows, self.shapes.seq_len, self._dims)
+
+    def _epoch(self, e: int) -> tuple[np.ndarray, np.ndarray]:
+        plan = self._plans.get(e)
+        if plan is None:
+            plan = self._plans[e] = self._plan_epoch(e)
+            while len(self._plans) > self.KEEP_EPOCHS:
+                self._plans.popitem(last=False)
+        else:
+            self._plans.move_to_end(e)
+        return plan
 
     def row(self, j: int) -> np.ndarray:
         """Entries (record, piece; piece -1 = whole sample) of row j of the endless stream."""
         with self._lock:
             while self._starts[-1] <= j:
-                rows = self._plan_epoch(len(self._epochs))
-                self._epochs.append(rows)
-                self._starts.append(self._starts[-1] + len(rows))
+                e = len(self._starts) - 1
+                if e < len(self._known_counts):
+                    count = self._known_counts[e]
+                else:
+                    count = len(self._epoch(e)[1]) - 1
+                    self._known_counts.append(count)
+                    if self._counts_path and self.process_index == 0:
+                        counts = list(self._known_counts)
+                        shared_files.write_atomic(self._counts_path, lambda tmp: _write_json(tmp, counts))
+                self._starts.append(self._starts[-1] + count)
             e = int(np.searchsorted(self._starts, j, side="right")) - 1
-            return self._epochs[e][j - self._starts[e]]
+            entries, offsets = self._epoch(e)
+            k = j - self._starts[e]
+            return entries[offsets[k]:offsets[k + 1]]
 
     def rows_per_epoch(self) -> int:
         self.row(0)
         return self._starts[1]
+
+
+def _write_json(path: str, obj: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
+def _save_index(path: str, fp: np.ndarray, errors: list) -> None:
+    shared_files.write_atomic(path, lambda tmp: np.savez(tmp, fp=fp, errors=np.array(json.dumps(errors))))
+
+
+def _load_index(path: str) -> tuple[np.ndarray, list]:
+    with np.load(path) as z:
+        return z["fp"], json.loads(str(z["errors"]))
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 class ComponentRows(grain.MapDataset):

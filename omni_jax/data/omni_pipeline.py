@@ -16,7 +16,14 @@ with a clear message once the error budget is exceeded.
 tokenizer {kind, path, vocab_size}, system, shapes {...}, media {...},
 errors {max_fraction, max_count, min_samples, log_first}, packing {open_rows},
 tts {kind: "builtin" | "espeak" | "python:module:factory", num_voices, seed, args}, validate
-("header" | "full"), num_threads, prefetch.
+("header" | "full"), num_threads, prefetch, num_workers (grain worker processes that build
+batches: 0 = threads of this process; worth it when decoding media dominates, see
+benchmarks/data_planning.py), wait_timeout_s (how long a process waits for a file
+another process writes: the shared length index, a dataset being prepared).
+
+Per host: a process reads the records of its share of the length index (planning) and of
+the rows it feeds (building), nothing else; which rows it feeds comes from the mesh
+(`rows=`, omni_jax/data/host_rows.py) or is its contiguous share of the batch.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import numpy as np
 from omni_jax.data import formats as formats_lib
 from omni_jax.data import omni_batch
 from omni_jax.data.errors import DataError, ErrorBudget
-from omni_jax.data.iterator import StepIndexedIterator, process_rows
+from omni_jax.data.iterator import StepIndexedIterator, local_rows
 from omni_jax.data.layout import Sample, speech_targets
 from omni_jax.data.media_io import MediaConfig, frames_to_tokens
 from omni_jax.data.mixture import ComponentPlan, mixed_rows, parse_mixture, plan_cache_key, stage_data
@@ -45,7 +52,8 @@ from omni_jax.data.tokenizer import make_tokenizer
 log = logging.getLogger("omni_jax.data")
 
 DATA_KEYS = {"seq_len", "seed", "data_dir", "tokenizer", "system", "shapes", "media", "errors", "packing", "tts",
-             "validate", "num_threads", "prefetch", "mixture", "num_documents", "corpus_seed"}
+             "validate", "num_threads", "prefetch", "mixture", "num_documents", "corpus_seed", "num_workers",
+             "wait_timeout_s"}
 
 
 # ------------------------------------------------------------------ media loading
@@ -204,7 +212,8 @@ def data_tokenizer(config: Any, d: Any):
 class OmniPipeline:
     """Plans (once) and builds global rows of omni batches for one data config."""
 
-    def __init__(self, config: Any, stage: str | None = None, *, data: Any = None):
+    def __init__(self, config: Any, stage: str | None = None, *, data: Any = None, process_index: int = 0,
+                 process_count: int = 1):
         d = data if data is not None else stage_data(config, stage)
         unknown = sorted(set(d.keys()) - DATA_KEYS)
         if unknown:
@@ -238,29 +247,37 @@ class OmniPipeline:
         open_rows = int(dict(d.get("packing", {}) or {}).get("open_rows", 8))
         tok_desc = (type(self.tokenizer).__name__, self.tokenizer.vocab_size,
                     dict(d.get("tokenizer", {}) or {}).get("path"))
+        wait_s = float(d.get("wait_timeout_s", 3600.0))
         self.plans: list[ComponentPlan] = []
         self.contexts = []
         for k, c in enumerate(self.components):
-            src = open_source(c.dataset, c.split, data_dir, dict(c.source_options))
+            src = open_source(c.dataset, c.split, data_dir, dict(c.source_options), prepare_here=process_index == 0,
+                              wait_timeout_s=wait_s)
             ctx = formats_lib.FormatContext(
                 tokenizer=self.tokenizer, media=self.media, chunk_samples=self.shapes.chunk_samples,
                 system=c.system if c.system is not None else str(d.get("system", "") or ""),
                 prompts=c.prompts, fields=dict(c.fields), tts=self.tts)
             cacheable = not c.dataset.startswith("memory:") and c.dataset != "text_corpus"
-            key = plan_cache_key("footprints-v2", c.dataset, c.split, len(src), _source_stamp(src),
+            key = plan_cache_key("footprints-v3", c.dataset, c.split, len(src), _source_stamp(src),
                                  dataclasses.asdict(c), ctx.system, tok_desc, dataclasses.asdict(self.shapes),
                                  dataclasses.asdict(self.media), self.seed, _tts_desc(self.tts), validate)
             self.plans.append(ComponentPlan(
                 k, c, src, ctx, self.shapes, self.seed, open_rows, self.plan_errors,
                 cache_dir=os.path.join(root, "omni_jax_plans") if cacheable else None, cache_key=key,
-                validate=validate, loader=lambda s, cx: load_media(s, cx, self.shapes.speech_wave_rate)))
+                validate=validate, loader=lambda s, cx: load_media(s, cx, self.shapes.speech_wave_rate),
+                process_index=process_index, process_count=process_count, wait_timeout_s=wait_s))
             self.contexts.append(ctx)
         self.rows = mixed_rows(self.plans)
         # what the batches depend on (not where the files are, threads or the error budget)
         plain = d.to_dict() if hasattr(d, "to_dict") else dict(d)
-        ignore = ("data_dir", "num_threads", "prefetch", "errors", "validate")
+        ignore = ("data_dir", "num_threads", "prefetch", "errors", "validate", "num_workers", "wait_timeout_s")
         desc = {k: v for k, v in plain.items() if k not in ignore}
         self.fingerprint_base = json.dumps(desc, sort_keys=True, default=str)
+
+    def __getstate__(self):  # pickled into grain worker processes, which only build rows
+        state = dict(self.__dict__)
+        state["plan_errors"] = state["build_errors"] = None
+        return state
 
     # -- rows --
     def build_rows(self, row_indices: Sequence[int]) -> dict[str, Any]:
@@ -294,7 +311,7 @@ class OmniPipeline:
                     raise
                 except Exception as e:  # a decoder failing in an unforeseen way: skip, count, report
                     errors.append((plan.comp.name, DataError("invalid", f"{type(e).__name__}: {e}", rid)))
-        out["_errors"] = errors
+        out["_errors"] = [(comp, e.kind, e.message, e.record_id) for comp, e in errors]
         out["_samples"] = built + len(errors)
         return out
 
@@ -353,8 +370,8 @@ class OmniIterator(StepIndexedIterator):
         errors = batch.pop("_errors", [])
         budget = self.pipeline.build_errors
         budget.add_seen(int(batch.pop("_samples", 0)))
-        for comp, e in errors:
-            budget.record(e, component=comp)
+        for comp, kind, message, rid in errors:
+            budget.record(DataError(kind, message, rid), component=comp)
         budget.check()
         return batch
 
@@ -379,20 +396,21 @@ class OmniIterator(StepIndexedIterator):
 
 def make_omni_iterator(config: Any, *, stage: str | None = None, start_step: int = 0, process_index: int = 0,
                        process_count: int = 1, fields: Sequence[str] | None = None,
-                       pipeline: OmniPipeline | None = None) -> OmniIterator:
-    """Step-indexed iterator over this process's rows of the global omni batches."""
-    pipe = pipeline or OmniPipeline(config, stage)
+                       pipeline: OmniPipeline | None = None, rows: Sequence[int] | None = None) -> OmniIterator:
+    """Step-indexed iterator over this process's rows of the global omni batches: `rows`
+    (global batch rows, omni_jax/data/host_rows.py) or its contiguous share."""
+    pipe = pipeline or OmniPipeline(config, stage, process_index=process_index, process_count=process_count)
     B = int(config.train.batch_size)
-    mine = process_rows(B, process_index, process_count)
+    mine = local_rows(B, process_index, process_count, rows)
     keep = None if fields is None else set(fields) | {"_errors", "_samples"}
 
     def local_batch(step: int):
-        rows = range(step * B + mine.start, step * B + mine.stop)
-        batch = pipe.build_rows(rows)
+        batch = pipe.build_rows(step * B + mine)
         return batch if keep is None else {k: v for k, v in batch.items() if k in keep}
 
     fp = hashlib.sha1(f"{pipe.fingerprint_base}|B={B}|stage={stage}".encode()).hexdigest()[:12]
     d = pipe.data
     log.info("omni data (stage %s):\n%s", stage, pipe.describe())
     return OmniIterator(pipe, local_batch, start_step=start_step, fingerprint=fp,
-                        num_threads=int(d.get("num_threads", 1)), prefetch=int(d.get("prefetch", 2)))
+                        num_threads=int(d.get("num_threads", 1)), prefetch=int(d.get("prefetch", 2)),
+                        num_workers=int(d.get("num_workers", 0)))

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from omni_jax.data.iterator import StepIndexedIterator, process_rows
+from omni_jax.data.iterator import StepIndexedIterator, local_rows
 from omni_jax.data.audio_features import log_mel_24k_np
 from omni_jax.ops.mel_jax import VOCODER_HOP, VOCODER_SAMPLE_RATE
 
@@ -101,25 +101,32 @@ class SyntheticVoiceSet:
 
 
 def _iterator(make_batch, fingerprint: str, batch_size: int, *, start_step: int, process_index: int,
-              process_count: int) -> StepIndexedIterator:
-    mine = process_rows(batch_size, process_index, process_count)
+              process_count: int, rows=None) -> StepIndexedIterator:
+    mine = local_rows(batch_size, process_index, process_count, rows)
+    runs = np.split(mine, np.flatnonzero(np.diff(mine) != 1) + 1)  # contiguous runs of rows
     fp = hashlib.sha1(fingerprint.encode()).hexdigest()[:12]
-    return StepIndexedIterator(lambda step: make_batch(step * batch_size + mine.start, mine.stop - mine.start),
-                               start_step=start_step, fingerprint=fp)
+
+    def local_batch(step: int) -> dict[str, np.ndarray]:
+        parts = [make_batch(step * batch_size + int(r[0]), len(r)) for r in runs]
+        return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    return StepIndexedIterator(local_batch, start_step=start_step, fingerprint=fp)
 
 
-def make_mel_iterator(config: Any, *, start_step: int, process_index: int, process_count: int) -> StepIndexedIterator:
+def make_mel_iterator(config: Any, *, start_step: int, process_index: int, process_count: int,
+                      rows=None) -> StepIndexedIterator:
     d, m = config.data, config.model.flow_matching
     ds = SyntheticMelSet(n_mels=m.n_mels, cond_dim=m.prenet_in_dim, max_frames=d.max_frames,
                          num_units=d.num_units, corpus_seed=d.corpus_seed, seed=d.seed)
     fp = repr(("mel", m.n_mels, m.prenet_in_dim, d.max_frames, d.num_units, d.corpus_seed, d.seed, config.train.batch_size))
     return _iterator(ds.batch, fp, config.train.batch_size, start_step=start_step, process_index=process_index,
-                     process_count=process_count)
+                     process_count=process_count, rows=rows)
 
 
-def make_voice_iterator(config: Any, *, start_step: int, process_index: int, process_count: int) -> StepIndexedIterator:
+def make_voice_iterator(config: Any, *, start_step: int, process_index: int, process_count: int,
+                        rows=None) -> StepIndexedIterator:
     d = config.data
     ds = SyntheticVoiceSet(frames=d.frames, seed=d.seed)
     fp = repr(("voice", d.frames, d.seed, config.train.batch_size))
     return _iterator(ds.batch, fp, config.train.batch_size, start_step=start_step, process_index=process_index,
-                     process_count=process_count)
+                     process_count=process_count, rows=rows)

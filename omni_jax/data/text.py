@@ -6,7 +6,7 @@ corpus_seed, num_documents, tokenizer) becomes a mixture with the generated text
 as its only component, packed sequentially (one open row, like `packing.pack`), documents
 longer than a row cut into row-sized pieces. Epoch e packs the documents in the order of a
 permutation seeded by (seed, e); the global batch at step s is rows [s*B, (s+1)*B) of that
-endless stream, and every process builds only its share.
+endless stream, and every process builds only its rows (`rows`, or its contiguous share).
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ def corpus_data_config(d: Any) -> ml_collections.ConfigDict:
     ))
 
 
-def make_text_iterator(config: Any, *, start_step: int, process_index: int, process_count: int) -> StepIndexedIterator:
+def make_text_iterator(config: Any, *, start_step: int, process_index: int, process_count: int,
+                       rows: Any = None) -> StepIndexedIterator:
     from omni_jax.data.omni_batch import TEXT_FIELDS
     from omni_jax.data.omni_pipeline import OmniPipeline, make_omni_iterator
 
-    pipe = OmniPipeline(config, data=corpus_data_config(config.data))
+    pipe = OmniPipeline(config, data=corpus_data_config(config.data), process_index=process_index,
+                        process_count=process_count)
     return make_omni_iterator(config, start_step=start_step, process_index=process_index,
-                              process_count=process_count, fields=TEXT_FIELDS, pipeline=pipe)
+                              process_count=process_count, fields=TEXT_FIELDS, pipeline=pipe, rows=rows)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from omni_jax.data.iterator import StepIndexedIterator, process_rows
+from omni_jax.data.iterator import StepIndexedIterator, local_rows
 from omni_jax.data.speech_synth import BuiltinTTS
 from omni_jax.data.text_corpus import generate_documents
 from omni_jax.data.tokenizer import make_tokenizer
@@ -79,7 +79,7 @@ class UtteranceBank:
 
 
 def make_tokenizer_iterator(config: Any, *, start_step: int, process_index: int,
-                            process_count: int) -> StepIndexedIterator:
+                            process_count: int, rows=None) -> StepIndexedIterator:
     d = config.data
     tok = make_tokenizer(d.tokenizer.kind, config.model.llm.vocab_size, d.tokenizer.get("path"))
     max_samples = int(round(d.chunk_seconds * 16000))
@@ -88,17 +88,17 @@ def make_tokenizer_iterator(config: Any, *, start_step: int, process_index: int,
     bank = UtteranceBank(num_utterances=d.num_utterances, max_samples=max_samples, max_text_tokens=d.max_text_tokens,
                          tokenizer=tok, corpus_seed=d.corpus_seed, num_voices=d.num_voices)
     B = config.train.batch_size
-    mine = process_rows(B, process_index, process_count)
+    mine = local_rows(B, process_index, process_count, rows)
     U = len(bank)
     fp = hashlib.sha1(repr((d.num_utterances, d.corpus_seed, d.seed, d.chunk_seconds, d.max_text_tokens,
                             d.num_voices, B, d.tokenizer.kind)).encode()).hexdigest()[:12]
 
     def local_batch(step: int) -> dict[str, np.ndarray]:
-        n = mine.stop - mine.start
+        n = len(mine)
         out = dict(waveform=np.zeros((n, max_samples), np.float32), num_samples=np.zeros((n,), np.int32),
                    text=np.zeros((n, d.max_text_tokens), np.int32), text_lengths=np.zeros((n,), np.int32),
                    stage_step=np.full((n,), step, np.int32))
-        for j, r in enumerate(range(step * B + mine.start, step * B + mine.stop)):
+        for j, r in enumerate((step * B + mine).tolist()):
             perm = np.random.default_rng([d.seed, r // U]).permutation(U)
             wav, ids, _ = bank.get(int(perm[r % U]))
             out["waveform"][j, : len(wav)] = wav

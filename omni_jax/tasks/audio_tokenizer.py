@@ -231,11 +231,11 @@ class AudioTokenizerTask(Task):
         new, metrics = ema_update(state["audio_bridge"], stats, self.cfg.bridge)
         return {"audio_bridge": new}, metrics
 
-    def make_data(self, stage, *, start_step, process_index, process_count):
+    def make_data(self, stage, *, start_step, process_index, process_count, rows=None):
         from omni_jax.data.tokenizer_data import make_tokenizer_iterator
 
         return make_tokenizer_iterator(self.config, start_step=start_step, process_index=process_index,
-                                       process_count=process_count)
+                                       process_count=process_count, rows=rows)
 
     # ---- PyTorch checkpoints (the release layout) ----
 

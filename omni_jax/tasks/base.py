@@ -53,8 +53,9 @@ class Task(abc.ABC):
         ...
 
     @abc.abstractmethod
-    def make_data(self, stage: Any, *, start_step: int, process_index: int, process_count: int):
-        ...
+    def make_data(self, stage: Any, *, start_step: int, process_index: int, process_count: int, rows: Any = None):
+        """The stage's step-indexed iterator over this process's batch rows: `rows` (global
+        rows from omni_jax/data/host_rows.py) or, when None, its contiguous share."""
 
     def import_params(self, path: str, abstract_params: Any) -> Any:  # pragma: no cover
         raise NotImplementedError(f"{type(self).__name__} cannot import PyTorch weights")

@@ -58,11 +58,11 @@ class FlowMatchingTask(Task):
         return loss, {"loss": loss, "cfm_loss": cfm, "prior_loss": prior, "prior_mae": s["prior_abs"] / norms["values"],
                       "frames": batch["mel_mask"].sum()}
 
-    def make_data(self, stage, *, start_step, process_index, process_count):
+    def make_data(self, stage, *, start_step, process_index, process_count, rows=None):
         from omni_jax.data.synthetic_speech import make_mel_iterator
 
         return make_mel_iterator(self.config, start_step=start_step, process_index=process_index,
-                                 process_count=process_count)
+                                 process_count=process_count, rows=rows)
 
     def import_params(self, path, abstract_params):
         """A safetensors checkpoint with the release names (the full omni checkpoint or just the

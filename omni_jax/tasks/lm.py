@@ -60,18 +60,18 @@ class LanguageModelTask(Task):
             metrics["z_loss"] = z / norms["tokens"]
         return loss, metrics
 
-    def make_data(self, stage, *, start_step, process_index, process_count):
+    def make_data(self, stage, *, start_step, process_index, process_count, rows=None):
         if "mixture" in self.config.data:  # a multi-dataset text mixture (omni_jax/data/mixture.py)
             from omni_jax.data.omni_batch import TEXT_FIELDS
             from omni_jax.data.omni_pipeline import make_omni_iterator
 
             return make_omni_iterator(self.config, stage=getattr(stage, "name", None), start_step=start_step,
                                       process_index=process_index, process_count=process_count,
-                                      fields=TEXT_FIELDS)
+                                      fields=TEXT_FIELDS, rows=rows)
         from omni_jax.data.text import make_text_iterator
 
         return make_text_iterator(self.config, start_step=start_step,
-                                  process_index=process_index, process_count=process_count)
+                                  process_index=process_index, process_count=process_count, rows=rows)
 
     def import_params(self, path, abstract_params):
         from omni_jax.convert import qwen2 as conv

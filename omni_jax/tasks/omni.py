@@ -143,18 +143,18 @@ class OmniTask(Task):
 
     # ---- data ----
 
-    def make_data(self, stage, *, start_step, process_index, process_count):
+    def make_data(self, stage, *, start_step, process_index, process_count, rows=None):
         from omni_jax.data.formats import mixture_needs
         from omni_jax.data.omni_pipeline import OmniPipeline, make_omni_iterator
 
-        pipe = OmniPipeline(self.config, stage.name)
+        pipe = OmniPipeline(self.config, stage.name, process_index=process_index, process_count=process_count)
         needs = set(mixture_needs(pipe.data.get("mixture")))
         if not needs <= set(self.modalities):
             raise ValueError(f"stage {stage.name}: its data mixture uses {sorted(needs)} but its batches carry only "
                              f"{list(self.modalities)}: set config.stages.{stage.name}.task_config.modalities to "
                              f"{sorted(needs | set(self.modalities))}")
         return make_omni_iterator(self.config, stage=stage.name, start_step=start_step, process_index=process_index,
-                                  process_count=process_count, fields=self.fields, pipeline=pipe)
+                                  process_count=process_count, fields=self.fields, pipeline=pipe, rows=rows)
 
     # ---- evaluation and weights ----
 

@@ -93,11 +93,11 @@ class VocoderTask(Task):
         loss = self.mel_w * mel + self.stft_w * st + self.f0_w * f0
         return loss, {"loss": loss, "mel_l1": mel, "mr_stft": st, "f0_l1": f0}
 
-    def make_data(self, stage, *, start_step, process_index, process_count):
+    def make_data(self, stage, *, start_step, process_index, process_count, rows=None):
         from omni_jax.data.synthetic_speech import make_voice_iterator
 
         return make_voice_iterator(self.config, start_step=start_step, process_index=process_index,
-                                   process_count=process_count)
+                                   process_count=process_count, rows=rows)
 
     def import_params(self, path, abstract_params):
         """A HiFT state dict in safetensors (weight-normed or folded names)."""

@@ -35,6 +35,7 @@ from flax import linen as nn
 from tqdm import tqdm
 
 from omni_jax import sharding as shd
+from omni_jax.data.host_rows import process_batch_rows
 from omni_jax.train import step as step_lib
 from omni_jax.train.checkpoint import Checkpointer
 from omni_jax.train.metrics import MetricsWriter
@@ -275,7 +276,8 @@ def _run_stage(run: _Run, progress: _Progress, metrics_log: MetricsWriter, stop:
         progress.state = _enter_stage(progress.state, stage, opt, layout)
     train_step = step_lib.make_train_step(stage_task, opt, layout, microbatches=config.train.microbatches)
     data = stage_task.make_data(stage, start_step=progress.stage_step, process_index=jax.process_index(),
-                                process_count=jax.process_count())
+                                process_count=jax.process_count(),
+                                rows=process_batch_rows(layout.batch_shardings, config.train.batch_size))
     if progress.data_state is not None:
         data.set_state(progress.data_state)
     progress.data_state = None

@@ -28,15 +28,15 @@ Builders (features):
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import os
+import shutil
 from typing import Any, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from omni_jax.data import default_dataset
+from omni_jax.data import default_dataset, shared_files
 
 VERSION = tfds.core.Version("1.0.0")
 
@@ -169,22 +169,38 @@ def default_data_dir() -> str:
     return os.environ.get("OMNI_JAX_DATA_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "omni_jax", "datasets")
 
 
-def prepare(spec: str, data_dir: str | None = None, config: tfds.core.BuilderConfig | None = None) -> OmniBuilder:
-    """The builder for "name[/config]" under `data_dir`, generated if missing (with a
-    file lock, so concurrent processes generate it once)."""
+def prepare(spec: str, data_dir: str | None = None, config: tfds.core.BuilderConfig | None = None, *,
+            wait: bool = False, wait_timeout_s: float = 3600.0) -> OmniBuilder:
+    """The builder for "name[/config]" under `data_dir`, generated if missing.
+
+    No file locks (unreliable on network filesystems): a generating process builds the
+    dataset under a private temporary data dir next to it and renames the finished
+    version directory into place; if another process got there first, its copy is kept
+    and ours discarded. With `wait=True` (processes other than 0 of a run) this process
+    does not generate; it waits up to `wait_timeout_s` for process 0's copy."""
     data_dir = data_dir or default_data_dir()
     name, _, cfg_name = spec.partition("/")
     cls = builder_class(name)
     kwargs = {"config": config} if config is not None else {"config": cfg_name or cls.DEFAULT_CONFIG_NAME}
     builder = cls(data_dir=data_dir, file_format="array_record", **kwargs)
-    if not os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")):
-        os.makedirs(data_dir, exist_ok=True)
-        with open(os.path.join(data_dir, f".{name}.lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                builder = cls(data_dir=data_dir, file_format="array_record", **kwargs)
-                tfds.disable_progress_bar()
-                builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-    return builder
+    info = os.path.join(builder.data_dir, "dataset_info.json")
+    if os.path.exists(info):
+        return builder
+    if wait:
+        shared_files.wait_for(info, wait_timeout_s, f"process 0 prepares {spec}")
+        return cls(data_dir=data_dir, file_format="array_record", **kwargs)
+    os.makedirs(data_dir, exist_ok=True)
+    tmp_root = shared_files.temp_name(os.path.join(data_dir, f"{name}.prepare"))
+    try:
+        tmp = cls(data_dir=tmp_root, file_format="array_record", **kwargs)
+        tfds.disable_progress_bar()
+        tmp.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
+        os.makedirs(os.path.dirname(builder.data_dir), exist_ok=True)
+        try:
+            os.rename(tmp.data_dir, builder.data_dir)  # atomic; fails if another process renamed first
+        except OSError:
+            if not os.path.exists(info):
+                raise
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return cls(data_dir=data_dir, file_format="array_record", **kwargs)
