@@ -162,7 +162,7 @@ def train(config, workdir: str) -> dict[str, Any]:
             step = starts[si] + stage_step
             bar = tqdm(total=stage.steps, initial=stage_step, desc=stage.name, unit="step",
                        disable=jax.process_index() != 0 or not config.train.get("progress_bar", True))
-            t_last, n_acc = time.perf_counter(), 0
+            t_last, n_acc, real_acc = time.perf_counter(), 0, 0.0
             tokens_per_step = int(np.prod(layout.batch_abstract["tokens"].shape[:2])) if "tokens" in layout.batch_abstract else 0
             while stage_step < stage.steps:
                 if stop.signum is not None:
@@ -177,17 +177,21 @@ def train(config, workdir: str) -> dict[str, Any]:
                 stage_step += 1
                 step += 1
                 n_acc += 1
+                if "real_tokens" in metrics:  # summed on device: no host sync per step
+                    real_acc = real_acc + metrics["real_tokens"]
                 bar.update(1)
                 if stage_step % config.train.log_every == 0 or stage_step == stage.steps:
                     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     dt = time.perf_counter() - t_last
                     m["step_time_s"] = dt / n_acc
-                    m["tokens_per_s"] = tokens_per_step * n_acc / dt if dt > 0 else 0.0
+                    # tokens_per_s: real tokens (segment id > 0); padded_tokens_per_s: every slot of the batch
+                    m["padded_tokens_per_s"] = tokens_per_step * n_acc / dt if dt > 0 else 0.0
+                    m["tokens_per_s"] = float(real_acc) / dt if dt > 0 else 0.0
                     m.update({f"lr/{g}": v for g, v in learning_rates(stage, stage_step - 1).items()})
                     metrics_log.write(step, m, stage=stage.name)
                     bar.set_postfix(loss=f"{m.get('loss', m['objective']):.4f}")
                     last = m
-                    t_last, n_acc = time.perf_counter(), 0
+                    t_last, n_acc, real_acc = time.perf_counter(), 0, 0.0
                 if stage_step % config.checkpoint.every == 0 or stage_step == stage.steps:
                     if ckpt.save(step, state, _meta(config, stage, si, stage_step, step), data.get_state(),
                                  force=stage_step == stage.steps):
