@@ -129,7 +129,7 @@ def synthesizer(task, params, state):
     from omni_jax.models.audio_tokenizer import AudioTokenizer
 
     m = task.model
-    tok_vars = m._tokenizer_vars(params, state)
+    tok_vars = m.tokenizer_variables(params, state)
     hidden = jax.jit(lambda v, c, n: m.tokenizer.apply(v, c, n, method=AudioTokenizer.hidden_states_before_dconv2))
 
     def codes_to_hidden(codes: np.ndarray):
