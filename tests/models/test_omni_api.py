@@ -30,7 +30,7 @@ def setup():
     ap, ast = oc.abstract_variables(cfg)
     rs = np.random.RandomState(0)
     params = jax.tree.map(lambda a: (0.05 * rs.randn(*a.shape)).astype(a.dtype), ap)
-    state = jax.tree.map(lambda a: rs.randn(*a.shape).astype(a.dtype), ast)  # codewords on the features' scale
+    state = jax.tree.map(lambda a: (0.05 * rs.randn(*a.shape)).astype(a.dtype), ast)  # on the features' scale
     m = Omni15(cfg)
     mels, lengths = [], []
     for k, sec in enumerate(CLIP_SECONDS):
@@ -78,6 +78,8 @@ def test_release_length_rules(setup):
     states, enc_len = jax.jit(s["m"].encode_audio_states)(s["params"], s["state"], s["mels"], s["lengths"])
     assert enc_len.tolist() == [116, 206] and states.shape == (2, 1500, s["cfg"].audio.encoder.d_model)
     assert not s["codes"][0, 29:].any() and valid_codes(s["codes"], s["clen"]).shape == (80, 8)
+    v = valid_codes(s["codes"], s["clen"])
+    assert len(np.unique(v, axis=0)) > 10 and len(np.unique(v[:, 0])) > 3  # informative codes
 
 
 def test_forward_release_style_equals_the_batch_path(setup):
