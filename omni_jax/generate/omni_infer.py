@@ -71,9 +71,10 @@ def release_audio_rules(directory: str) -> tuple[int, int]:
     piece shorter than n_fft dropped. Settings this pipeline does not implement are named."""
     with open(os.path.join(directory, "config.json")) as fh:
         a = json.load(fh).get("audio_config", {})
-    seconds, rate, hop = int(a.get("max_audio_seconds", 30)), int(a.get("sampling_rate", 16000)), int(a.get("hop_length", 160))
-    bad = [f"{k}={a.get(k)} (supported: {v})" for k, v in (("sampling_rate", 16000), ("hop_length", 160), ("n_fft", 400))
-           if k in a and a[k] != v]
+    seconds = int(a.get("max_audio_seconds", 30))
+    rate, hop = int(a.get("sampling_rate", 16000)), int(a.get("hop_length", 160))
+    supported = (("sampling_rate", 16000), ("hop_length", 160), ("n_fft", 400))
+    bad = [f"{k}={a.get(k)} (supported: {v})" for k, v in supported if k in a and a[k] != v]
     if a.get("split_overlap", 0) not in (0, 0.0, None) and a.get("split_overlap", 0) >= 0:
         bad.append(f"split_overlap={a['split_overlap']} (supported: 0, chunks without overlap)")
     if not 0 < seconds * rate // hop <= 3000:

@@ -124,6 +124,14 @@ def place(x: Array, buffer: Array, index: Array) -> Array:
     return jnp.where((index >= 0)[..., None], gather(buffer, index).astype(x.dtype), x)
 
 
+def place_in_order(x: Array, input_ids: Array, embeds: Array, pad_id: int) -> Array:
+    """The release's placement (release_inputs.py): x (B, T, D) with the k-th `pad_id` of the batch
+    (row-major) replaced by embeds[k] ((N, D), N >= 1); `place` on the flattened batch."""
+    b, t, d = x.shape
+    index = release_inputs.placeholder_index(input_ids, pad_id)
+    return place(x.reshape(1, b * t, d), embeds[None], index).reshape(b, t, d)
+
+
 class Omni15:
     """The 1.5 model as modules + functions over `params` (a dict keyed by COMPONENTS) and the
     model state `{"audio_bridge": vq_stats}`."""
@@ -279,13 +287,15 @@ class Omni15:
             if p is not None:
                 p = jnp.asarray(p)
                 release_inputs.vision_layout(g, p.shape[0])  # the grids must match the patches
-                media[name] = (p.shape[0] // self.cfg.vision.spatial_merge_size ** 2, lambda p=p, g=g: self.embed_vision(params, p, g))
+                n = p.shape[0] // self.cfg.vision.spatial_merge_size ** 2
+                media[name] = (n, lambda p=p, g=g: self.embed_vision(params, p, g))
         for name in ("audio", "image", "video"):
             release_inputs.check_count(input_ids, ids[name], media.get(name, (0,))[0], name)
         input_ids = jnp.asarray(input_ids, jnp.int32)
         x = self.llm.apply({"params": params["llm"]}, input_ids, method=Qwen2LM.embed)
-        for name, (_, embed) in media.items():
-            x = release_inputs.place_in_order(x, input_ids, embed(), ids[name])
+        for name, (count, embed) in media.items():
+            if count:
+                x = place_in_order(x, input_ids, embed(), ids[name])
         return x
 
     def hidden_release_style(self, params, state, input_ids: Array, **media) -> Array:
@@ -302,7 +312,8 @@ class Omni15:
         -> logits (B, T, vocab). input_ids (B, T): unpadded rows; placements, 1-D positions
         (arange(T) per row) and one causal segment per row are built here (release_style_embeddings).
         placeholders: {audio, image, video} token ids if not the release's (a byte-tokenizer model).
-        Grids are host values; under jax.jit pass them as static arguments."""
+        Grids are host values: under jax.jit close over them (functools.partial / a lambda); the
+        placeholder counts are checked only when input_ids is concrete."""
         h = self.hidden_release_style(params, state, input_ids, audio_codes=audio_codes, images=images, grid=grid,
                                       videos=videos, video_grid=video_grid, placeholders=placeholders)
         return self.logits(params, h)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omni_jax.models import release_inputs
-from omni_jax.models.omni import check_fit, parts_from_config, place
+from omni_jax.models.omni import check_fit, parts_from_config, place, place_in_order
 from omni_jax.models.release_inputs import placeholder_ids
 from omni_jax.models.qwen2 import Qwen2Config, Qwen2LM
 from omni_jax.models.siglip import SiglipConfig
@@ -234,7 +234,7 @@ class OmniV1:
         x = self.llm.apply({"params": params["llm"]}, input_ids, method=Qwen2LM.embed)
         for name, (count, embed) in media.items():
             if count:
-                x = release_inputs.place_in_order(x, input_ids, embed(), ids[name])
+                x = place_in_order(x, input_ids, embed(), ids[name])
         return x
 
     def hidden_release_style(self, params, state, input_ids: Array, **media) -> Array:

@@ -16,8 +16,8 @@ media of the whole batch as flat lists, and builds everything else itself:
              floor(that / 4) codes (`inference_output_length`); `audios_tokens` is the valid
              codes of every chunk, concatenated (`valid_codes`).
 
-Everything here is host-side (numpy) bookkeeping or a jnp gather; the model parts stay in
-omni.py / omni_v1.py. The vision positions reuse the data pipeline's `patch_positions`
+Everything here is host-side (numpy) bookkeeping or a jnp index; the model parts and the one
+placement function (`place`, `place_in_order`) stay in omni.py. The vision positions reuse the data pipeline's `patch_positions`
 (transformers' merge-window order).
 """
 
@@ -65,14 +65,12 @@ def check_count(input_ids, pad_id: int, count: int, modality: str) -> None:
                          f"embeddings were given; each placeholder takes exactly one embedding")
 
 
-def place_in_order(x: Array, input_ids: Array, embeds: Array, pad_id: int) -> Array:
-    """x (B, T, D) with the k-th `pad_id` position (row-major over the batch) set to embeds[k]
-    ((N, D)): the release's `get_multimodal_embed`."""
-    b, t, d = x.shape
-    mask = (input_ids == pad_id).reshape(-1)
-    k = jnp.cumsum(mask) - 1
-    rows = jnp.take(embeds, jnp.clip(k, 0, max(embeds.shape[0] - 1, 0)), axis=0).astype(x.dtype)
-    return jnp.where(mask[:, None], rows, x.reshape(b * t, d)).reshape(b, t, d)
+def placeholder_index(input_ids: Array, pad_id: int) -> Array:
+    """(1, B * T) gather index of the release's `get_multimodal_embed`: the k-th `pad_id` position
+    of the batch (row-major over rows, positions) -> k, -1 elsewhere. With omni.py `place` on the
+    flattened batch it puts the k-th embedding there."""
+    mask = (jnp.asarray(input_ids) == pad_id).reshape(1, -1)
+    return jnp.where(mask, jnp.cumsum(mask, axis=1) - 1, -1).astype(jnp.int32)
 
 
 def positions_and_segments(input_ids: Array) -> tuple[Array, Array]:

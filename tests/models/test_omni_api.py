@@ -104,7 +104,8 @@ def test_forward_release_style_equals_the_batch_path(setup):
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
     h_batch, _ = jax.jit(m.hidden)(s["params"], s["state"], batch)
     media = _release_media(s)
-    both = lambda p, st, ids, **kw: (m.hidden_release_style(p, st, ids, **kw), m.forward_release_style(p, st, ids, **kw))
+    both = lambda p, st, ids, **kw: (m.hidden_release_style(p, st, ids, **kw),
+                                     m.forward_release_style(p, st, ids, **kw))
     h, logits = _jitted(both, media)(s["params"], s["state"], ids)
     d_h = float(jnp.abs(h - h_batch).max())
     d_l = float(jnp.abs(logits - m.logits(s["params"], h_batch)).max())
@@ -201,7 +202,8 @@ def test_forward_release_style_matches_a_torch_retyping_of_the_release(setup):
     want_codes, want_h, want = _torch_release_forward(s, ids)
     got_codes = valid_codes(s["codes"], s["clen"])
     assert np.array_equal(got_codes, want_codes)  # exact code agreement, release length rules
-    both = lambda p, st, ids, **kw: (m.hidden_release_style(p, st, ids, **kw), m.forward_release_style(p, st, ids, **kw))
+    both = lambda p, st, ids, **kw: (m.hidden_release_style(p, st, ids, **kw),
+                                     m.forward_release_style(p, st, ids, **kw))
     h, got = (np.asarray(a) for a in _jitted(both, _release_media(s))(s["params"], s["state"], ids))
     d_h, d = float(np.abs(h - want_h).max()), float(np.abs(got - want).max())
     print(f"forward_release_style vs torch release forward: codes identical ({len(got_codes)} frames), hidden max "
