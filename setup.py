@@ -24,6 +24,7 @@ setup(
         "soundfile>=0.12",  # FLAC (and non-16-bit WAV) decoding in the data pipeline
         "threadpoolctl>=3",  # single-threaded BLAS while the data pipeline extracts features
         "tqdm>=4.66",
+        "jiwer>=3.0",  # character / word error rates of the ASR evaluation
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     ],
     extras_require={

@@ -1,10 +1,13 @@
 r"""The release-shaped 7B backbone (Qwen2.5-7B layout), for pods and for AOT planning.
 
   python -m launch.aot --config=configs/backbone_7b.py --topology=v5p:4x4x4     # compile for 64 v5p chips here
-  python -m launch.train --config=configs/backbone_7b.py --workdir=gs://...       # on the pod itself
+  python -m launch.train --config=configs/backbone_7b.py --workdir=gs://... \
+      --config.data.tokenizer.path=Baichuan-Omni-1.5/                            # on the pod itself
 
 bf16 compute with fp32 master weights, full rematerialisation, FSDP over every chip.
 `:long` switches to 32k-token rows with blockwise attention and context parallelism 4.
+The data uses the released tokenizer: training needs its files (`--config.data.tokenizer.path=DIR`;
+launch/train.py stops at once, naming that flag, without it). AOT planning does not read them.
 """
 
 import ml_collections

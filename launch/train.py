@@ -23,11 +23,25 @@ def _main(argv):
     logging.getLogger("omni_jax").setLevel(logging.INFO)
     from omni_jax.train.trainer import train
 
+    check_config(FLAGS.config)
     result = train(FLAGS.config, FLAGS.workdir)
     m = result["last_metrics"]
     print(f"{result['status']} at step {result['step']}: "
           + ", ".join(f"{k}={m[k]:.4g}" for k in ("loss", "accuracy", "tokens_per_s") if k in m))
     return 0 if result["status"] in ("done", "preempted") else 1
+
+
+def check_config(config) -> None:
+    """Settings that would otherwise fail only after the model is built, checked at parse time
+    (the error names the flag to set): the tokenizer (omni_jax/data/tokenizer.py)."""
+    from omni_jax.data.tokenizer import check_tokenizer_config
+
+    t = config.get("data", {}).get("tokenizer") if config.get("data") else None
+    if t is not None:
+        try:
+            check_tokenizer_config(t.get("kind", "byte"), t.get("path") or None)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from None
 
 
 def _define_flags() -> None:

@@ -93,25 +93,24 @@ def log_mel_24k_np(wav: np.ndarray) -> np.ndarray:
 
 
 def decode_wav(data: bytes, sample_rate: int = media.SAMPLE_RATE) -> np.ndarray:
-    """16-bit PCM WAV bytes -> float32 mono at `sample_rate` (mixdown; linear resampling)."""
+    """Encoded audio bytes (WAV of any PCM width or float, FLAC, anything libsndfile reads) ->
+    float32 mono at `sample_rate` (mixdown; linear resampling). The one audio reader of the
+    project (soundfile); omni_jax/data/media_io.py `decode_audio` wraps it with data errors."""
+    import soundfile as sf
+
     try:
-        with wave.open(io.BytesIO(data)) as w:
-            sr, ch, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
-            raw = w.readframes(w.getnframes())
-    except (wave.Error, EOFError) as e:
-        raise ValueError(f"cannot decode WAV ({len(data)} bytes): {e}") from e
-    if width != 2:
-        raise ValueError(f"only 16-bit PCM WAV is supported, got {8 * width}-bit")
-    x = np.frombuffer(raw, np.int16).astype(np.float32) / 32768.0
-    x = x.reshape(-1, ch).mean(1)
+        x, sr = sf.read(io.BytesIO(bytes(data)), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError
+        raise ValueError(f"cannot decode WAV/FLAC audio ({len(data)} bytes): {e}") from e
+    x = x.mean(1)
     if sr != sample_rate:
         n = int(round(len(x) * sample_rate / sr))
-        x = np.interp(np.linspace(0, len(x) - 1, n), np.arange(len(x)), x).astype(np.float32)
-    return x
+        x = np.interp(np.linspace(0, len(x) - 1, n), np.arange(len(x)), x)
+    return x.astype(np.float32)
 
 
 def encode_wav(x: np.ndarray, sample_rate: int = media.SAMPLE_RATE) -> bytes:
-    """float waveform in [-1, 1] -> 16-bit PCM mono WAV bytes."""
+    """float waveform in [-1, 1] -> 16-bit PCM mono WAV bytes (the writer; reading is `decode_wav`)."""
     pcm = (np.clip(np.asarray(x, np.float32), -1, 1) * 32767).astype(np.int16)
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:

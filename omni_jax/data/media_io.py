@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-import wave
 from typing import Any, Sequence
 
 import numpy as np
@@ -146,42 +145,25 @@ def chunk_tokens(chunk_samples: Sequence[int], pool: int = media.POOL,
 
 # ------------------------------------------------------------------ decoding
 def decode_audio(data: bytes, sample_rate: int = media.SAMPLE_RATE) -> np.ndarray:
-    """WAV (any PCM width) or FLAC bytes -> float32 mono at `sample_rate`."""
+    """WAV (any PCM width) or FLAC bytes -> float32 mono at `sample_rate` (audio_features.decode_wav,
+    soundfile)."""
     if not isinstance(data, (bytes, bytearray)) or not data:
         raise DataError("corrupt_media", "audio is empty")
-    if data[:4] == b"RIFF":
-        try:
-            return audio_features.decode_wav(bytes(data), sample_rate)
-        except ValueError as e:
-            if "16-bit" not in str(e):
-                raise DataError("corrupt_media", str(e)) from e
     try:
-        import soundfile as sf
-    except ImportError as e:  # pragma: no cover
-        raise DataError("corrupt_media", "FLAC/non-16-bit audio needs soundfile: pip install soundfile") from e
-    try:
-        x, sr = sf.read(io.BytesIO(bytes(data)), dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError
-        raise DataError("corrupt_media", f"cannot decode audio ({len(data)} bytes): {e}") from e
-    x = x.mean(1)
-    if sr != sample_rate:
-        n = int(round(len(x) * sample_rate / sr))
-        x = np.interp(np.linspace(0, len(x) - 1, n), np.arange(len(x)), x).astype(np.float32)
-    return x.astype(np.float32)
+        return audio_features.decode_wav(bytes(data), sample_rate)
+    except ValueError as e:
+        raise DataError("corrupt_media", str(e)) from e
 
 
 def audio_num_samples(data: bytes, sample_rate: int = media.SAMPLE_RATE) -> int:
-    """Samples after decoding at `sample_rate`, from the header only."""
+    """Samples after decoding at `sample_rate`, from the header only (soundfile)."""
+    import soundfile as sf
+
     if not isinstance(data, (bytes, bytearray)) or not data:
         raise DataError("corrupt_media", "audio is empty")
     try:
-        if data[:4] == b"RIFF":
-            with wave.open(io.BytesIO(bytes(data))) as w:
-                n, sr = w.getnframes(), w.getframerate()
-        else:
-            import soundfile as sf
-            info = sf.info(io.BytesIO(bytes(data)))
-            n, sr = info.frames, info.samplerate
+        info = sf.info(io.BytesIO(bytes(data)))
+        n, sr = info.frames, info.samplerate
     except Exception as e:
         raise DataError("corrupt_media", f"cannot read the audio header ({len(data)} bytes): {e}") from e
     return n if sr == sample_rate else int(round(n * sample_rate / sr))

@@ -9,6 +9,8 @@ Both expose the same small interface:
 
 from __future__ import annotations
 
+import os
+
 from typing import Iterable, Sequence
 
 from omni_jax.data.special_tokens import NAMES, RELEASE_IDS, RELEASE_STRINGS
@@ -92,11 +94,26 @@ class ReleaseTokenizer:
         return RELEASE_IDS["eos"]
 
 
+PATH_FLAG = "--config.data.tokenizer.path"
+
+
+def check_tokenizer_config(kind: str, path: str | None, where: str = "config.data.tokenizer") -> None:
+    """The tokenizer settings are usable: a known kind, and for 'release' an existing directory.
+    launch/train.py calls this right after parsing the flags, before any model work."""
+    if kind == "byte":
+        return
+    if kind != "release":
+        raise ValueError(f"{where}.kind={kind!r}; use 'byte' or 'release'")
+    if not path:
+        raise ValueError(f"{where}.kind='release' needs the released tokenizer's files (tokenizer.json, "
+                         f"tokenizer_config.json, vocab.json; nothing is downloaded): pass {PATH_FLAG}=DIR")
+    if not os.path.isdir(path):
+        raise ValueError(f"{where}.path={path!r} is not a directory; pass {PATH_FLAG}=DIR with the released "
+                         "tokenizer's files")
+
+
 def make_tokenizer(kind: str = "byte", vocab_size: int = 384, path: str | None = None):
+    check_tokenizer_config(kind, path)
     if kind == "byte":
         return ByteTokenizer(vocab_size)
-    if kind == "release":
-        if not path:
-            raise ValueError("config.data.tokenizer.path must point at the released tokenizer files")
-        return ReleaseTokenizer(path)
-    raise ValueError(f"config.data.tokenizer.kind={kind!r}; use 'byte' or 'release'")
+    return ReleaseTokenizer(path)

@@ -5,6 +5,10 @@
     reply = runner.respond(Prompt(text="what colour is the shape?", images=[png_bytes]), speech=True)
     reply.text, reply.audio_frames; runner.write_wav("reply.wav", reply)
 
+Input audio from a release directory follows the release's rules (`release_audio_rules`: one
+chunk of up to 30 s = 3000 mel frames, longer audio cut into 30 s chunks); a workdir keeps the
+chunking its model was trained with (config.data.shapes.mel_frames).
+
 The prompt is built exactly as training builds a sample (omni_jax/data/formats.py `chat_prompt`:
 `<B_SYS>system<C_Q>` + images + video + audio + text + `[<audiotext_start>]<C_A>`), its media go
 through the data pipeline's decoding and placement (one row sized to fit it), the model merges
@@ -57,6 +61,27 @@ class Reply:
     @property
     def audio_frames(self) -> int:
         return int(sum(len(c) for c in self.audio_chunks))
+
+
+def release_audio_rules(directory: str) -> tuple[int, int]:
+    """(chunk seconds, mel frames per chunk) of a release directory's input audio (its config.json
+    audio_config; processor_omni.py `split_with_overlap`, `extract_fbank_features`): audio up to
+    max_audio_seconds (30 s) is ONE chunk of max_audio_seconds * sampling_rate // hop_length (3000)
+    mel frames; longer audio is cut into such chunks without overlap (split_overlap 0), a trailing
+    piece shorter than n_fft dropped. Settings this pipeline does not implement are named."""
+    with open(os.path.join(directory, "config.json")) as fh:
+        a = json.load(fh).get("audio_config", {})
+    seconds = int(a.get("max_audio_seconds", 30))
+    rate, hop = int(a.get("sampling_rate", 16000)), int(a.get("hop_length", 160))
+    supported = (("sampling_rate", 16000), ("hop_length", 160), ("n_fft", 400))
+    bad = [f"{k}={a.get(k)} (supported: {v})" for k, v in supported if k in a and a[k] != v]
+    if a.get("split_overlap", 0) not in (0, 0.0, None) and a.get("split_overlap", 0) >= 0:
+        bad.append(f"split_overlap={a['split_overlap']} (supported: 0, chunks without overlap)")
+    if not 0 < seconds * rate // hop <= 3000:
+        bad.append(f"max_audio_seconds={seconds} (supported: 1..30)")
+    if bad:
+        raise ValueError(f"{directory}/config.json audio_config: " + "; ".join(bad))
+    return seconds, seconds * rate // hop
 
 
 class OmniRunner:
@@ -134,7 +159,9 @@ class OmniRunner:
         c = common.base()
         c.task = "omni"
         c.model = model
-        c.data = common.omni_data()
+        seconds, mel_frames = release_audio_rules(directory)
+        c.data = common.omni_data(mel_frames=mel_frames)  # not the tiny presets' 600-frame (6 s) buffer
+        c.data.media.audio_chunk_seconds = seconds
         tok_dir = tokenizer or (directory if any(os.path.exists(os.path.join(directory, f))
                                                  for f in TOKENIZER_FILES) else None)
         if tok_dir:

@@ -180,13 +180,17 @@ class SourceModule(nn.Module):
 
 
 class HiFTGenerator(nn.Module):
-    """mel (B, T, n_mels) -> waveform (B, T * hop). See the module docstring."""
+    """mel (B, T, n_mels) -> waveform (B, T * hop). See the module docstring.
+
+    return_f0=True -> (waveform, f0 (B, T) per mel frame); return_source=True -> (waveform, f0,
+    source (B, T * hop): the neural-source-filter excitation tanh(l_linear(sines + noise)) that the
+    main path filters). Plain outputs, no capture_intermediates needed."""
 
     cfg: HiFTConfig
 
     @nn.compact
     def __call__(self, mel: Array, rng: Array | None = None, *, phase: Array | None = None,
-                 noise: Array | None = None, return_f0: bool = False):
+                 noise: Array | None = None, return_f0: bool = False, return_source: bool = False):
         cfg = self.cfg
         if mel.shape[-1] != cfg.n_mels:
             raise ValueError(f"vocoder input has {mel.shape[-1]} mel bins, config.n_mels is {cfg.n_mels}")
@@ -231,4 +235,6 @@ class HiFTGenerator(nn.Module):
         ph = jnp.sin(x[..., nb:])
         wav = istft(jax.lax.complex(mag * jnp.cos(ph), mag * jnp.sin(ph)), cfg.istft_n_fft, cfg.istft_hop, window)
         wav = jnp.clip(wav, -cfg.audio_limit, cfg.audio_limit)
+        if return_source:
+            return wav, f0, src
         return (wav, f0) if return_f0 else wav

@@ -25,6 +25,12 @@ indices of the batch (omni_jax/data/omni_batch.py; counts were verified there); 
 embedding at those positions is dropped (`place`, the one placement). Then the LLM.
 The audio tokenizer is always applied under stop_gradient here: in every stage of 1.8 it is
 frozen (it trains in its own stage, omni_jax/tasks/audio_tokenizer.py).
+
+Public API mirroring the release's `forward(input_ids, audios_tokens, images, images_grid)` (no
+batch fields, no private helpers; the release's placement / position rules are in
+omni_jax/models/release_inputs.py): `encode_audio_states`, `encode_audio` (mel -> codes with the
+release's length rules), `code_embeddings`, `embed_vision` (patches + grid), `forward_release_style`
+(-> logits; `hidden_release_style` -> hidden states), `tokenizer_variables`.
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ from omni_jax.models.audio_tokenizer import AudioTokenizer, AudioTokenizerConfig
 from omni_jax.models.flow_matching import FlowMatchingConfig, FlowMatchingDecoder
 from omni_jax.models.hift import HiFTConfig, HiFTGenerator
 from omni_jax.models.navit import NaViTConfig, VisionTower
+from omni_jax.models import release_inputs
 from omni_jax.models.qwen2 import Qwen2Config, Qwen2LM
+from omni_jax.models.release_inputs import placeholder_ids
 
 Array = jax.Array
 
@@ -125,6 +133,14 @@ def place(x: Array, buffer: Array, index: Array) -> Array:
     return jnp.where((index >= 0)[..., None], gather(buffer, index).astype(x.dtype), x)
 
 
+def place_in_order(x: Array, input_ids: Array, embeds: Array, pad_id: int) -> Array:
+    """The release's placement (release_inputs.py): x (B, T, D) with the k-th `pad_id` of the batch
+    (row-major) replaced by embeds[k] ((N, D), N >= 1); `place` on the flattened batch."""
+    b, t, d = x.shape
+    index = release_inputs.placeholder_index(input_ids, pad_id)
+    return place(x.reshape(1, b * t, d), embeds[None], index).reshape(b, t, d)
+
+
 class Omni15:
     """The 1.5 model as modules + functions over `params` (a dict keyed by COMPONENTS) and the
     model state `{"audio_bridge": vq_stats}`."""
@@ -171,26 +187,62 @@ class Omni15:
         """The RVQ codebooks and their EMA statistics: {"audio_bridge": {"vq_i": ...}}."""
         return self.tokenizer.init(rng, method=AudioTokenizer.init_codebooks)["vq_stats"]
 
-    # ---- modality encoders ----
+    # ---- public API: the release's forward, piece by piece (omni_jax/models/release_inputs.py) ----
+    #
+    #   tokenizer_variables(params, state)                      the audio tokenizer's variable dict
+    #   encode_audio_states(params, state, mels, mel_lengths)   mel chunks -> Whisper encoder states
+    #   encode_audio(params, state, mels, mel_lengths)          mel chunks -> RVQ codes (+ lengths)
+    #   code_embeddings(params, codes)                          codes -> summed code embeddings
+    #   embed_vision(params, patches, grid)                     images / video frames -> LLM tokens
+    #   forward_release_style(params, state, input_ids, ...)    the release's forward -> logits
 
-    def _tokenizer_vars(self, params, state):
+    def tokenizer_variables(self, params, state) -> dict[str, Any]:
+        """{"params": audio_encoder / audio_bridge / audio_decoder, "vq_stats": state}: what
+        `self.tokenizer.apply` (AudioTokenizer) takes."""
         return {"params": {k: params[k] for k in ("audio_encoder", "audio_bridge", "audio_decoder")},
                 "vq_stats": state}
 
+    def encode_audio_states(self, params, state, mels: Array, mel_lengths: Array) -> tuple[Array, Array]:
+        """(N, n_mels, F) log-mel chunks (<= 30 s each, zero beyond the valid frames; the release's
+        `extract_fbank_features`) + (N,) valid frames -> Whisper encoder states (N, (F - 1) // 2 + 1, d)
+        and their lengths (L - 1) // 2 + 1 (the release's `inference_output_length`)."""
+        def enc(m, mel, n):
+            return m.audio_encoder(mel, n)
+        return self.tokenizer.apply(self.tokenizer_variables(params, state), mels, mel_lengths, method=enc)
+
+    def encode_audio(self, params, state, mels: Array, mel_lengths: Array) -> tuple[Array, Array]:
+        """(N, n_mels, F) log-mel chunks + (N,) valid frames -> RVQ codes (N, ceil(F' / 4), depth) and
+        per-chunk code lengths floor(((L - 1) // 2 + 1) / 4) (the release's `bridge_length`; codes
+        beyond it are 0). `release_inputs.valid_codes` concatenates the valid ones into the release's
+        `audios_tokens`. Frozen: no gradient reaches the tokenizer."""
+        codes, lengths = self.tokenizer.apply(self.tokenizer_variables(params, state), mels, mel_lengths,
+                                              method=AudioTokenizer.encode)
+        return jax.lax.stop_gradient(codes), lengths
+
     def audio_codes(self, params, state, mels: Array, lengths: Array) -> tuple[Array, Array]:
-        """(B, S, n_mels, F) mel chunks + (B, S) valid frames -> codes (B, S * N, depth) in
-        slot-major order (chunk s, frame k -> s * N + k) and per-chunk code lengths (B, S).
-        Frozen: no gradient reaches the tokenizer."""
+        """The batch layout of `encode_audio`: (B, S, n_mels, F) mel chunks + (B, S) valid frames ->
+        codes (B, S * N, depth) in slot-major order (chunk s, frame k -> s * N + k) and per-chunk code
+        lengths (B, S)."""
         b, s = mels.shape[:2]
-        codes, clen = self.tokenizer.apply(self._tokenizer_vars(params, state), mels.reshape((b * s,) + mels.shape[2:]),
-                                           lengths.reshape(-1), method=AudioTokenizer.encode)
-        codes = jax.lax.stop_gradient(codes)
+        codes, clen = self.encode_audio(params, state, mels.reshape((b * s,) + mels.shape[2:]), lengths.reshape(-1))
         return codes.reshape(b, s * codes.shape[1], codes.shape[2]), clen.reshape(b, s)
 
     def code_embeddings(self, params, codes: Array) -> Array:
+        """Codes (..., depth) -> the sum of their `depth` code embeddings (..., D): how the LLM sees
+        a frame of audio (input or generated); the end code of each table is its last row."""
         return self.audio_embed.apply({"params": params["audio_embed"]}, codes)
 
+    def embed_vision(self, params, patches: Array, grid) -> Array:
+        """Images and video frames as the release passes them: patches (P, 1176) of every item back to
+        back in 2x2 merge-window order (the release's / Qwen2-VL's processor) and their (n, 3)
+        (t, h, w) grids (host values) -> (P / 4, D) LLM-width tokens, item after item. The encoder's
+        2-D rotary positions and per-item attention blocks are built from the grids."""
+        pos, seg = release_inputs.vision_layout(grid, patches.shape[0])
+        return self.vision_tokens(params, patches[None], jnp.asarray(pos)[None], jnp.asarray(seg)[None])[0]
+
     def vision_tokens(self, params, patches: Array, positions: Array, segment_ids: Array) -> Array:
+        """The batch layout of `embed_vision`: (B, P, 1176) patches, (B, P, 2) positions, (B, P)
+        segment ids (omni_jax/data/omni_batch.py) -> (B, P / 4, D)."""
         return self.vision.apply({"params": {"visual": params["visual"], "visual_bridge": params["visual_bridge"]}},
                                  patches, positions, segment_ids)
 
@@ -221,6 +273,59 @@ class Omni15:
 
     def logits(self, params, hidden: Array) -> Array:
         return self.llm.apply({"params": params["llm"]}, hidden, method=Qwen2LM.logits)
+
+    # ---- the release's forward ----
+
+    def release_style_embeddings(self, params, state, input_ids: Array, *, audio_codes: Array | None = None,
+                                 images: Array | None = None, grid=None, videos: Array | None = None,
+                                 video_grid=None, placeholders: Mapping[str, int] | None = None) -> Array:
+        """Input embeddings (B, T, D) of the release's forward (release_inputs.py): text embeddings;
+        the k-th `<audio_pad>` of the batch (row-major) gets the summed embeddings of audio_codes[k]
+        ((N, depth), the release's `audios_tokens`; e.g. `valid_codes(*encode_audio(...))`), then the
+        k-th `<img_pad>` the k-th token of `embed_vision(images, grid)`, then the k-th `<video_palce>`
+        the k-th token of `embed_vision(videos, video_grid)`. Counts that differ are an error naming
+        the modality and both counts (checked when input_ids is concrete)."""
+        ids = placeholder_ids(placeholders)
+        media = {}  # name -> (count, function giving the (count, D) embeddings); counts checked first
+        if audio_codes is not None:
+            codes = jnp.asarray(audio_codes, jnp.int32)
+            media["audio"] = (codes.shape[0], lambda codes=codes: self.code_embeddings(params, codes))
+        for name, p, g in (("image", images, grid), ("video", videos, video_grid)):
+            if (p is None) != (g is None):
+                raise ValueError(f"{name}: give both the patches and their grid, or neither")
+            if p is not None:
+                p = jnp.asarray(p)
+                release_inputs.vision_layout(g, p.shape[0])  # the grids must match the patches
+                n = p.shape[0] // self.cfg.vision.spatial_merge_size ** 2
+                media[name] = (n, lambda p=p, g=g: self.embed_vision(params, p, g))
+        for name in ("audio", "image", "video"):
+            release_inputs.check_count(input_ids, ids[name], media.get(name, (0,))[0], name)
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        x = self.llm.apply({"params": params["llm"]}, input_ids, method=Qwen2LM.embed)
+        for name, (count, embed) in media.items():
+            if count:
+                x = place_in_order(x, input_ids, embed(), ids[name])
+        return x
+
+    def hidden_release_style(self, params, state, input_ids: Array, **media) -> Array:
+        """Final normed hidden states (B, T, D) of `forward_release_style` (same arguments)."""
+        x = self.release_style_embeddings(params, state, input_ids, **media)
+        positions, segment_ids = release_inputs.positions_and_segments(jnp.asarray(input_ids))
+        h, _ = self.llm.apply({"params": params["llm"]}, x, positions, segment_ids, method=Qwen2LM.hidden)
+        return h
+
+    def forward_release_style(self, params, state, input_ids: Array, *, audio_codes: Array | None = None,
+                              images: Array | None = None, grid=None, videos: Array | None = None,
+                              video_grid=None, placeholders: Mapping[str, int] | None = None) -> Array:
+        """The release's `forward(input_ids, audios_tokens, images, images_grid, videos, videos_grid)`
+        -> logits (B, T, vocab). input_ids (B, T): unpadded rows; placements, 1-D positions
+        (arange(T) per row) and one causal segment per row are built here (release_style_embeddings).
+        placeholders: {audio, image, video} token ids if not the release's (a byte-tokenizer model).
+        Grids are host values: under jax.jit close over them (functools.partial / a lambda); the
+        placeholder counts are checked only when input_ids is concrete."""
+        h = self.hidden_release_style(params, state, input_ids, audio_codes=audio_codes, images=images, grid=grid,
+                                      videos=videos, video_grid=video_grid, placeholders=placeholders)
+        return self.logits(params, h)
 
 
 def speech_head_targets(batch: Mapping[str, Array], speech_codes: Array, codebook_sizes) -> tuple[Array, Array]:

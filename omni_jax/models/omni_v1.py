@@ -19,6 +19,10 @@ the image projector, or for video frames the 2x2 conv then the projector; each p
 placeholders through the host-built gather indices of the batch (omni_jax/data/omni_batch.py,
 `vision_mode="tiles"`: tile k's j-th token at k * tile_slot + j; audio chunk a's k-th token at
 a * tokens_per_chunk + k). Then the LLM.
+
+Public API (no batch fields needed; the 1.5 release's placement / position conventions of
+omni_jax/models/release_inputs.py): `encode_audio_states`, `encode_audio` (mel -> tokens with the
+length rules), `embed_tiles`, `forward_release_style` (-> logits; `hidden_release_style`).
 """
 
 from __future__ import annotations
@@ -28,8 +32,11 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from omni_jax.models.omni import check_fit, parts_from_config, place
+from omni_jax.models import release_inputs
+from omni_jax.models.omni import check_fit, parts_from_config, place, place_in_order
+from omni_jax.models.release_inputs import placeholder_ids
 from omni_jax.models.qwen2 import Qwen2Config, Qwen2LM
 from omni_jax.models.siglip import SiglipConfig
 from omni_jax.models.v1_audio_projector import V1AudioProjector, V1AudioProjectorConfig
@@ -107,15 +114,31 @@ class OmniV1:
     def init_state(self, rng: Array) -> None:
         return None  # v1 has no model state (no RVQ)
 
-    # ---- modality encoders ----
+    # ---- public API: the 1.5 release's forward conventions (omni_jax/models/release_inputs.py) ----
+    #
+    #   encode_audio_states(params, mels, mel_lengths)   mel chunks -> Whisper encoder states
+    #   encode_audio(params, mels, mel_lengths)          mel chunks -> LLM-width audio tokens (+ lengths)
+    #   embed_tiles(params, tiles, is_video)             AnyRes tiles / video frames -> LLM tokens
+    #   forward_release_style(params, state, input_ids, ...)  -> logits
+
+    def encode_audio_states(self, params, mels: Array, mel_lengths: Array) -> tuple[Array, Array]:
+        """(N, n_mels, F) log-mel chunks (<= 30 s each) + (N,) valid frames -> Whisper states
+        (N, (F - 1) // 2 + 1, d) and their lengths (L - 1) // 2 + 1."""
+        return self.audio_encoder.apply({"params": params["audio_encoder"]}, mels, mel_lengths)
+
+    def encode_audio(self, params, mels: Array, mel_lengths: Array) -> tuple[Array, Array]:
+        """(N, n_mels, F) log-mel chunks + (N,) valid frames -> continuous Conv-GMLP tokens
+        (N, TPS, D) and per-chunk token lengths floor(((L - 1) // 2 + 1) / rate) (tokens beyond are 0;
+        `release_inputs.valid_codes` concatenates the valid ones, as for 1.5's codes)."""
+        h, n = self.encode_audio_states(params, mels, mel_lengths)
+        return self.audio_projector.apply({"params": params["v1_audio_projector"]}, h, n)
 
     def audio_tokens(self, params, mels: Array, lengths: Array) -> Array:
-        """(B, A, n_mels, F) mel chunks + (B, A) valid frames -> (B, A * TPS, D) tokens, slot-major
-        (chunk a, token k -> a * TPS + k; TPS = encoder frames of F // rate)."""
+        """The batch layout of `encode_audio`: (B, A, n_mels, F) mel chunks + (B, A) valid frames ->
+        (B, A * TPS, D) tokens, slot-major (chunk a, token k -> a * TPS + k; TPS = encoder frames of
+        F // rate)."""
         b, a = mels.shape[:2]
-        h, n = self.audio_encoder.apply({"params": params["audio_encoder"]}, mels.reshape((b * a,) + mels.shape[2:]),
-                                        lengths.reshape(-1))
-        y, _ = self.audio_projector.apply({"params": params["v1_audio_projector"]}, h, n)
+        y, _ = self.encode_audio(params, mels.reshape((b * a,) + mels.shape[2:]), lengths.reshape(-1))
         return y.reshape(b, a * y.shape[1], y.shape[2])
 
     @property
@@ -124,8 +147,20 @@ class OmniV1:
         p = self.cfg.v1_projector
         return max(p.image_tokens, p.video_tokens)
 
+    def embed_tiles(self, params, tiles: Array, is_video) -> Array:
+        """(K, 3, S, S) normalised tiles (AnyRes: per image its global view then its crops; per
+        video frame one view) + (K,) video flags (host values) -> (n, D): every tile's tokens in
+        tile order, image_tokens per image tile, video_tokens per video frame."""
+        is_video = np.asarray(is_video, bool).reshape(-1)
+        y = self.vision_tokens(params, jnp.asarray(tiles)[None], jnp.asarray(is_video, jnp.int32)[None])[0]
+        p, slot = self.cfg.v1_projector, self.tile_slot
+        keep = np.concatenate([k * slot + np.arange(p.video_tokens if v else p.image_tokens)
+                               for k, v in enumerate(is_video)] or [np.zeros(0, int)])
+        return jnp.take(y, jnp.asarray(keep, jnp.int32), axis=0)
+
     def vision_tokens(self, params, tiles: Array, is_video: Array) -> Array:
-        """(B, K, 3, S, S) normalised tiles + (B, K) video flags -> (B, K * tile_slot, D)."""
+        """The batch layout of `embed_tiles`: (B, K, 3, S, S) normalised tiles + (B, K) video flags
+        -> (B, K * tile_slot, D) (tile k's j-th token at k * tile_slot + j)."""
         b, k = tiles.shape[:2]
         slot = self.tile_slot
         v = {"params": {n: params[n] for n in ("siglip", "v1_projector", "v1_video_projector")}}
@@ -153,3 +188,65 @@ class OmniV1:
 
     def logits(self, params, hidden: Array) -> Array:
         return self.llm.apply({"params": params["llm"]}, hidden, method=Qwen2LM.logits)
+
+    # ---- the forward in the 1.5 release's conventions (v1 itself has no public code) ----
+
+    def release_style_embeddings(self, params, state, input_ids: Array, *, audio_mels: Array | None = None,
+                                 audio_lengths: Array | None = None, tiles: Array | None = None, tile_video=None,
+                                 placeholders: Mapping[str, int] | None = None) -> Array:
+        """Input embeddings (B, T, D): text embeddings; the k-th `<audio_pad>` of the batch (row-major)
+        gets the k-th valid audio token of `encode_audio(audio_mels, audio_lengths)` (chunks in order),
+        the k-th `<img_pad>` the k-th token of the image tiles, the k-th `<video_palce>` the k-th token
+        of the video-frame tiles (`embed_tiles`, tile order). Counts that differ are an error naming the
+        modality and both counts (checked when input_ids is concrete)."""
+        del state
+        ids = placeholder_ids(placeholders)
+        p = self.cfg.v1_projector
+        media = {}
+        if (audio_mels is None) != (audio_lengths is None):
+            raise ValueError("audio: give both audio_mels and audio_lengths, or neither")
+        if audio_mels is not None:
+            lengths = np.asarray(audio_lengths).reshape(-1)
+            per_chunk = [self.cfg.v1_audio_projector.output_lengths(self.cfg.audio_encoder.output_lengths(int(x)))
+                         for x in lengths]  # the length rules on the host: the layout is static
+
+            def audio():
+                y, _ = self.encode_audio(params, jnp.asarray(audio_mels), jnp.asarray(lengths, jnp.int32))
+                keep = np.concatenate([a * y.shape[1] + np.arange(k) for a, k in enumerate(per_chunk)])
+                return jnp.take(y.reshape(-1, y.shape[-1]), jnp.asarray(keep, jnp.int32), axis=0)
+            media["audio"] = (int(sum(per_chunk)), audio)
+        if (tiles is None) != (tile_video is None):
+            raise ValueError("vision: give both tiles and tile_video, or neither")
+        if tiles is not None:
+            video = np.asarray(tile_video, bool).reshape(-1)
+            tok = self.embed_tiles(params, tiles, video)
+            n_img = int((~video).sum()) * p.image_tokens
+            order = np.argsort(video, kind="stable")  # image tiles first, then video frames, each in tile order
+            sizes = np.where(video, p.video_tokens, p.image_tokens)
+            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            idx = np.concatenate([starts[k] + np.arange(sizes[k]) for k in order] or [np.zeros(0, int)])
+            tok = jnp.take(tok, jnp.asarray(idx, jnp.int32), axis=0)
+            media["image"] = (n_img, lambda tok=tok, n=n_img: tok[:n])
+            media["video"] = (int(video.sum()) * p.video_tokens, lambda tok=tok, n=n_img: tok[n:])
+        for name in ("audio", "image", "video"):
+            release_inputs.check_count(input_ids, ids[name], media.get(name, (0,))[0], name)
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        x = self.llm.apply({"params": params["llm"]}, input_ids, method=Qwen2LM.embed)
+        for name, (count, embed) in media.items():
+            if count:
+                x = place_in_order(x, input_ids, embed(), ids[name])
+        return x
+
+    def hidden_release_style(self, params, state, input_ids: Array, **media) -> Array:
+        """Final normed hidden states (B, T, D) of `forward_release_style` (same arguments)."""
+        x = self.release_style_embeddings(params, state, input_ids, **media)
+        positions, segment_ids = release_inputs.positions_and_segments(jnp.asarray(input_ids))
+        h, _ = self.llm.apply({"params": params["llm"]}, x, positions, segment_ids, method=Qwen2LM.hidden)
+        return h
+
+    def forward_release_style(self, params, state, input_ids: Array, **media) -> Array:
+        """Logits (B, T, vocab) of unpadded rows of token ids and the batch's media as flat lists
+        (audio_mels (N, n_mels, F) + audio_lengths (N,), tiles (K, 3, S, S) + tile_video (K,),
+        placeholders {audio, image, video} ids if not the release's): placements, 1-D positions
+        arange(T) and one causal segment per row are built here, as 1.5's `forward_release_style`."""
+        return self.logits(params, self.hidden_release_style(params, state, input_ids, **media))

@@ -7,7 +7,7 @@ embeddings up to there are the prompt, and the LLM generates greedily with its K
 (omni_jax/generate/interleaved.py). The reference is the sample's own reply text.
 
   image_qa    exact-match accuracy of the answer
-  asr         exact match and character error rate of the transcript
+  asr         exact match, character and word error rates of the transcript (jiwer)
   speech_qa   the spoken question answered in text + speech (interleaved generation); the
               codes go through the audio tokenizer's decoder, the flow-matching decoder and
               the vocoder to `<workdir>/eval/speech_reply_<k>.wav`; text exact match reported
@@ -33,15 +33,17 @@ def _normalise(s: str) -> str:
 
 
 def char_error_rate(hyp: str, ref: str) -> float:
-    """Levenshtein distance over characters / reference length."""
-    h, r = _normalise(hyp), _normalise(ref)
-    prev = list(range(len(h) + 1))
-    for i, rc in enumerate(r, 1):
-        cur = [i]
-        for j, hc in enumerate(h, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (rc != hc)))
-        prev = cur
-    return prev[-1] / max(len(r), 1)
+    """Character edit distance / reference characters, on normalised text (jiwer.cer)."""
+    import jiwer
+
+    return float(jiwer.cer(_normalise(ref), _normalise(hyp)))
+
+
+def word_error_rate(hyp: str, ref: str) -> float:
+    """Word edit distance / reference words, on normalised text (jiwer.wer)."""
+    import jiwer
+
+    return float(jiwer.wer(_normalise(ref), _normalise(hyp)))
 
 
 def _pipeline(task, spec: dict):
@@ -127,7 +129,7 @@ def synthesizer(task, params, state):
     from omni_jax.models.audio_tokenizer import AudioTokenizer
 
     m = task.model
-    tok_vars = m._tokenizer_vars(params, state)
+    tok_vars = m.tokenizer_variables(params, state)
     hidden = jax.jit(lambda v, c, n: m.tokenizer.apply(v, c, n, method=AudioTokenizer.hidden_states_before_dconv2))
 
     def codes_to_hidden(codes: np.ndarray):
@@ -163,10 +165,12 @@ def evaluate(task, params, state, workdir: str) -> dict[str, Any]:
         res = {metric: float(np.mean(exact)), "examples": [
             {"hypothesis": h, "reference": s["reference"]} for h, s in zip(hyps[:5], samples[:5])]}
         if name == "asr":
-            res["char_error_rate"] = float(np.mean([char_error_rate(h, s["reference"]) for h, s in zip(hyps, samples)]))
+            pairs = list(zip(hyps, (s["reference"] for s in samples)))
+            res["char_error_rate"] = float(np.mean([char_error_rate(h, r) for h, r in pairs]))
+            res["word_error_rate"] = float(np.mean([word_error_rate(h, r) for h, r in pairs]))
         results[name] = res
         ex = res["examples"][0]
-        extra = f", CER {res['char_error_rate']:.2f}" if name == "asr" else ""
+        extra = f", CER {res['char_error_rate']:.2f}, WER {res['word_error_rate']:.2f}" if name == "asr" else ""
         lines.append(f"  {name}: {metric} {res[metric]:.2f}{extra}  e.g. {ex['hypothesis']!r} (reference {ex['reference']!r})")
 
     if ev.get("speech_reply", True) and task.shapes.max_speech_chunks and task.shapes.max_audio_chunks:

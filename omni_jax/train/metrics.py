@@ -2,7 +2,10 @@
 
 `metrics.jsonl` lines look like
   {"step": 120, "stage": "pretrain", "loss": 1.93, "lr/llm": 0.00289,
-   "tokens_per_s": 5231.0, "step_time_s": 0.024, ...}
+   "tokens_per_s": 5231.0, "padded_tokens_per_s": 6144.0, "step_time_s": 0.024, ...}
+`tokens_per_s` counts real tokens (segment id > 0) over the steps since the last log line;
+`padded_tokens_per_s` counts every token slot of the batch, padding included; `real_tokens`
+is the real-token count of the logged step.
 On resume the log is cut back to the restored step, so a crash between a log line and
 the next checkpoint never leaves duplicate or orphaned steps in the file.
 Only process 0 writes. The workdir is an `etils.epath` path (omni_jax/train/workdir.py): on a

@@ -194,6 +194,8 @@ def make_train_step(
             model_state, extra = task.update_state(state.model_state, stats, jax.random.fold_in(rng, 0x7FFFFFFF))
             metrics.update(extra)
         metrics["objective"] = obj
+        if "segment_ids" in batch:  # tokens of real samples (segment id > 0), not padding
+            metrics["real_tokens"] = jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32)
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["param_norm"] = optax.tree.norm(params)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng,

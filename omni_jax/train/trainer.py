@@ -303,7 +303,7 @@ def _run_stage(run: _Run, progress: _Progress, metrics_log: MetricsWriter, stop:
         progress.state, metrics = train_step(progress.state, batch)
         progress.stage_step += 1
         step += 1
-        timer.count()
+        timer.count(metrics)
         bar.update(1)
         end = progress.stage_step == stage.steps
         if progress.stage_step % config.train.log_every == 0 or end:
@@ -318,24 +318,28 @@ def _run_stage(run: _Run, progress: _Progress, metrics_log: MetricsWriter, stop:
 
 
 class _StepTimer:
-    """Step time and token throughput since the last logged step."""
+    """Step time and token throughput since the last logged step: `tokens_per_s` counts real
+    tokens (segment id > 0), `padded_tokens_per_s` every slot of the batch."""
 
     def __init__(self, layout):
         tokens = layout.batch_abstract.get("tokens")
         self.tokens_per_step = int(np.prod(tokens.shape[:2])) if tokens is not None else 0
-        self.t_last, self.n = time.perf_counter(), 0
+        self.t_last, self.n, self.real = time.perf_counter(), 0, 0.0
 
-    def count(self) -> None:
+    def count(self, metrics) -> None:
         self.n += 1
+        if "real_tokens" in metrics:  # summed on device: no host sync per step
+            self.real = self.real + metrics["real_tokens"]
 
     def metrics(self, metrics, stage, stage_step: int) -> dict[str, float]:
         """The step's metrics as floats, plus step_time_s, tokens_per_s and each group's lr."""
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
         dt = time.perf_counter() - self.t_last
         m["step_time_s"] = dt / self.n
-        m["tokens_per_s"] = self.tokens_per_step * self.n / dt if dt > 0 else 0.0
+        m["padded_tokens_per_s"] = self.tokens_per_step * self.n / dt if dt > 0 else 0.0
+        m["tokens_per_s"] = float(self.real) / dt if dt > 0 else 0.0
         m.update({f"lr/{g}": v for g, v in learning_rates(stage, stage_step - 1).items()})
-        self.t_last, self.n = time.perf_counter(), 0
+        self.t_last, self.n, self.real = time.perf_counter(), 0, 0.0
         return m
 
 
