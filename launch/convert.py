@@ -40,7 +40,7 @@ def export(config, workdir: str, out: str, flavour: str, dtype=None, step=None, 
     from omni_jax.convert.safetensors_io import save_state_dict
     from omni_jax.tasks import get_task
     from omni_jax.train.checkpoint import Checkpointer
-    from omni_jax.train.workdir import workdir_path
+    from omni_jax.workdir import workdir_path
 
     task = get_task(config)
     ckpt = Checkpointer(workdir_path(workdir) / "checkpoints")
@@ -69,7 +69,7 @@ def export_release(config, workdir: str, out: str, dtype="bfloat16", step=None, 
     """A trainer workdir (task "omni") -> the release layout in `out` (omni_jax/convert/omni.py save_release).
     The checkpoint's params and RVQ state are checked against config.model before anything is written."""
     from omni_jax.convert import omni as oc
-    from omni_jax.train.workdir import workdir_path
+    from omni_jax.workdir import workdir_path
 
     if config.get("task") != "omni":
         raise app.UsageError(f"--mode=export_release exports the omni model: the config's task is {config.get('task')!r}, "
@@ -98,7 +98,7 @@ def import_release(src: str, out: str, model_config=None, exclude=(), vocoder_sr
 
     from omni_jax.convert import omni as oc
     from omni_jax.train.checkpoint import Checkpointer
-    from omni_jax.train.workdir import workdir_path, write_text_atomic
+    from omni_jax.workdir import workdir_path, write_text_atomic
 
     out_dir = workdir_path(out)  # a workdir the trainer starts from: local or gs://
     if (out_dir / "checkpoints").is_dir():

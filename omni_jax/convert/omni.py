@@ -309,7 +309,7 @@ def _select(abstract_params, only, exclude) -> list[str]:
 
 def is_workdir(src) -> bool:
     """An omni_jax trainer workdir (it has checkpoints/), as opposed to a release directory."""
-    from omni_jax.train.workdir import workdir_path  # epath: gs://bucket/run workdirs too
+    from omni_jax.workdir import workdir_path  # epath: gs://bucket/run workdirs too
 
     return isinstance(src, (str, os.PathLike)) and (workdir_path(src) / "checkpoints").is_dir()
 
@@ -417,7 +417,7 @@ def import_release(src, cfg, abstract_params=None, abstract_state=None, *, only:
 def _workdir_step(workdir: str, step: int | None) -> tuple[str, int]:
     """(the saved TrainState's directory, step) of one checkpoint of an omni_jax workdir."""
     from omni_jax.train.checkpoint import Checkpointer
-    from omni_jax.train.workdir import workdir_path
+    from omni_jax.workdir import workdir_path
 
     ck = Checkpointer(workdir_path(workdir) / "checkpoints", async_save=False)
     try:

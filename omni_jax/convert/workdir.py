@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from omni_jax import sharding as shd
 from omni_jax.tasks import get_task
 from omni_jax.train.checkpoint import Checkpointer
-from omni_jax.train.workdir import workdir_path
+from omni_jax.workdir import workdir_path
 
 
 def restore_params(config: Any, workdir: str | os.PathLike, step: int | None = None) -> Any:

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from omni_jax.data import media
+from omni_jax.models.navit import patch_positions  # noqa: F401  (re-exported: the pipeline packs rows with it)
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
@@ -73,18 +74,6 @@ def preprocess_video(frames: np.ndarray, fps: float, max_frames: int = 32) -> li
 # ---------------------------------------------------------------------------------
 # Packing several images / frames into one padded row for the encoder (models/navit.py)
 # ---------------------------------------------------------------------------------
-
-
-def patch_positions(grid: tuple[int, int, int]) -> np.ndarray:
-    """(t*h*w, 2) int32 (h, w) coordinates of a grid's patches in merge-window order (the
-    order `patchify` emits), repeated for each temporal patch: transformers'
-    get_vision_position_ids."""
-    t, h, w = (int(g) for g in grid)
-    m = media.MERGE
-    hh, ww = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    hh = hh.reshape(h // m, m, w // m, m).transpose(0, 2, 1, 3).reshape(-1)
-    ww = ww.reshape(h // m, m, w // m, m).transpose(0, 2, 1, 3).reshape(-1)
-    return np.tile(np.stack([hh, ww], -1), (t, 1)).astype(np.int32)
 
 
 def pack_vision_row(items, max_patches: int) -> dict[str, np.ndarray]:

@@ -108,7 +108,7 @@ class OmniRunner:
         release-format directory (config.json + safetensors [+ vocoder/]; `tokenizer` = the
         release's tokenizer files when they are not in `src`). speech=False skips the vocoder."""
         from omni_jax.convert.omni import is_workdir
-        from omni_jax.train.workdir import is_local
+        from omni_jax.workdir import is_local
 
         if is_local(src) and not os.path.isdir(src):
             raise FileNotFoundError(f"{src!r} is neither an omni_jax workdir nor a release directory")
@@ -118,7 +118,7 @@ class OmniRunner:
 
     @classmethod
     def _from_workdir(cls, workdir: str, step, tokenizer):
-        from omni_jax.train.workdir import workdir_path  # the workdir may be gs://...: epath throughout
+        from omni_jax.workdir import workdir_path  # the workdir may be gs://...: epath throughout
 
         path = workdir_path(workdir) / "config.json"
         if not path.exists():

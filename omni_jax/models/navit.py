@@ -41,6 +41,7 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from omni_jax.layers import Dense, LayerNorm, apply_rotary, dot_product_attention, dtype_of
@@ -113,6 +114,17 @@ class NaViTConfig(LayerStackConfig):
         block = 4 * e + (3 * e * e + 3 * e) + (e * e + e) + (e * f + f) + (f * e + e)
         m = e * self.merge_unit
         return self.patch_dim * e + L * block, 2 * e + m * m + m + m * self.out_hidden_size + self.out_hidden_size
+
+
+def patch_positions(grid: tuple[int, int, int], merge: int = 2) -> np.ndarray:
+    """(t*h*w, 2) int32 (h, w) coordinates of a grid's patches in merge-window order (the order
+    the data pipeline's `patchify` emits), repeated for each temporal patch: transformers'
+    get_vision_position_ids."""
+    t, h, w = (int(g) for g in grid)
+    hh, ww = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    hh = hh.reshape(h // merge, merge, w // merge, merge).transpose(0, 2, 1, 3).reshape(-1)
+    ww = ww.reshape(h // merge, merge, w // merge, merge).transpose(0, 2, 1, 3).reshape(-1)
+    return np.tile(np.stack([hh, ww], -1), (t, 1)).astype(np.int32)
 
 
 def rotary_2d(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:

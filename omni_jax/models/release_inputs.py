@@ -17,8 +17,8 @@ media of the whole batch as flat lists, and builds everything else itself:
              codes of every chunk, concatenated (`valid_codes`).
 
 Everything here is host-side (numpy) bookkeeping or a jnp index; the model parts and the one
-placement function (`place`, `place_in_order`) stay in omni.py. The vision positions reuse the data pipeline's `patch_positions`
-(transformers' merge-window order).
+placement function (`place`, `place_in_order`) stay in omni.py. The vision positions are
+navit.py's `patch_positions` (transformers' merge-window order), which the data pipeline uses too.
 """
 
 from __future__ import annotations
@@ -29,14 +29,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omni_jax.data.special_tokens import RELEASE_IDS
+from omni_jax.models.navit import patch_positions
 
 Array = jax.Array
 
 # The release's placeholder ids (reference_config.json audio_pad_token_id, image_pad_token_id,
-# video_place_token_id); a model trained with another tokenizer passes its own ids.
-RELEASE_PLACEHOLDERS = {"audio": RELEASE_IDS["audio_pad"], "image": RELEASE_IDS["img_pad"],
-                        "video": RELEASE_IDS["video_place"]}
+# video_place_token_id; the same as omni_jax/data/special_tokens.py RELEASE_IDS, which models/ may
+# not import: tests/models/test_omni_api.py checks they agree); a model trained with another
+# tokenizer passes its own ids.
+RELEASE_PLACEHOLDERS = {"audio": 151678, "image": 151681, "video": 151694}
 
 
 def placeholder_ids(ids: Mapping[str, int] | None) -> dict[str, int]:
@@ -90,8 +91,6 @@ def vision_layout(grids: Sequence[Sequence[int]], num_patches: int) -> tuple[np.
     """(h, w) rotary positions (P, 2) and segment ids (P,) (one per image / temporal frame, from 1)
     of items with these (t, h, w) grids packed back to back, as the release's vision encoder
     sees them (`grid_thw`); errors name a grid that does not match the patches."""
-    from omni_jax.data.vision_preprocessing import patch_positions
-
     grids = [tuple(int(g) for g in grid) for grid in np.asarray(grids).reshape(-1, 3)]
     total = sum(t * h * w for t, h, w in grids)
     if total != num_patches:

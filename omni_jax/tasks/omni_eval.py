@@ -147,7 +147,7 @@ def evaluate(task, params, state, workdir: str) -> dict[str, Any]:
     n, max_new = int(ev.num_samples), int(ev.max_new_tokens)
     sets = evaluation_sets(ev.get("dataset", "shapes"))
     tok = _pipeline(task, sets["image_qa"]).tokenizer
-    from omni_jax.train.workdir import workdir_path  # the workdir may be gs://...: epath throughout
+    from omni_jax.workdir import workdir_path  # the workdir may be gs://...: epath throughout
 
     out_dir = workdir_path(workdir) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)

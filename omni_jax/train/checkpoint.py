@@ -10,7 +10,7 @@ Orbax writes each step into a temporary directory and renames it when complete, 
 crash or kill during a save leaves the previous checkpoints intact and the partial one
 invisible. Before restoring, the saved tree is compared with what this config expects;
 a mismatch raises `CheckpointMismatchError` naming every differing tensor. The directory is
-an `etils.epath` path (omni_jax/train/workdir.py), so gs:// checkpoints stay on GCS.
+an `etils.epath` path (omni_jax/workdir.py), so gs:// checkpoints stay on GCS.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
-from omni_jax.train.workdir import workdir_path
+from omni_jax.workdir import workdir_path
 
 
 class CheckpointMismatchError(ValueError):

@@ -8,7 +8,7 @@
 is the real-token count of the logged step.
 On resume the log is cut back to the restored step, so a crash between a log line and
 the next checkpoint never leaves duplicate or orphaned steps in the file.
-Only process 0 writes. The workdir is an `etils.epath` path (omni_jax/train/workdir.py): on a
+Only process 0 writes. The workdir is an `etils.epath` path (omni_jax/workdir.py): on a
 local disk lines are appended and flushed; on an object store (gs://, s3://), which cannot
 append, the whole file is rewritten atomically at most every `flush_every_s` and at close, and
 TensorBoard event files are uploaded whole through epath on each TensorBoard flush.
@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import jax
 from etils import epath
 
-from omni_jax.train.workdir import is_local, workdir_path, write_text_atomic
+from omni_jax.workdir import is_local, workdir_path, write_text_atomic
 
 
 class _EpathRecordWriter:

@@ -15,7 +15,7 @@ per stage `_run_stage` (`_enter_stage` carries optimizer moments; the step loop 
 `_StepTimer` and checkpoints), and `_evaluate_at_end`.
 
 The workdir may be local or an object store (gs://...): every file in it goes through
-`etils.epath` (omni_jax/train/workdir.py), and an owner lease refuses a workdir another
+`etils.epath` (omni_jax/workdir.py), and an owner lease refuses a workdir another
 live run is writing.
 """
 
@@ -41,7 +41,7 @@ from omni_jax.train.checkpoint import Checkpointer
 from omni_jax.train.metrics import MetricsWriter
 from omni_jax.train.multitask import StageTasks, init_union, union_trees
 from omni_jax.train.optimizer import build_optimizer, learning_rates, stage_from_config, transfer_state
-from omni_jax.train.workdir import WorkdirBusyError, WorkdirLease, config_hash, workdir_path, write_text_atomic
+from omni_jax.workdir import WorkdirBusyError, WorkdirLease, config_hash, workdir_path, write_text_atomic
 
 log = logging.getLogger("omni_jax")
 

@@ -209,3 +209,11 @@ def test_forward_release_style_matches_a_torch_retyping_of_the_release(setup):
     print(f"forward_release_style vs torch release forward: codes identical ({len(got_codes)} frames), hidden max "
           f"abs diff {d_h:.3e} (scale {np.abs(want_h).max():.2f}), logits {d:.3e} (scale {np.abs(want).max():.2f})")
     assert d_h <= 1e-6 and d <= 1e-6  # measured 9.3e-8 hidden, 3.4e-8 logits here
+
+
+def test_release_placeholder_ids_are_the_special_token_table():
+    """models/ may not import data/: release_inputs keeps the three ids; they must agree."""
+    from omni_jax.data.special_tokens import RELEASE_IDS
+
+    assert RELEASE_PLACEHOLDERS == {"audio": RELEASE_IDS["audio_pad"], "image": RELEASE_IDS["img_pad"],
+                                    "video": RELEASE_IDS["video_place"]}

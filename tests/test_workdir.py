@@ -1,4 +1,4 @@
-"""omni_jax/train/workdir.py: epath workdirs (gs:// never becomes a local folder) and the owner lease."""
+"""omni_jax/workdir.py: epath workdirs (gs:// never becomes a local folder) and the owner lease."""
 
 import json
 import os
@@ -12,7 +12,7 @@ from etils import epath
 from etils.epath import testing as epath_testing
 
 from configs import backbone_tiny
-from omni_jax.train.workdir import (
+from omni_jax.workdir import (
     LEASE_FILE, WorkdirBusyError, WorkdirLease, config_hash, is_local, workdir_path, write_text_atomic)
 
 
