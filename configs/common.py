@@ -42,17 +42,17 @@ LR_CAP = {"tiny": 3e-3, "small": 1e-3, "7b": 1.0}
 WARMUP = {"tiny": 10, "small": 50, "7b": 100}
 
 
-def stage_base(size: str, task: str, model: ml_collections.ConfigDict, seq: dict, small_shapes: dict,
+def stage_base(size: str, task: str, model_preset, seq: dict, small_shapes: dict,
                large_shapes: dict, bf16_parts: tuple[str, ...], speech_reply: bool) -> ml_collections.ConfigDict:
-    """The run defaults every stage config of an omni model shares: `model` (a preset of the
-    model size), data shapes (`small_shapes` for tiny/test, `large_shapes` for small/7b, whose
+    """The run defaults every stage config of an omni model shares: the model (`model_preset(size)`,
+    tiny for "test"), data shapes (`small_shapes` for tiny/test, `large_shapes` for small/7b, whose
     tokenizer is bytes for small and the release's for 7b), sequence length seq[size], batch size,
     bf16 + full remat for `bf16_parts` at 7b, checkpointing and the end-of-run evaluation."""
     if size not in STAGE_SIZES + ("test",):
         raise ValueError(f"unknown size {size!r}; use one of {STAGE_SIZES}")
     c = base()
     c.task = task
-    c.model = model
+    c.model = model_preset("tiny" if size == "test" else size)
     small = size in ("tiny", "test")
     c.data = omni_data(seq_len=seq[size], **(small_shapes if small else large_shapes))
     if not small:

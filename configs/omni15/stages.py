@@ -31,7 +31,7 @@ def partition(groups: dict[str, tuple[str, ...]], components: tuple[str, ...] = 
 def base(size: str = "tiny") -> ml_collections.ConfigDict:
     """Model, data and run defaults shared by every 1.5 stage config."""
     c = common.stage_base(
-        size, "omni", common.omni15_model("tiny" if size == "test" else size),
+        size, "omni", common.omni15_model,
         seq={"tiny": 512, "test": 384, "small": 1024, "7b": 4096},
         small_shapes=dict(max_patches=256, max_vision_items=8, max_audio_chunks=2, max_speech_chunks=2,
                           mel_frames=600),

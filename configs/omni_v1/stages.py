@@ -26,7 +26,7 @@ SIZES = common.STAGE_SIZES
 def base(size: str = "tiny") -> ml_collections.ConfigDict:
     """Model, data and run defaults shared by every v1 stage config."""
     c = common.stage_base(
-        size, "omni_v1", common.omni_v1_model("tiny" if size == "test" else size),
+        size, "omni_v1", common.omni_v1_model,
         seq={"tiny": 512, "test": 256, "small": 1024, "7b": 4096},
         small_shapes=dict(max_patches=0, max_tiles=16, max_vision_items=8, max_audio_chunks=2, max_speech_chunks=0,
                           mel_frames=600),
