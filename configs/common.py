@@ -26,6 +26,8 @@ def base() -> ml_collections.ConfigDict:
     # lease_timeout_s: another run may take over this run's workdir lease after that long without renewal
     c.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=3, async_save=True, lease_timeout_s=600.0))
     c.init = ml_collections.ConfigDict(dict(checkpoint="", flavour="hf"))  # safetensors to start from
+    # a jax.profiler trace of global steps [start_step, start_step + num_steps) in <workdir>/profile
+    c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=0))
     c.stages = ml_collections.ConfigDict()
     c.stage_order = ()
     return c

@@ -286,6 +286,7 @@ def _run_stage(run: _Run, progress: _Progress, metrics_log: MetricsWriter, stop:
     bar = tqdm(total=stage.steps, initial=progress.stage_step, desc=stage.name, unit="step",
                disable=jax.process_index() != 0 or not config.train.get("progress_bar", True))
     timer = _StepTimer(layout)
+    profiler = _Profiler(config, run.workdir)
 
     def meta() -> dict:
         return _meta(config, stage, si, progress.stage_step, step)
@@ -299,8 +300,12 @@ def _run_stage(run: _Run, progress: _Progress, metrics_log: MetricsWriter, stop:
             log.warning("signal %d: saved checkpoint at step %d and stopped", stop.signum, step)
             progress.status = "preempted"
             break
+        profiler.before(step)
+        t_data = time.perf_counter()
         batch = step_lib.global_batch_from_local(next(data), layout)
+        timer.data_wait(time.perf_counter() - t_data)
         progress.state, metrics = train_step(progress.state, batch)
+        profiler.after(step + 1, progress.state)
         progress.stage_step += 1
         step += 1
         timer.count(metrics)
@@ -314,7 +319,37 @@ def _run_stage(run: _Run, progress: _Progress, metrics_log: MetricsWriter, stop:
             _lease_check(run.lease)
             if run.ckpt.save(step, progress.state, meta(), data.get_state(), force=end):
                 progress.saved_step = step
+    profiler.stop(progress.state)
     bar.close()
+
+
+class _Profiler:
+    """`config.profile.start_step` / `num_steps`: a jax.profiler trace of those global steps in
+    `<workdir>/profile` (TensorBoard's profile plugin reads it: `tensorboard --logdir DIR/profile`)."""
+
+    def __init__(self, config, workdir):
+        p = config.get("profile", None) or {}
+        self.start, self.num = int(p.get("start_step", -1)), int(p.get("num_steps", 0))
+        if self.num > 0 and self.start < 0:
+            raise ValueError(f"config.profile.num_steps={self.num} needs config.profile.start_step >= 0 "
+                             "(the first global step to trace)")
+        self.dir, self.on = workdir / "profile", False
+
+    def before(self, step: int) -> None:
+        if self.num > 0 and step == self.start and not self.on:
+            jax.profiler.start_trace(str(self.dir))
+            self.on = True
+
+    def after(self, steps_done: int, state) -> None:
+        if self.on and steps_done >= self.start + self.num:
+            self.stop(state)
+
+    def stop(self, state) -> None:
+        if self.on:
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            self.on = False
+            log.info("profile of steps %d..%d written to %s", self.start, self.start + self.num - 1, self.dir)
 
 
 class _StepTimer:
@@ -324,7 +359,11 @@ class _StepTimer:
     def __init__(self, layout):
         tokens = layout.batch_abstract.get("tokens")
         self.tokens_per_step = int(np.prod(tokens.shape[:2])) if tokens is not None else 0
-        self.t_last, self.n, self.real = time.perf_counter(), 0, 0.0
+        self.t_last, self.n, self.real, self.data_s = time.perf_counter(), 0, 0.0, 0.0
+
+    def data_wait(self, seconds: float) -> None:
+        """Host time spent getting the step's batch (data pipeline + transfer to the devices)."""
+        self.data_s += seconds
 
     def count(self, metrics) -> None:
         self.n += 1
@@ -338,8 +377,11 @@ class _StepTimer:
         m["step_time_s"] = dt / self.n
         m["padded_tokens_per_s"] = self.tokens_per_step * self.n / dt if dt > 0 else 0.0
         m["tokens_per_s"] = float(self.real) / dt if dt > 0 else 0.0
+        # host-side split of the step time: waiting for data vs the rest (dispatch + device)
+        m["data_wait_s"] = self.data_s / self.n
+        m["data_wait_fraction"] = self.data_s / dt if dt > 0 else 0.0
         m.update({f"lr/{g}": v for g, v in learning_rates(stage, stage_step - 1).items()})
-        self.t_last, self.n, self.real = time.perf_counter(), 0, 0.0
+        self.t_last, self.n, self.real, self.data_s = time.perf_counter(), 0, 0.0, 0.0
         return m
 
 

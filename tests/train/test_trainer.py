@@ -103,3 +103,18 @@ def test_unknown_stage_in_order_is_named(tmp_path):
     c.stage_order = ("pretrain", "sft")
     with pytest.raises(ValueError, match=r"config.stage_order names \['sft'\]"):
         train(c, str(tmp_path))
+
+
+def test_profile_trace_and_data_wait_metrics(tmp_path):
+    """config.profile writes a jax.profiler trace (TensorBoard profile plugin layout); the metrics
+    split the step's host time into data wait and the rest."""
+    c = _cfg(4)
+    c.profile.update(start_step=1, num_steps=2)
+    train(c, str(tmp_path))
+    traces = list((tmp_path / "profile").glob("plugins/profile/*/*.xplane.pb"))
+    assert traces, f"no trace under {tmp_path / 'profile'}"
+    rows = read_metrics(str(tmp_path))
+    assert all(0.0 <= r["data_wait_s"] <= r["step_time_s"] and 0.0 <= r["data_wait_fraction"] <= 1.0 for r in rows)
+    c.profile.update(start_step=-1, num_steps=2)
+    with pytest.raises(ValueError, match="config.profile.num_steps=2 needs config.profile.start_step >= 0"):
+        train(c, str(tmp_path / "bad"))
