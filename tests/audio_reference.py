@@ -189,6 +189,18 @@ class ReleaseConvT(nn.Module):
         y = self.norm(self.conv(x.T[None]))[0].T
         return y[: y.shape[0] - max(0, k - s)]
 
+    def forward_batch(self, x, lengths):  # (B, T, C) padded, (B,) -> (B, T', C), (B,)
+        """The release's 3-D path of CasualConvTranspose1d.forward: zero beyond each length,
+        ConvTranspose1d + GroupNorm over the whole padded row, trim, zero beyond each output
+        length, cut to the longest."""
+        k, s = self.conv.kernel_size[0], self.conv.stride[0]
+        keep = (torch.arange(x.shape[1])[None] < lengths[:, None])[..., None]
+        y = self.norm(self.conv(torch.where(keep, x, 0).transpose(2, 1))).transpose(2, 1)
+        y = y[:, : y.shape[1] - max(0, k - s)]
+        out_len = (lengths - 1) * s + k - max(0, k - s)
+        y = torch.where((torch.arange(y.shape[1])[None] < out_len[:, None])[..., None], y, 0)
+        return y[:, : int(out_len.max())], out_len
+
 
 class ReleasePostNet(nn.Module):
     """audio_modeling_omni.py MelSpecRefineNet.forward (nearest resample, conv/GroupNorm/Mish stack, residual)."""
@@ -227,6 +239,19 @@ class ReleaseAudioDecoder(nn.Module):
         self.layer_norm = nn.LayerNorm(d)
         self.dconv2 = ReleaseConvT(d, mels, 3, stride2)
         self.post_net = ReleasePostNet(mels, channels, hop, sr, voc_hop, voc_sr)
+
+    def hidden_batch(self, x, lengths):  # (B, T, d) padded, (B,) -> hidden states before dconv2
+        """OmniAudioDecoder.forward's batched path up to `hidden_states_before_dconv2`: dconv1 on
+        the padded batch (forward_batch), + sinusoids, causal layers per clip (varlen), LN."""
+        h, n = self.dconv1.forward_batch(x, lengths)
+        h = h + self.positional_embedding[: h.shape[1]]
+        out = torch.zeros_like(h)
+        for b, m in enumerate(n.tolist()):
+            hb = h[b, :m]
+            for layer in self.layers:
+                hb = layer(hb)
+            out[b, :m] = self.layer_norm(hb)
+        return out, n
 
     def forward(self, x, out_len=None):  # (L, d) one clip's decoder embeddings
         h = self.dconv1(x)
