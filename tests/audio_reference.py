@@ -169,6 +169,25 @@ class ReleaseBridge(nn.Module):
             codes.append(ind)
         return torch.stack(codes, -1)
 
+    def forward_batch(self, x, lengths):  # (B, T, d) padded encoder output, (B,) bridge lengths
+        """OmniAudioVQBridgeTokenizer.forward on a padded batch (zeros beyond each clip, as the
+        encoder unpacks): pad time to a multiple of the pool, Conv-GMLP over the whole batch,
+        RVQ, then masked_select of the valid frames -> (sum(lengths), n_stages) packed codes."""
+        b = x.shape[0]
+        if x.shape[1] % self.pool:
+            x = F.pad(x, (0, 0, 0, self.pool - x.shape[1] % self.pool))
+        xt = x.permute(0, 2, 1)
+        g, u = self.gate_proj(xt).permute(0, 2, 1), self.up_proj(xt).permute(0, 2, 1)
+        res = self.layer_norm(self.down_proj(F.silu(g) * u) + x.reshape(b, -1, self.dim)).float()
+        codes = []
+        for vq in self.vq_list:
+            q, ind = vq.codebook(res.reshape(-1, self.dim))
+            res = res - q.reshape(res.shape)
+            codes.append(ind.reshape(b, -1))
+        codes = torch.stack(codes, -1)
+        valid = torch.arange(codes.shape[1])[None] < lengths[:, None]
+        return codes[valid]
+
     def decode(self, codes):
         n = codes.shape[-1]
         res = sum(self.vq_list[i].codebook.embed[codes[:, i]].float() for i in range(n - 1, -1, -1))
