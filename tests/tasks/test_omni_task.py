@@ -29,6 +29,10 @@ def test_release_checkpoint_to_two_stages_and_evaluation(tmp_path):
     assert r["status"] == "done" and r["step"] == 4
     ev = json.load(open(tmp_path / "run" / "eval.json"))
     assert {"image_qa", "asr", "speech_qa"} <= set(ev) and 0.0 <= ev["image_qa"]["accuracy"] <= 1.0
+    # every evaluated sample is listed here (2 <= 5): the accuracy is their exact-match rate
+    qa, norm = ev["image_qa"], lambda s: " ".join(s.lower().replace(".", " ").replace(",", " ").split())
+    assert len(qa["examples"]) == c.evaluate.num_samples == 2
+    assert qa["accuracy"] == np.mean([norm(e["hypothesis"]) == norm(e["reference"]) for e in qa["examples"]])
     assert "char_error_rate" in ev["asr"] and os.path.exists(tmp_path / "run" / "eval" / "results.json")
     ck = Checkpointer(str(tmp_path / "run" / "checkpoints"))
     from omni_jax.train.checkpoint import ocp
