@@ -6,6 +6,9 @@
   the release's module names, so their state_dict keys are the release's. They process ONE
   clip at a time (the release packs clips and uses flash-attention varlen; for a single clip
   that is plain attention over the clip, causal in the decoder).
+* `whisper_encoder_release_batch`: the release's batched encoder forward on a padded batch
+  (conv stem over the padding, per-clip attention), where batching and padding can differ
+  from one clip at a time.
 """
 
 from __future__ import annotations
@@ -46,12 +49,36 @@ def whisper_encoder_one_clip(ref: WhisperEncoder, mel: np.ndarray) -> np.ndarray
         return ref.layer_norm(h)[0].numpy()
 
 
+def whisper_encoder_release_batch(ref: WhisperEncoder, mel: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The release's batched encoder (audio_modeling_omni.py OmniAudioEncoder.forward) on a
+    padded batch (B, 128, T) whose frames beyond each valid length are zero (as
+    processor_omni.py extract_fbank_features leaves them): the conv stem runs over the whole
+    padded batch, output_length follows OmniAudioProcessor.inference_output_length, the valid
+    frames are packed and each clip attends only to itself (flash_attn_varlen_func), then
+    unpacked with zeros. Returns (B, T // 2, d)."""
+    with torch.no_grad():
+        x = torch.tensor(mel)
+        x = F.gelu(ref.conv2(F.gelu(ref.conv1(x)))).permute(0, 2, 1)
+        h = x + ref.embed_positions.weight[: x.shape[1]]
+        out = torch.zeros_like(h)
+        for b, n in enumerate(lengths.tolist()):
+            m = (n + 2 - 3) // 1 + 1  # conv1, pad 1
+            m = (m + 2 - 3) // 2 + 1  # conv2, stride 2, pad 1
+            hb = h[b:b + 1, :m]
+            for layer in ref.layers:
+                hb = layer(hb, None)
+            out[b, :m] = ref.layer_norm(hb)[0]
+        return out.numpy()
+
+
 # ---------------------------------------------------------------------------------
 # The release's audio tokenizer modules (one clip at a time).
 # ---------------------------------------------------------------------------------
 
 
 class ReleaseAttention(nn.Module):
+    """audio_modeling_omni.py OmniWhisperAttention (flash_attn_varlen_func over one clip = plain attention)."""
+
     def __init__(self, d, heads, causal):
         super().__init__()
         self.heads, self.causal = heads, causal
@@ -69,7 +96,7 @@ class ReleaseAttention(nn.Module):
 
 
 class ReleaseTransformerLayer(nn.Module):
-    """OmniWhisperTransformerLayer (LayerNorm variant)."""
+    """audio_modeling_omni.py OmniWhisperTransformerLayer.forward (LayerNorm variant)."""
 
     def __init__(self, d, heads, ffn, causal):
         super().__init__()
@@ -85,7 +112,7 @@ class ReleaseTransformerLayer(nn.Module):
 
 
 class ReleaseCodebook(nn.Module):
-    """vector_quantize.py EuclideanCodebook: nearest codeword by -sqrt(clamp(|x|^2+|e|^2-2xe, 0))."""
+    """vector_quantize.py EuclideanCodebook.forward (inference): nearest codeword by -sqrt(clamp(|x|^2+|e|^2-2xe, 0))."""
 
     def __init__(self, dim, size):
         super().__init__()
@@ -105,13 +132,15 @@ class ReleaseCodebook(nn.Module):
 
 
 class ReleaseVQ(nn.Module):
+    """vector_quantize.py VectorQuantize (holds `codebook`; one stage of the residual VQ)."""
+
     def __init__(self, dim, size):
         super().__init__()
         self.codebook = ReleaseCodebook(dim, size)
 
 
 class ReleaseBridge(nn.Module):
-    """OmniAudioVQBridgeTokenizer: Conv-GMLP (pool p) + RVQ + proj_decoder, one clip."""
+    """audio_modeling_omni.py OmniAudioVQBridgeTokenizer.encode / decode: Conv-GMLP (pool p) + RVQ + proj_decoder, one clip."""
 
     def __init__(self, d, pool, codebook_sizes):
         super().__init__()
@@ -140,6 +169,25 @@ class ReleaseBridge(nn.Module):
             codes.append(ind)
         return torch.stack(codes, -1)
 
+    def forward_batch(self, x, lengths):  # (B, T, d) padded encoder output, (B,) bridge lengths
+        """OmniAudioVQBridgeTokenizer.forward on a padded batch (zeros beyond each clip, as the
+        encoder unpacks): pad time to a multiple of the pool, Conv-GMLP over the whole batch,
+        RVQ, then masked_select of the valid frames -> (sum(lengths), n_stages) packed codes."""
+        b = x.shape[0]
+        if x.shape[1] % self.pool:
+            x = F.pad(x, (0, 0, 0, self.pool - x.shape[1] % self.pool))
+        xt = x.permute(0, 2, 1)
+        g, u = self.gate_proj(xt).permute(0, 2, 1), self.up_proj(xt).permute(0, 2, 1)
+        res = self.layer_norm(self.down_proj(F.silu(g) * u) + x.reshape(b, -1, self.dim)).float()
+        codes = []
+        for vq in self.vq_list:
+            q, ind = vq.codebook(res.reshape(-1, self.dim))
+            res = res - q.reshape(res.shape)
+            codes.append(ind.reshape(b, -1))
+        codes = torch.stack(codes, -1)
+        valid = torch.arange(codes.shape[1])[None] < lengths[:, None]
+        return codes[valid]
+
     def decode(self, codes):
         n = codes.shape[-1]
         res = sum(self.vq_list[i].codebook.embed[codes[:, i]].float() for i in range(n - 1, -1, -1))
@@ -147,7 +195,7 @@ class ReleaseBridge(nn.Module):
 
 
 class ReleaseConvT(nn.Module):
-    """CasualConvTranspose1d: ConvTranspose1d + GroupNorm(1) over the full output, then the last
+    """audio_modeling_omni.py CasualConvTranspose1d.forward: ConvTranspose1d + GroupNorm(1) over the full output, then the last
     max(0, k - stride) frames are dropped."""
 
     def __init__(self, cin, cout, k, stride):
@@ -160,8 +208,22 @@ class ReleaseConvT(nn.Module):
         y = self.norm(self.conv(x.T[None]))[0].T
         return y[: y.shape[0] - max(0, k - s)]
 
+    def forward_batch(self, x, lengths):  # (B, T, C) padded, (B,) -> (B, T', C), (B,)
+        """The release's 3-D path of CasualConvTranspose1d.forward: zero beyond each length,
+        ConvTranspose1d + GroupNorm over the whole padded row, trim, zero beyond each output
+        length, cut to the longest."""
+        k, s = self.conv.kernel_size[0], self.conv.stride[0]
+        keep = (torch.arange(x.shape[1])[None] < lengths[:, None])[..., None]
+        y = self.norm(self.conv(torch.where(keep, x, 0).transpose(2, 1))).transpose(2, 1)
+        y = y[:, : y.shape[1] - max(0, k - s)]
+        out_len = (lengths - 1) * s + k - max(0, k - s)
+        y = torch.where((torch.arange(y.shape[1])[None] < out_len[:, None])[..., None], y, 0)
+        return y[:, : int(out_len.max())], out_len
+
 
 class ReleasePostNet(nn.Module):
+    """audio_modeling_omni.py MelSpecRefineNet.forward (nearest resample, conv/GroupNorm/Mish stack, residual)."""
+
     def __init__(self, mels, channels, hop, sr, voc_hop, voc_sr):
         super().__init__()
         self.hop, self.sr, self.voc_hop, self.voc_sr = hop, sr, voc_hop, voc_sr
@@ -184,7 +246,7 @@ class ReleasePostNet(nn.Module):
 
 
 class ReleaseAudioDecoder(nn.Module):
-    """OmniAudioDecoder for one clip: dconv1 -> +sinusoids -> causal layers -> LN ->
+    """audio_modeling_omni.py OmniAudioDecoder.forward for one clip: dconv1 -> +sinusoids -> causal layers -> LN ->
     (hidden states before dconv2) -> dconv2 -> post-net."""
 
     def __init__(self, d, heads, ffn, layers, pool, stride2, mels, channels, max_pos,
@@ -196,6 +258,19 @@ class ReleaseAudioDecoder(nn.Module):
         self.layer_norm = nn.LayerNorm(d)
         self.dconv2 = ReleaseConvT(d, mels, 3, stride2)
         self.post_net = ReleasePostNet(mels, channels, hop, sr, voc_hop, voc_sr)
+
+    def hidden_batch(self, x, lengths):  # (B, T, d) padded, (B,) -> hidden states before dconv2
+        """OmniAudioDecoder.forward's batched path up to `hidden_states_before_dconv2`: dconv1 on
+        the padded batch (forward_batch), + sinusoids, causal layers per clip (varlen), LN."""
+        h, n = self.dconv1.forward_batch(x, lengths)
+        h = h + self.positional_embedding[: h.shape[1]]
+        out = torch.zeros_like(h)
+        for b, m in enumerate(n.tolist()):
+            hb = h[b, :m]
+            for layer in self.layers:
+                hb = layer(hb)
+            out[b, :m] = self.layer_norm(hb)
+        return out, n
 
     def forward(self, x, out_len=None):  # (L, d) one clip's decoder embeddings
         h = self.dconv1(x)
@@ -209,7 +284,7 @@ class ReleaseAudioDecoder(nn.Module):
 
 
 class ReleaseEncoder(nn.Module):
-    """OmniAudioEncoder for one clip: conv stem, + stored sinusoid buffer, layers, layer_norm."""
+    """audio_modeling_omni.py OmniAudioEncoder.forward for one clip: conv stem, + stored sinusoid buffer, layers, layer_norm."""
 
     def __init__(self, mels, d, heads, ffn, layers, max_pos):
         super().__init__()
@@ -228,7 +303,8 @@ class ReleaseEncoder(nn.Module):
 
 
 class ReleaseAudioTokenizer(nn.Module):
-    """`audio_tokenizer.{audio_model, audio_bridge_model, audio_decoder}` (state-dict names as released)."""
+    """modeling_omni.py OmniModel.audio_tokenizer = audio_modeling_omni.py OmniAudioTokenizer:
+    `audio_model`, `audio_bridge_model`, `audio_decoder` (state-dict names as released)."""
 
     def __init__(self, mels, d, heads, ffn, enc_layers, dec_layers, pool, codebook_sizes, out_mels, channels,
                  max_pos):
@@ -245,6 +321,8 @@ class ReleaseAudioTokenizer(nn.Module):
 
 
 class Container(nn.Module):
+    """Mounts references under release prefixes (no release counterpart; only names the children)."""
+
     def __init__(self, **children):
         super().__init__()
         for k, v in children.items():

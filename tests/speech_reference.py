@@ -29,6 +29,8 @@ from torch.nn.utils import weight_norm
 
 
 class RMSNorm(tnn.Module):
+    """audio_modeling_omni.py RMSNorm.forward (fp32 variance, weight * x)."""
+
     def __init__(self, hidden_size, eps=1e-6):
         super().__init__()
         self.weight = tnn.Parameter(torch.ones(hidden_size))
@@ -44,6 +46,8 @@ class RMSNorm(tnn.Module):
 
 
 class TorchDepthLayer(tnn.Module):
+    """modeling_omni.py CasualDepthTransformerLayer.forward (per-depth einsum FFN, unused linear biases)."""
+
     def __init__(self, hidden, depth, num_heads):
         super().__init__()
         self.hidden, self.depth = hidden, depth
@@ -68,6 +72,8 @@ class TorchDepthLayer(tnn.Module):
 
 
 class TorchAudioHead(tnn.Module):
+    """modeling_omni.py OmniAudioHead.forward (depth transformer, headnorm, 8 heads)."""
+
     def __init__(self, hidden, codebook_sizes, num_layers, num_heads):
         super().__init__()
         self.hidden, self.codebook_sizes = hidden, list(codebook_sizes)
@@ -87,7 +93,7 @@ class TorchAudioHead(tnn.Module):
 
 
 class TorchAudioEmbed(tnn.Module):
-    """Holds `audio_embed_layers` like OmniModel (state-dict names audio_embed_layers.{i}.weight)."""
+    """modeling_omni.py OmniModel.audio_embed_layers: holds the tables (state-dict names audio_embed_layers.{i}.weight)."""
 
     def __init__(self, hidden, codebook_sizes):
         super().__init__()
@@ -124,6 +130,8 @@ def sinusoids_t(length, channels, max_timescale=10000):
 
 
 class WhisperAttention(tnn.Module):
+    """audio_modeling_omni.py OmniWhisperAttention(causal=True) over one unpacked sequence."""
+
     def __init__(self, d, heads):
         super().__init__()
         self.d, self.heads = d, heads
@@ -143,6 +151,8 @@ class WhisperAttention(tnn.Module):
 
 
 class WhisperLayerRMS(tnn.Module):
+    """audio_modeling_omni.py OmniWhisperTransformerLayer(ln_type='RMSNorm').forward."""
+
     def __init__(self, d, heads, ffn):
         super().__init__()
         self.self_attn = WhisperAttention(d, heads)
@@ -157,7 +167,7 @@ class WhisperLayerRMS(tnn.Module):
 
 
 class TorchPrenet(tnn.Module):
-    """FlowmatchingPrenet (length ratio 1.0); packing emulated by running each row's valid prefix."""
+    """audio_modeling_omni.py FlowmatchingPrenet.forward (length ratio 1.0); packing emulated by running each row's valid prefix."""
 
     def __init__(self, in_dim, out_dim, d, heads, ffn, nlayers, max_pos):
         super().__init__()
@@ -179,6 +189,8 @@ class TorchPrenet(tnn.Module):
 
 
 class Transpose(tnn.Module):
+    """CosyVoice cosyvoice/flow/decoder.py Transpose (the release's flow_matching.py)."""
+
     def __init__(self, a, b):
         super().__init__()
         self.a, self.b = a, b
@@ -188,6 +200,8 @@ class Transpose(tnn.Module):
 
 
 class CausalConv1d(tnn.Conv1d):
+    """CosyVoice cosyvoice/flow/decoder.py CausalConv1d: left pad k-1, then Conv1d."""
+
     def __init__(self, cin, cout, k):
         super().__init__(cin, cout, k, padding=0)
         self.causal_padding = k - 1
@@ -197,6 +211,8 @@ class CausalConv1d(tnn.Conv1d):
 
 
 class CausalBlock1D(tnn.Module):
+    """CosyVoice cosyvoice/flow/decoder.py CausalBlock1D: CausalConv1d, LayerNorm, Mish, masked."""
+
     def __init__(self, dim, dim_out):
         super().__init__()
         self.block = tnn.Sequential(CausalConv1d(dim, dim_out, 3), Transpose(1, 2), tnn.LayerNorm(dim_out),
@@ -207,6 +223,8 @@ class CausalBlock1D(tnn.Module):
 
 
 class CausalResnetBlock1D(tnn.Module):
+    """CosyVoice cosyvoice/flow/decoder.py CausalResnetBlock1D (time MLP, 1x1 residual conv)."""
+
     def __init__(self, dim, dim_out, time_emb_dim):
         super().__init__()
         self.mlp = tnn.Sequential(tnn.Mish(), tnn.Linear(time_emb_dim, dim_out))
@@ -222,6 +240,8 @@ class CausalResnetBlock1D(tnn.Module):
 
 
 class DiffusersAttention(tnn.Module):
+    """diffusers Attention as Matcha-TTS matcha/models/components/transformer.py uses it (bias-free q/k/v)."""
+
     def __init__(self, dim, heads, dim_head):
         super().__init__()
         inner = heads * dim_head
@@ -239,6 +259,8 @@ class DiffusersAttention(tnn.Module):
 
 
 class GELUProj(tnn.Module):
+    """diffusers GELU (Linear + gelu) inside Matcha-TTS FeedForward."""
+
     def __init__(self, dim, inner):
         super().__init__()
         self.proj = tnn.Linear(dim, inner)
@@ -248,6 +270,8 @@ class GELUProj(tnn.Module):
 
 
 class FeedForward(tnn.Module):
+    """Matcha-TTS matcha/models/components/transformer.py FeedForward (GELU proj, Linear)."""
+
     def __init__(self, dim, mult=4):
         super().__init__()
         self.net = tnn.ModuleList([GELUProj(dim, dim * mult), tnn.Dropout(0.0), tnn.Linear(dim * mult, dim)])
@@ -259,6 +283,8 @@ class FeedForward(tnn.Module):
 
 
 class BasicTransformerBlock(tnn.Module):
+    """Matcha-TTS matcha/models/components/transformer.py BasicTransformerBlock.forward."""
+
     def __init__(self, dim, heads, dim_head):
         super().__init__()
         self.norm1 = tnn.LayerNorm(dim)
@@ -272,6 +298,8 @@ class BasicTransformerBlock(tnn.Module):
 
 
 class SinusoidalPosEmb(tnn.Module):
+    """Matcha-TTS matcha/models/components/decoder.py SinusoidalPosEmb (scale 1000)."""
+
     def __init__(self, dim):
         super().__init__()
         self.dim = dim
@@ -285,6 +313,8 @@ class SinusoidalPosEmb(tnn.Module):
 
 
 class TimestepEmbedding(tnn.Module):
+    """Matcha-TTS matcha/models/components/decoder.py TimestepEmbedding (Linear, SiLU, Linear)."""
+
     def __init__(self, cin, dim):
         super().__init__()
         self.linear_1 = tnn.Linear(cin, dim)
@@ -308,6 +338,9 @@ def chunk_bias(mask, chunk):  # mask (B, 1, T) float -> additive bias (B, T, T)
 
 
 class TorchConditionalDecoder(tnn.Module):
+    """The release's flow_matching.py ConditionalDecoder = CosyVoice cosyvoice/flow/decoder.py
+    ConditionalDecoder (causal U-Net, chunk-causal mask)."""
+
     def __init__(self, in_channels, out_channels, channels=(256,), attention_head_dim=64, n_blocks=4,
                  num_mid_blocks=12, num_heads=8, chunk_size=100):
         super().__init__()
@@ -349,7 +382,8 @@ class TorchConditionalDecoder(tnn.Module):
 
 
 class TorchFlowMatching(tnn.Module):
-    """audio_flow_matching_decoder: prenet + conditional_decoder (release state-dict names)."""
+    """modeling_omni.py OmniModel.audio_flow_matching_decoder = audio_modeling_omni.py
+    OmniFlowMatchingDecoder: prenet + conditional_decoder (release state-dict names)."""
 
     def __init__(self, prenet: TorchPrenet, decoder: TorchConditionalDecoder):
         super().__init__()
@@ -395,6 +429,8 @@ def get_padding(kernel_size, dilation=1):
 
 
 class Snake(tnn.Module):
+    """CosyVoice cosyvoice/transformer/activation.py Snake (x + sin^2(alpha x) / alpha)."""
+
     def __init__(self, channels):
         super().__init__()
         self.alpha = tnn.Parameter(torch.ones(channels))
@@ -405,6 +441,8 @@ class Snake(tnn.Module):
 
 
 class TorchResBlock(tnn.Module):
+    """CosyVoice cosyvoice/hifigan/generator.py ResBlock (Snake, dilated weight-normed convs)."""
+
     def __init__(self, channels, kernel_size, dilations):
         super().__init__()
         self.convs1 = tnn.ModuleList([weight_norm(tnn.Conv1d(channels, channels, kernel_size, 1, dilation=d,
@@ -422,7 +460,7 @@ class TorchResBlock(tnn.Module):
 
 
 class TorchSineGen(tnn.Module):
-    """SineGen with the random phase / noise injected; `dtype` float64 gives exact phases."""
+    """CosyVoice cosyvoice/hifigan/generator.py SineGen.forward with the random phase / noise injected; `dtype` float64 gives exact phases."""
 
     def __init__(self, samp_rate, harmonic_num, sine_amp=0.1, noise_std=0.003, voiced_threshold=10, dtype=torch.float32):
         super().__init__()
@@ -445,6 +483,8 @@ class TorchSineGen(tnn.Module):
 
 
 class TorchSource(tnn.Module):
+    """CosyVoice cosyvoice/hifigan/generator.py SourceModuleHnNSF (SineGen + Linear + tanh)."""
+
     def __init__(self, sampling_rate, harmonic_num, dtype):
         super().__init__()
         self.l_sin_gen = TorchSineGen(sampling_rate, harmonic_num, dtype=dtype)
@@ -456,6 +496,8 @@ class TorchSource(tnn.Module):
 
 
 class TorchF0Predictor(tnn.Module):
+    """CosyVoice cosyvoice/hifigan/f0_predictor.py ConvRNNF0Predictor.forward."""
+
     def __init__(self, in_channels=80, cond_channels=512, layers=5):
         super().__init__()
         mods = []
@@ -470,6 +512,8 @@ class TorchF0Predictor(tnn.Module):
 
 
 class TorchHiFT(tnn.Module):
+    """CosyVoice cosyvoice/hifigan/generator.py HiFTGenerator.forward / decode (source injected)."""
+
     def __init__(self, in_channels=80, base_channels=512, nb_harmonics=8, sampling_rate=24000,
                  upsample_rates=(8, 5, 3), upsample_kernel_sizes=(16, 11, 7), n_fft=16, hop_len=4,
                  resblock_kernel_sizes=(3, 7, 11), resblock_dilation_sizes=((1, 3, 5),) * 3,

@@ -11,10 +11,15 @@ crash or kill during a save leaves the previous checkpoints intact and the parti
 invisible. Before restoring, the saved tree is compared with what this config expects;
 a mismatch raises `CheckpointMismatchError` naming every differing tensor. The directory is
 an `etils.epath` path (omni_jax/workdir.py), so gs:// checkpoints stay on GCS.
+
+Test hook: OMNI_JAX_TEST_HOLD_SAVE="<step>:<dir>" makes the background write of checkpoint
+<step> create <dir>/writing and wait for <dir>/release, so a test can signal or kill the
+process while that save is in flight (tests/launch/test_train_cli.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any, Mapping, Sequence
 
@@ -47,6 +52,26 @@ def _flat_shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
     return out
 
 
+def _meta_handler() -> ocp.JsonCheckpointHandler:
+    """The `meta` writer; under OMNI_JAX_TEST_HOLD_SAVE its write of the named step is held
+    (see the module docstring)."""
+    handler = ocp.JsonCheckpointHandler()
+    if "OMNI_JAX_TEST_HOLD_SAVE" not in os.environ:
+        return handler
+    step, gate = os.environ["OMNI_JAX_TEST_HOLD_SAVE"].split(":", 1)
+    write = handler._save_fn
+
+    async def held_write(x, directory):
+        if int(x["step"]) == int(step):
+            open(os.path.join(gate, "writing"), "w").close()
+            while not os.path.exists(os.path.join(gate, "release")):
+                await asyncio.sleep(0.01)
+        return await write(x, directory)
+
+    handler._save_fn = held_write
+    return handler
+
+
 class Checkpointer:
     def __init__(
         self,
@@ -65,7 +90,7 @@ class Checkpointer:
             preservation_policy=cm.AnyPreservationPolicy(policies),
             cleanup_tmp_directories=True,
         )
-        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": _meta_handler(),
                     "data": ocp.JsonCheckpointHandler()}
         self._mgr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 

@@ -94,20 +94,59 @@ def test_unknown_names_are_clear():
     assert encode_wav(np.zeros(10))[:4] == b"RIFF"
 
 
-def test_espeak_tts_where_installed(tmp_path):
+def _fake_espeak(bin_dir, wav_path, log_path):
+    """An `espeak-ng` executable that logs its arguments and writes a fixed 22.05 kHz WAV to stdout."""
+    import wave
+
+    t = np.arange(22050) / 22050
+    with wave.open(str(wav_path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(22050)
+        w.writeframes((0.5 * np.sin(2 * np.pi * 200 * t) * 32767).astype(np.int16).tobytes())
+    exe = bin_dir / "espeak-ng"
+    exe.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >> "{log_path}"\necho >> "{log_path}"\ncat "{wav_path}"\n')
+    exe.chmod(0o755)
+
+
+def test_espeak_tts_without_espeak_ng(tmp_path, monkeypatch):
+    """Both paths in every environment: here espeak-ng is hidden (PATH without it)."""
+    from omni_jax.data.espeak import EspeakTTS
+
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(RuntimeError, match="espeak-ng' is not installed"):
+        EspeakTTS()
+    with pytest.raises(RuntimeError, match="use the built-in synthesiser"):
+        prepare("omni_speech/shapes_espeak", str(tmp_path / "data"))
+
+
+def test_espeak_tts_with_espeak_ng_on_the_path(tmp_path, monkeypatch):
+    """...and here a stand-in `espeak-ng` is found on PATH: the voice, speed and text reach it,
+    its 22.05 kHz output comes back at 16 kHz, and the espeak builder config is built with it."""
+    from omni_jax.data.omni_pipeline import make_tts
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.txt"
+    _fake_espeak(bin_dir, tmp_path / "one_second.wav", log)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    tts = make_tts({"kind": "espeak"})
+    assert tts.binary == str(bin_dir / "espeak-ng")
+    x = tts("three red stars.", 8)  # voice 8 = the 9th variant, f2
+    assert log.read_text().splitlines() == ["-v|en+f2|-s|150|--stdout|three red stars.|"]
+    assert x.dtype == np.float32 and len(x) == 16000 and abs(float(np.abs(x).max()) - 0.5) < 1e-3
+    src = prepare("omni_speech/shapes_espeak", str(tmp_path / "data")).as_data_source()["test"]
+    assert len(src) == dd.SIZES["tiny"]["speech"][1]
+    assert len(log.read_text().splitlines()) > 1 + len(src)  # every utterance went through espeak-ng
+
+
+def test_real_espeak_ng_where_installed(tmp_path):
     import shutil
 
-    from omni_jax.data.espeak import EspeakTTS
     from omni_jax.data.omni_pipeline import make_tts
 
     if shutil.which("espeak-ng") is None:
-        with pytest.raises(RuntimeError, match="espeak-ng' is not installed"):
-            EspeakTTS()
-        with pytest.raises(RuntimeError, match="use the built-in synthesiser"):
-            prepare("omni_speech/shapes_espeak", str(tmp_path))
-        return
-    tts = make_tts({"kind": "espeak"})
-    x = tts("three red stars.", 2)
+        pytest.skip("espeak-ng is not installed; both code paths are covered by the two tests above")
+    x = make_tts({"kind": "espeak"})("three red stars.", 2)
     assert x.dtype == np.float32 and len(x) > 8000 and np.abs(x).max() > 0.01
     src = prepare("omni_speech/shapes_espeak", str(tmp_path)).as_data_source()["test"]
     assert len(src) == dd.SIZES["tiny"]["speech"][1]

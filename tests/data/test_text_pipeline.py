@@ -46,10 +46,36 @@ def test_process_count_does_not_change_the_global_batch():
 
 
 def test_epochs_are_reshuffled_and_cover_the_corpus():
+    """Read the batch stream back into documents (a document ends where its target is eos):
+    each epoch holds every document of the corpus exactly once, whole and in order inside,
+    every target is the next token, and the second epoch comes in another order."""
+    from omni_jax.data.text_corpus import generate_documents
+
     c = backbone_tiny.get_config("runlocal")
+    tok = ByteTokenizer(c.model.llm.vocab_size)
+    eos = tok.special("eos")
+    corpus = generate_documents(c.data.num_documents, c.data.corpus_seed)
+    assert len(set(corpus)) == len(corpus) == 200
     it = make_text_iterator(c, start_step=0, process_index=0, process_count=1)
-    batches = [it.peek(s)["tokens"] for s in range(60)]
-    assert not np.array_equal(batches[0], batches[40])
+    docs, cur, step, expect = [], [], 0, None
+    while len(docs) < 2 * len(corpus):
+        b = it.peek(step)
+        step += 1
+        for r in range(b["tokens"].shape[0]):
+            real = b["segment_ids"][r] > 0
+            assert not b["loss_mask"][r][~real].any()
+            toks, tgts = b["tokens"][r][real].tolist(), b["targets"][r][real].tolist()
+            for t, g in zip(toks, tgts):
+                assert expect is None or t == expect  # the previous target is this token, across rows too
+                cur.append(t)
+                expect = None if g == eos else g
+                if g == eos:
+                    docs.append(tok.decode(cur))
+                    cur = []
+    first, second = docs[:len(corpus)], docs[len(corpus):2 * len(corpus)]
+    print(f"epochs read back from {step} steps: {len(set(first))} and {len(set(second))} distinct documents")
+    assert sorted(first) == sorted(corpus) and sorted(second) == sorted(corpus)
+    assert first != second and first != corpus  # shuffled, and reshuffled per epoch
 
 
 def test_resuming_on_other_data_is_refused():

@@ -1,7 +1,8 @@
 """omni_jax/generate/interleaved.py: KV-cached greedy text decoding equals transformers'
 generate; the jitted interleaved text/speech loop equals a plainly written reference (full
 forward passes without a cache, the full depth-8 head re-run per codebook like the release,
-the demo's state machine written out step by step) token for token and code for code."""
+the demo's state machine written out step by step, tokens drawn through transformers' logits
+processors) token for token and code for code."""
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ from omni_jax.convert.mapping import import_params
 from omni_jax.data.tokenizer import ByteTokenizer
 from omni_jax.generate.interleaved import (GenerationConfig, SpecialIds, SpeechModels, left_pad, make_generate,
                                            split_rows, text_of)
-from omni_jax.generate.sampling import SamplingParams, mark_seen, sample
+from omni_jax.generate.sampling import SamplingParams, mark_seen
 from omni_jax.models.audio_head import AudioEmbed, AudioHead, AudioHeadConfig
 from omni_jax.models.qwen2 import Qwen2Config, Qwen2LM
 from tests.reference_models import state_dict_numpy, tiny_hf_qwen2
@@ -46,6 +47,35 @@ def params():
 # ----------------------------------------------------------------------------- reference
 
 
+def _reference_sample(key, logits, seen, p: SamplingParams) -> np.ndarray:
+    """One token per row through transformers' logits processors (repetition penalty over the
+    row's seen tokens, temperature, top-k, top-p; the order of generate(do_sample=True)), then
+    the categorical draw with the loop's key (jax.random.categorical over the batch)."""
+    from transformers.generation.logits_process import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
+                                                        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+    logits, rows = np.asarray(logits, np.float32), []
+    for r in range(logits.shape[0]):
+        history = np.nonzero(np.asarray(seen[r]))[0]
+        procs = LogitsProcessorList()
+        if p.repetition_penalty != 1.0 and len(history):
+            procs.append(RepetitionPenaltyLogitsProcessor(p.repetition_penalty))
+        if p.temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(p.temperature))
+        if p.top_k:
+            procs.append(TopKLogitsWarper(p.top_k))
+        if p.top_p < 1.0:
+            procs.append(TopPLogitsWarper(p.top_p))
+        rows.append(procs(torch.tensor(history[None]), torch.tensor(logits[r:r + 1])).numpy()[0])
+    scores = np.stack(rows)
+    if not p.do_sample:
+        return scores.argmax(-1).astype(np.int32)
+    return np.asarray(_categorical(key, jnp.asarray(scores))).astype(np.int32)
+
+
+_categorical = jax.jit(lambda key, scores: jax.random.categorical(key, scores, axis=-1))
+
+
 def _reference(params, prompts, rng, cfg=GCFG):
     """The demo's loop, written out per row, full forwards (no KV cache), full-depth head."""
     llm, emb, head = MODELS.llm, MODELS.embed, MODELS.head
@@ -66,7 +96,6 @@ def _reference(params, prompts, rng, cfg=GCFG):
         ce = emb.apply({"params": params["audio_embed"]}, codes, method=AudioEmbed.per_codebook)
         return head.apply({"params": params["audio_head"]}, h0, ce)
 
-    sample_j = jax.jit(sample, static_argnums=3)
     xs = [[tok_x(t) for t in p] for p in prompts]
     seen = np.zeros((b, LCFG.vocab_size), bool)
     for r, p in enumerate(prompts):
@@ -86,7 +115,7 @@ def _reference(params, prompts, rng, cfg=GCFG):
             h, lg = last_state(buf, n)
             hs.append(h), logits.append(lg)
         hs, logits = jnp.stack(hs), jnp.stack(logits)
-        tok = np.asarray(sample_j(k_text, logits, jnp.asarray(seen), cfg.text))
+        tok = _reference_sample(k_text, logits, seen, cfg.text)
         codes = np.zeros((b, depth), np.int32)
         if "audio" in mode:
             keys = jax.random.split(k_audio, depth)
@@ -94,7 +123,7 @@ def _reference(params, prompts, rng, cfg=GCFG):
                 lg = head_logits(hs, jnp.asarray(codes))[i]
                 if i > 0:
                     lg = lg[:, :-1]
-                codes[:, i] = np.asarray(sample_j(keys[i], lg, jnp.asarray(aseen[:, i, :lg.shape[1]]), cfg.audio))
+                codes[:, i] = _reference_sample(keys[i], lg, aseen[:, i, :lg.shape[1]], cfg.audio)
         for r in range(b):
             feed = None
             if mode[r] == "text":

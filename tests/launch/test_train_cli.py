@@ -1,4 +1,8 @@
-"""launch/train.py as a user runs it: overrides, metrics files, SIGTERM, and SIGKILL safety."""
+"""launch/train.py as a user runs it: overrides, metrics files, SIGTERM, and SIGKILL safety.
+
+The signal tests hold one asynchronous checkpoint write open with the checkpointer's test hook
+(OMNI_JAX_TEST_HOLD_SAVE, omni_jax/train/checkpoint.py), so the signal is sent while that save
+is in flight and the run cannot get past the next save: the outcome never depends on timing."""
 
 import json
 import os
@@ -32,15 +36,22 @@ def _metrics(workdir):
         return [json.loads(l) for l in f if l.strip().endswith("}")]
 
 
-def _wait_for_step(proc, workdir, step, timeout=240):
+def _wait_for_held_save(proc, gate, timeout=300):
+    """Until the held checkpoint write has started (bounded; fails naming what happened)."""
     t0 = time.time()
-    while time.time() - t0 < timeout:
-        if any(r["step"] >= step for r in _metrics(workdir)):
-            return
+    while not os.path.exists(os.path.join(gate, "writing")):
         if proc.poll() is not None:
-            raise AssertionError(f"trainer exited early: {proc.communicate()}")
-        time.sleep(0.2)
-    raise AssertionError("trainer made no progress")
+            raise AssertionError(f"trainer exited before the held save: {proc.communicate()}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"the held checkpoint write did not start within {timeout} s")
+        time.sleep(0.05)
+
+
+def _held_env(step, gate):
+    os.makedirs(gate, exist_ok=True)
+    return dict(_env(), OMNI_JAX_TEST_HOLD_SAVE=f"{step}:{gate}")
 
 
 def _complete_steps(workdir):
@@ -67,36 +78,56 @@ def test_bad_override_names_the_key(tmp_path):
 
 
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
-    args = ["--config.train.steps=400", "--config.checkpoint.every=1000"]
-    proc = subprocess.Popen(_cmd(tmp_path, *args), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+    """Checkpoints every 5 steps; the write of step 5 is held, SIGTERM is sent during it, then
+    released. The run stops at the next step boundary it reaches (5..10: it cannot pass the save
+    at 10, which waits for the held one), has a checkpoint exactly there (saved on the signal
+    unless it is a scheduled one) and resumes to the end."""
+    args = ["--config.train.steps=400", "--config.checkpoint.every=5", "--config.train.log_every=1"]
+    gate = str(tmp_path / "gate")
+    work = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(work, *args), cwd=ROOT, env=_held_env(5, gate), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    _wait_for_step(proc, tmp_path, 3)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    try:
+        _wait_for_held_save(proc, gate)
+        proc.send_signal(signal.SIGTERM)
+        open(os.path.join(gate, "release"), "w").close()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 0, err[-3000:]
-    assert "preempted at step" in out
-    saved = _complete_steps(tmp_path)
-    assert len(saved) == 1 and 3 <= saved[0] < 400  # saved where it stopped, not at a schedule point
-    out = subprocess.run(_cmd(tmp_path, "--config.train.steps=400", "--config.checkpoint.every=1000",
+    stopped = max(r["step"] for r in _metrics(work))
+    assert 5 <= stopped <= 10 and f"preempted at step {stopped}:" in out
+    assert _complete_steps(work) == sorted({5, stopped})  # the held save completed; one where it stopped
+    out = subprocess.run(_cmd(work, "--config.train.steps=400", "--config.checkpoint.every=1000",
                               "--config.train.log_every=100"),
                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0 and "done at step 400" in out.stdout
 
 
 def test_sigkill_during_async_saves_never_corrupts_the_last_checkpoint(tmp_path):
-    """Checkpoint every step (async) and kill -9 mid-run: the resumed run must continue
-    from an intact checkpoint and log exactly the losses of an uninterrupted run."""
+    """Checkpoint every step (async) and kill -9 while the write of step 12 is held open (so the
+    kill lands during an async save, every time): step 12 stays an uncommitted temporary
+    directory, the resumed run continues from step 11 and logs exactly the losses of an
+    uninterrupted run."""
     args = ["--config.train.steps=40", "--config.checkpoint.every=1", "--config.checkpoint.keep=2"]
     ref = tmp_path / "ref"
     subprocess.run(_cmd(ref, *args), cwd=ROOT, env=_env(), check=True, capture_output=True, timeout=900)
     work = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(work, *args), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+    gate = str(tmp_path / "gate")
+    proc = subprocess.Popen(_cmd(work, *args), cwd=ROOT, env=_held_env(12, gate), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    _wait_for_step(proc, work, 12)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    try:
+        _wait_for_held_save(proc, gate)
+        in_flight = [n for n in os.listdir(work / "checkpoints") if n.startswith("12.")]
+        assert in_flight and "tmp" in in_flight[0], os.listdir(work / "checkpoints")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
     killed_at = max(r["step"] for r in _metrics(work))
-    assert killed_at < 40
+    assert killed_at in (12, 13)  # step 13's save waits for the held one
+    assert max(_complete_steps(work)) == 11  # the interrupted save is invisible
     out = subprocess.run(_cmd(work, *args), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     got = [(r["step"], r["loss"]) for r in _metrics(work)]

@@ -76,6 +76,22 @@ def test_codes_and_decode_match_release(ref_and_ours):
     assert worst_z <= 1e-5 and worst_d <= 1e-5
 
 
+def test_padded_batch_codes_match_the_release_batched_forward(ref_and_ours):
+    """The release's batched bridge (tests/audio_reference.py ReleaseBridge.forward_batch) on a
+    padded batch as its encoder leaves it (zeros beyond each clip), lengths not multiples of 4."""
+    ref, cfg, model, variables = ref_and_ours
+    x, enc_len = _enc(7, lengths=(24, 22, 13, 5, 2))
+    x *= np.arange(T)[None, :, None] < enc_len[:, None, None]
+    codes, lengths = jax.jit(lambda v, x, n: (lambda z, m: (model.apply(v, z, m, method=AudioBridge.quantize)[0], m))(
+        *model.apply(v, x, n, method=AudioBridge.features)))(variables, x, enc_len)
+    assert lengths.tolist() == [n // POOL for n in enc_len.tolist()]
+    with torch.no_grad():
+        want = ref.forward_batch(torch.tensor(x), torch.tensor(np.asarray(lengths))).numpy()
+    ours = np.concatenate([np.asarray(codes[b, : int(n)]) for b, n in enumerate(lengths)])
+    assert ours.shape == want.shape == (sum(lengths.tolist()), len(SIZES))
+    assert np.array_equal(ours, want)  # exact code agreement, packed as the release returns them
+
+
 def test_nearest_code_is_exact_in_fp32():
     r = np.random.RandomState(3)
     x, e = r.randn(500, 64).astype(np.float32), r.randn(128, 64).astype(np.float32)

@@ -1,13 +1,30 @@
-"""notebooks/*.ipynb: every code cell runs (so the notebooks cannot rot)."""
+"""notebooks/*.ipynb: every code cell runs and prints what the notebook promises (so the
+notebooks cannot rot). Every notebook must have its expected outputs listed in EXPECTED."""
 
 import glob
 import json
 import os
+import re
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
+
+# notebook -> one regex per code cell, matched against what that cell prints (QUICKSTART_STEPS=3)
+EXPECTED = {
+    "quickstart.ipynb": [
+        r"^done \[(\d+\.\d+(, )?)+\]$",  # trained to the end, the logged losses
+        r"^bit-exact round trip: True$",  # ours -> Hugging Face safetensors -> ours
+        r"^'the red circle is.+'$",  # the prompt and at least one generated character
+    ],
+}
+
+
+def test_every_notebook_has_expected_outputs():
+    assert NOTEBOOKS
+    names = {os.path.basename(p) for p in NOTEBOOKS}
+    assert names == set(EXPECTED), f"list the expected outputs of {sorted(names - set(EXPECTED))} in EXPECTED"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
@@ -16,12 +33,14 @@ def test_notebook_runs(path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     nb = json.load(open(path))
     scope: dict = {}
+    printed = []
     for cell in nb["cells"]:
         if cell["cell_type"] == "code":
+            capsys.readouterr()
             exec(compile("".join(cell["source"]), f"{os.path.basename(path)}", "exec"), scope)
-    out = capsys.readouterr().out
-    assert "bit-exact round trip: True" in out or "quickstart" not in path
-
-
-def test_there_is_a_notebook():
-    assert NOTEBOOKS
+            printed.append(capsys.readouterr().out.strip())
+    want = EXPECTED[os.path.basename(path)]
+    assert len(printed) == len(want), f"{len(printed)} code cells, {len(want)} expected outputs"
+    for i, (out, pattern) in enumerate(zip(printed, want)):
+        print(f"cell {i}: {out!r}")
+        assert re.search(pattern, out.splitlines()[-1] if out else ""), f"code cell {i} printed {out!r}, want {pattern}"

@@ -8,7 +8,7 @@ import torch
 from transformers import WhisperFeatureExtractor
 
 from omni_jax.data import media
-from omni_jax.ops.mel_filters import mel_filters
+from transformers.audio_utils import mel_filter_bank
 from omni_jax.data.speech_synth import BuiltinTTS
 from omni_jax.ops import mel_jax
 
@@ -29,13 +29,17 @@ def _signals():
 
 def _release_features(x: np.ndarray, buffer: int = BUFFER) -> tuple[np.ndarray, int]:
     """The release's OmniAudioProcessor.extract_fbank_features (processor_omni.py), re-typed here
-    for one chunk: zero-pad to the buffer, torch STFT, log10 clamp, (x+4)/4, zero beyond n//160+1."""
+    for one chunk: zero-pad to the buffer, torch STFT, log10 clamp, (x+4)/4, zero beyond n//160+1.
+    Its mel filters are the processor's: transformers' `mel_filter_bank` (Slaney scale and norm,
+    0-8 kHz), independent of omni_jax's own filters."""
     n = len(x)
     valid = min(buffer // 160, n // 160 + 1)
     w = torch.nn.functional.pad(torch.tensor(x)[None], (0, buffer - n))
     stft = torch.stft(w, 400, 160, window=torch.hann_window(400), return_complex=True)
     mag = stft[..., :-1].abs() ** 2
-    fb = torch.from_numpy(mel_filters(128, 400, 16000, 8000.0)).float()
+    fb = torch.from_numpy(mel_filter_bank(num_frequency_bins=201, num_mel_filters=128, min_frequency=0.0,
+                                          max_frequency=8000.0, sampling_rate=16000, norm="slaney",
+                                          mel_scale="slaney")).float()
     log_spec = torch.clamp(fb.T @ mag, min=1e-10).log10()
     log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
     out = ((log_spec + 4.0) / 4.0)[0].numpy()

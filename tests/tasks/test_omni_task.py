@@ -29,6 +29,10 @@ def test_release_checkpoint_to_two_stages_and_evaluation(tmp_path):
     assert r["status"] == "done" and r["step"] == 4
     ev = json.load(open(tmp_path / "run" / "eval.json"))
     assert {"image_qa", "asr", "speech_qa"} <= set(ev) and 0.0 <= ev["image_qa"]["accuracy"] <= 1.0
+    # every evaluated sample is listed here (2 <= 5): the accuracy is their exact-match rate
+    qa, norm = ev["image_qa"], lambda s: " ".join(s.lower().replace(".", " ").replace(",", " ").split())
+    assert len(qa["examples"]) == c.evaluate.num_samples == 2
+    assert qa["accuracy"] == np.mean([norm(e["hypothesis"]) == norm(e["reference"]) for e in qa["examples"]])
     assert "char_error_rate" in ev["asr"] and os.path.exists(tmp_path / "run" / "eval" / "results.json")
     ck = Checkpointer(str(tmp_path / "run" / "checkpoints"))
     from omni_jax.train.checkpoint import ocp
@@ -45,6 +49,51 @@ def test_release_checkpoint_to_two_stages_and_evaluation(tmp_path):
     m = _media(tmp_path)
     r = run(str(tmp_path / "run"), audio=[str(m / "question.wav")], greedy=True, max_new_tokens=8)
     assert r["prompt_tokens"] > 10 and isinstance(r["text"], str) and "wav" not in r
+
+
+def test_evaluation_scores_known_answers(tmp_path, monkeypatch):
+    """omni_eval.evaluate with a stand-in model whose answers are known: the reference for even
+    samples, a wrong answer (image QA) or the reference with one letter changed (ASR) for odd
+    ones. Accuracy / exact match must be exactly 1/2 and the CER exactly the hand-computed one."""
+    from types import SimpleNamespace
+
+    from omni_jax.generate.interleaved import SpecialIds
+    from omni_jax.tasks import omni_eval
+
+    c = pipeline.get_config("test")
+    c.evaluate.update(num_samples=4, speech_reply=False)
+    task = OmniTask(c)
+    params = random_params(task, 5)
+    state = jax.device_get(shd.unbox(jax.jit(task.init_state)(jax.random.PRNGKey(6))))
+
+    def norm(s):  # written here from the metric's definition: case, '.' and ',' ignored
+        return " ".join(s.lower().replace(".", " ").replace(",", " ").split())
+
+    def one_letter_off(ref):
+        i = next(k for k, ch in enumerate(ref) if ch.isalpha())
+        return ref[:i] + ("q" if ref[i].lower() != "q" else "z") + ref[i + 1:]
+
+    seen = []
+
+    def fake_generate(task_, params_, samples, tok, *, max_new, speech, **kw):
+        ids = SpecialIds.from_tokenizer(tok)
+        name = "asr" if len(seen) else "image_qa"
+        seen.append([s["reference"] for s in samples])
+        rows = []
+        for i, s in enumerate(samples):
+            text = s["reference"] if i % 2 == 0 else ("no answer" if name == "image_qa" else one_letter_off(s["reference"]))
+            rows.append(SimpleNamespace(tokens=tok.encode(text) + [ids.eos], audio_chunks=[]))
+        return rows, ids
+
+    monkeypatch.setattr(omni_eval, "generate", fake_generate)
+    res = omni_eval.evaluate(task, params, state, str(tmp_path))
+    qa_refs, asr_refs = seen
+    assert len(qa_refs) == len(asr_refs) == 4 and all(norm(r) != "no answer" for r in qa_refs)
+    assert res["image_qa"]["accuracy"] == 0.5 and res["asr"]["exact_match"] == 0.5
+    cer = sum(1 / len(norm(r)) for r in asr_refs[1::2]) / 4  # one substitution in each odd transcript
+    print(f"ASR CER with one letter changed in 2 of 4 transcripts: {res['asr']['char_error_rate']:.6f} (hand: {cer:.6f})")
+    assert abs(res["asr"]["char_error_rate"] - cer) < 1e-12
+    assert res["image_qa"]["examples"][1] == {"hypothesis": "no answer", "reference": qa_refs[1]}
 
 
 def _media(d):
