@@ -8,6 +8,9 @@ prints after writing, and what the export tests assert.
   check_v1(directory, params, cfg, ids)    {case: max abs logit diff}, the model loaded with
                                            AutoModelForCausalLM(trust_remote_code=True)
   check_part(directory, part, params, cfg) max abs output diff of one part against its transformers class
+  check_written(loaded, part, dir, dtype)  the check of one written export (what launch.convert prints);
+                                           a lower-precision export is compared with JAX on the rounded
+                                           weights, both sides in fp32
 
 Placeholders follow the data pipeline (omni_jax/data/omni_batch.py, vision_mode "tiles"): tile k's
 j-th token at k * tile_slot + j of the vision buffer, audio chunk a's k-th token at a * TPS + k.
@@ -216,21 +219,21 @@ def part_outputs(part: str, params, part_cfg, model, seed: int = 0) -> tuple[np.
 
             ids = rs.randint(0, part_cfg.vocab_size, (2, 16)).astype(np.int32)
             pos = np.broadcast_to(np.arange(16, dtype=np.int32), ids.shape)
-            ours = Qwen2LM(part_cfg).apply({"params": params}, ids, pos, np.ones_like(ids))
+            ours = jax.jit(Qwen2LM(part_cfg).apply)({"params": params}, ids, pos, np.ones_like(ids))
             return np.asarray(ours), model(torch.from_numpy(ids).long()).logits.numpy()
         if part == "siglip":
             from omni_jax.models.siglip import Siglip
 
             s = part_cfg.image_size
             px = rs.randn(2, part_cfg.num_channels, s, s).astype(np.float32)
-            ours = Siglip(part_cfg).apply({"params": params}, px.transpose(0, 2, 3, 1))[0]
+            ours = jax.jit(Siglip(part_cfg).apply)({"params": params}, px.transpose(0, 2, 3, 1))[0]
             return np.asarray(ours), model(pixel_values=torch.from_numpy(px)).last_hidden_state.numpy()
         if part == "audio_encoder":
             from omni_jax.models.whisper import WhisperEncoder
 
             t = 2 * part_cfg.max_source_positions  # transformers' WhisperEncoder takes full-length input only
             mel = rs.randn(1, part_cfg.num_mel_bins, t).astype(np.float32)
-            ours = WhisperEncoder(part_cfg).apply({"params": params}, mel, np.full((1,), t, np.int32))[0]
+            ours = jax.jit(WhisperEncoder(part_cfg).apply)({"params": params}, mel, np.full((1,), t, np.int32))[0]
             return np.asarray(ours), model(torch.from_numpy(mel)).last_hidden_state.numpy()
         if part == "vision":
             from omni_jax.models.navit import VisionTower
@@ -246,8 +249,8 @@ def part_outputs(part: str, params, part_cfg, model, seed: int = 0) -> tuple[np.
                 items.append((patches[start:start + k], g))
                 start += k
             b = vp.pack_vision_batch([items], n)
-            ours = np.asarray(VisionTower(part_cfg).apply({"params": params}, b["patches"], b["positions"],
-                                                          b["segment_ids"]))[0]
+            ours = np.asarray(jax.jit(VisionTower(part_cfg).apply)({"params": params}, b["patches"], b["positions"],
+                                                                   b["segment_ids"]))[0]
             ours = ours[b["token_item"][0] >= 0]
             theirs = model(torch.from_numpy(patches), grid_thw=torch.tensor(grids)).pooler_output.numpy()
             return ours, theirs
@@ -259,3 +262,37 @@ def check_part(directory: str, part: str, params, part_cfg) -> float:
     if ours.shape != theirs.shape:
         raise AssertionError(f"{part}: JAX output {ours.shape} vs transformers {theirs.shape}")
     return float(np.abs(ours - theirs).max())
+
+
+# ---------------------------------------------------------------------------------------
+# After an export (launch.convert --mode=export_torch).
+# ---------------------------------------------------------------------------------------
+
+
+def rounded(params, dtype: str | None):
+    """The params as an export in `dtype` holds them, back in float32."""
+    if not dtype or dtype == "float32":
+        return params
+    return jax.tree.map(lambda x: np.asarray(jnp.asarray(x).astype(dtype).astype(jnp.float32)), params)
+
+
+def check_written(loaded, part: str, directory: str, dtype: str | None) -> tuple[float, str]:
+    """(max abs diff, a line saying what was compared) for one written part of `loaded`
+    (omni_jax/convert/export_torch.py Loaded)."""
+    from omni_jax.convert import export_torch as et
+
+    if part == "model":
+        d = check_v1(directory, rounded(loaded.params, dtype), loaded.cfg, et.token_ids_of(loaded.config))
+        return max(d.values()), ("parity vs JAX (random prompts, fp32 logits), max abs diff: "
+                                 + ", ".join(f"{k} {v:.2e}" for k, v in d.items()))
+    if part == "release":  # the release's modeling code is not in transformers: read the export back
+        from omni_jax.convert import omni as oc
+
+        back = oc.load_release(directory, exclude=() if oc.VOCODER in loaded.params else (oc.VOCODER,))
+        want = rounded({c: loaded.params[c] for c in back.params}, dtype or "bfloat16")
+        d = max(float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).max())
+                for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(back.params)))
+        return d, f"release layout read back into JAX: max abs diff to the exported weights {d:.2e}"
+    params, cfg = et.part_params(loaded, part)
+    d = check_part(directory, part, rounded(params, dtype), cfg)
+    return d, f"parity vs JAX (random input, fp32 outputs): max abs diff {d:.2e}"
