@@ -333,7 +333,9 @@ def part_config_json(part: str, part_cfg, torch_dtype: str) -> dict:
     if part == "llm":
         d = qwen2_conv.hf_config_dict(part_cfg)
     elif part == "vision":
-        d = dict(vision_conv.navit_hf_config_dict(part_cfg), architectures=["Qwen2VisionTransformerPretrainedModel"])
+        # Qwen2VisionTransformerPretrainedModel's own config class is Qwen2VLVisionConfig ("qwen2_vl_vision")
+        d = dict(vision_conv.navit_hf_config_dict(part_cfg), model_type="qwen2_vl_vision",
+                 architectures=["Qwen2VisionTransformerPretrainedModel"])
     elif part == "siglip":
         d = dict(vision_conv.siglip_hf_config_dict(part_cfg), architectures=["SiglipVisionModel"])
     else:

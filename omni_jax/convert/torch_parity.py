@@ -200,11 +200,6 @@ def load_part_torch(directory: str, part: str):
 
     cls = {"llm": transformers.Qwen2ForCausalLM, "vision": Qwen2VisionTransformerPretrainedModel,
            "siglip": transformers.SiglipVisionModel, "audio_encoder": WhisperEncoder}[part]
-    if part == "vision":  # the vision config is nested in Qwen2-VL's; load it directly
-        from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
-
-        return cls.from_pretrained(directory, config=Qwen2VLVisionConfig.from_pretrained(directory),
-                                   dtype=torch.float32).eval()
     return cls.from_pretrained(directory, dtype=torch.float32).eval()
 
 
