@@ -19,9 +19,15 @@ from omni_jax.models.omni_v1 import OmniV1Config
 
 
 def random_v1_params(cfg, seed=0):
-    """Random numpy params of the right shapes (no init compile); norms / biases random too."""
+    """Random numpy params of the right shapes (no init compile); norms / biases random too. The token
+    embeddings and the head are larger (std 0.5) so greedy decoding does not repeat one token."""
     rs = np.random.RandomState(seed)
-    return jax.tree.map(lambda a: (0.1 * rs.randn(*a.shape)).astype(np.float32), et.v1_abstract_params(cfg))
+
+    def draw(path, a):
+        std = 0.5 if any(k in jax.tree_util.keystr(path) for k in ("embed_tokens", "lm_head")) else 0.1
+        return (std * rs.randn(*a.shape)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, et.v1_abstract_params(cfg))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +71,7 @@ def test_greedy_generation_is_identical(exported):
     theirs = tp.v1_torch_greedy(model, case, 8)
     ours = tp.v1_jax_greedy(params, cfg, case, ids, 8, eos=ids["eos"])
     print(f"greedy tokens, transformers: {theirs}; JAX: {ours}")
-    assert theirs == ours and len(ours) >= 1
+    assert theirs == ours and len(set(ours)) > 1
 
 
 def test_import_back_is_bit_exact(exported):
