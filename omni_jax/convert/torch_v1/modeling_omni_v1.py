@@ -146,8 +146,9 @@ class OmniV1ForCausalLM(OmniV1PreTrainedModel):
         """(A, n_mels, F) chunks + (A,) valid mel frames -> (sum_a frames_a // rate, D)."""
         if audio_feature_lengths is None:
             audio_feature_lengths = [audio_features.shape[-1]] * audio_features.shape[0]
-        out = [self.audio_projector(self._encode_clip(m[:, : int(n)]))
-               for m, n in zip(audio_features, audio_feature_lengths)]
+        d = self.config.llm_config["hidden_size"]
+        out = [self.audio_projector(self._encode_clip(m[:, : int(n)])) if int(n) > 0 else m.new_zeros((0, d))
+               for m, n in zip(audio_features, audio_feature_lengths)]  # an empty clip gives no token
         return torch.cat(out, 0)
 
     # ---- the placeholder merge ----
