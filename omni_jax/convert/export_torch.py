@@ -34,7 +34,7 @@ import numpy as np
 from omni_jax.convert import audio as audio_conv
 from omni_jax.convert import qwen2 as qwen2_conv
 from omni_jax.convert import vision as vision_conv
-from omni_jax.convert.mapping import ConversionError, Rule, export_params, import_params, prefixed
+from omni_jax.convert.mapping import Rule, export_params, import_params, linear, prefixed, same
 from omni_jax.convert.safetensors_io import INDEX_NAME, SINGLE_NAME, open_state_dict, save_state_dict
 from omni_jax.convert.torch_v1 import MODEL_FILES
 
@@ -166,8 +166,6 @@ def _whisper_rules(cfg, ours: str, buffers: str, theirs: str) -> list[Rule]:
 def _gmlp_rules(cfg) -> list[Rule]:
     """Our V1AudioProjector <-> modeling_omni_v1.ConvGMLP (Conv1d (out, in, k) <-> ours (k, in, out))."""
     conv = lambda o, t: Rule(o, t, lambda w: w.transpose(2, 1, 0), lambda w: w.transpose(2, 1, 0))
-    from omni_jax.convert.mapping import linear, same
-
     rules = [conv("gate_proj/kernel", "gate_proj.weight"), conv("up_proj/kernel", "up_proj.weight")]
     if cfg.shortcut == "linear":
         rules += [linear("shortcut/kernel", "shortcut.weight"), same("shortcut/bias", "shortcut.bias")]

@@ -19,7 +19,7 @@ j-th token at k * tile_slot + j of the vision buffer, audio chunk a's k-th token
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
