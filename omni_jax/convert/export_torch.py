@@ -245,8 +245,11 @@ def _check_v1_params(params: Mapping[str, Any]) -> None:
 
 def export_v1_state_dict(params: Mapping[str, Any], cfg, dtype: str | None = None) -> dict[str, Any]:
     _check_v1_params(params)
-    tree = {"params": dict(params), "buffers": {"audio_encoder": {"positional_embedding": _sinusoid_table(cfg.audio_encoder)}}}
-    return export_params(tree, v1_rules(cfg), dtype)
+    table = _sinusoid_table(cfg.audio_encoder)
+    out = export_params({"params": dict(params), "buffers": {"audio_encoder": {"positional_embedding": table}}},
+                        v1_rules(cfg), dtype)
+    out[V1_PREFIX["audio_encoder"] + "embed_positions.weight"] = table  # a fixed table, not a weight: kept fp32
+    return out
 
 
 def save_v1(directory: str, params: Mapping[str, Any], cfg, token_ids: Mapping[str, int], dtype: str | None = None,
@@ -357,7 +360,10 @@ def save_part(directory: str, part: str, params, part_cfg, dtype: str | None = N
     if not prepared:
         prepare_out(directory, overwrite)
     os.makedirs(directory, exist_ok=True)
-    files = save_state_dict(directory, export_params(_part_tree(part, _unbox(params), part_cfg), rules, dtype))
+    tensors = export_params(_part_tree(part, _unbox(params), part_cfg), rules, dtype)
+    if part == "audio_encoder":  # the fixed position table stays fp32 (JAX computes it in fp32)
+        tensors["embed_positions.weight"] = _sinusoid_table(part_cfg)
+    files = save_state_dict(directory, tensors)
     files.append(_write_json(os.path.join(directory, CONFIG_NAME), config))
     return files
 
@@ -389,8 +395,8 @@ class Loaded(NamedTuple):
     step: int
 
 
-def read_workdir(src: str, step: int | None = None) -> Loaded:
-    """A trainer workdir of an omni model: its config.json and checkpoint (params [+ RVQ state])."""
+def workdir_config(src: str):
+    """(kind, the run's ConfigDict) of a trainer workdir of an omni model; anything else is refused."""
     import ml_collections
 
     from omni_jax.convert import omni as oc
@@ -408,6 +414,14 @@ def read_workdir(src: str, step: int | None = None) -> Loaded:
         raise ExportError(f"{src} is a run of task {task!r}, not an omni model (task 'omni' = Baichuan-Omni-1.5 or "
                           "'omni_v1' = Baichuan-Omni v1): export_torch cannot export it; for a single-part task use "
                           "--mode=export --config=... --workdir=...")
+    return task, config
+
+
+def read_workdir(src: str, step: int | None = None) -> Loaded:
+    """A trainer workdir of an omni model: its config.json and checkpoint (params [+ RVQ state])."""
+    from omni_jax.convert import omni as oc
+
+    task, config = workdir_config(src)
     if task == "omni_v1":
         from omni_jax.models.omni_v1 import OmniV1Config
 
@@ -492,9 +506,12 @@ def export_loaded(loaded: Loaded, out: str, parts: Sequence[str] | None = None, 
 def export_workdir(src: str, out: str, parts: Sequence[str] | None = None, dtype: str | None = None,
                    overwrite: bool = False, step: int | None = None) -> tuple[Loaded, list[Written]]:
     """A trainer workdir (task "omni_v1" or "omni") -> PyTorch directories (module docstring)."""
+    kind, _ = workdir_config(src)
+    for part in check_parts(kind, DEFAULT_PARTS[kind] if parts is None else parts):  # before anything is read
+        check_dtype(part, dtype)
+    if _export_entries(out) and not overwrite:
+        prepare_out(out)  # raises: the directory holds another export
     loaded = read_workdir(src, step)
-    if parts is not None:  # fail before the output directory is touched
-        check_parts(loaded.kind, parts)
     return loaded, export_loaded(loaded, out, parts, dtype, overwrite)
 
 
@@ -502,5 +519,5 @@ __all__ = [
     "V1_PARTS", "OMNI15_PARTS", "PART_CLASSES", "DTYPES", "ExportError", "check_parts", "check_dtype", "prepare_out",
     "v1_rules", "v1_config_json", "v1_config_from_json", "export_v1_state_dict", "save_v1", "load_v1",
     "part_rules", "part_config_json", "save_part", "load_part", "whisper_hf_config_dict", "whisper_config_from_hf",
-    "read_workdir", "token_ids_of", "part_params", "export_loaded", "export_workdir", "Loaded", "Written",
+    "workdir_config", "read_workdir", "token_ids_of", "part_params", "export_loaded", "export_workdir", "Loaded", "Written",
 ]

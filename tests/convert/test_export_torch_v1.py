@@ -14,6 +14,7 @@ import torch
 from configs.omni_v1 import stages
 from omni_jax.convert import export_torch as et
 from omni_jax.convert import torch_parity as tp
+from omni_jax.convert.safetensors_io import load_state_dict
 from omni_jax.convert.torch_v1 import MODEL_FILES
 from omni_jax.models.omni_v1 import OmniV1Config
 
@@ -103,5 +104,14 @@ def test_bad_exports_are_refused(exported, tmp_path):
     with pytest.raises(et.ExportError, match=r"not Baichuan-Omni v1 parameters"):
         et.save_v1(str(tmp_path / "b"), {"llm": params["llm"], "visual": {}}, cfg, ids)
     files = et.save_v1(str(tmp_path / "c"), params, cfg, ids, dtype="bfloat16")
-    sd = __import__("omni_jax.convert.safetensors_io", fromlist=["x"]).load_state_dict(str(tmp_path / "c"))
+    sd = load_state_dict(str(tmp_path / "c"))
     assert files and sd["language_model.lm_head.weight"].dtype.name == "bfloat16"
+
+
+def test_bfloat16_export_computes_with_the_rounded_weights(exported, tmp_path):
+    _, _, cfg, params, ids, _ = exported
+    et.save_v1(str(tmp_path), params, cfg, ids, dtype="bfloat16")
+    assert json.load(open(tmp_path / "config.json"))["torch_dtype"] == "bfloat16"
+    diffs = tp.check_v1(str(tmp_path), tp.rounded(params, "bfloat16"), cfg, ids)  # loaded as float32
+    print(f"v1 bf16 export (computed in fp32) vs OmniV1 on the bf16-rounded weights: max abs diff {max(diffs.values()):.3e}")
+    assert max(diffs.values()) <= 1e-5
