@@ -18,6 +18,15 @@ The whole Baichuan-Omni-1.5 model (omni_jax/convert/omni.py has the layout):
   # (or point config.init.checkpoint at the release directory itself: the omni task imports either)
   python -m launch.convert --mode=import_release --src=release/ --out=runs/imported \
       [--vocoder_src=hift.safetensors] [--exclude=vocoder]
+
+Any omni model trained here to PyTorch (omni_jax/convert/export_torch.py), from its workdir alone:
+  # v1 -> a transformers remote-code model: AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)
+  # 1.5 -> the release layout; either -> parts as the Hugging Face classes, each in DIR/<part>/:
+  #   llm (Qwen2ForCausalLM), vision (1.5: Qwen2VisionTransformerPretrainedModel), siglip (v1: SiglipVisionModel),
+  #   audio_encoder (WhisperEncoder)
+  python -m launch.convert --mode=export_torch --src=runs/omni_v1_tiny --out=exported/ \
+      [--parts=model,llm,siglip,audio_encoder] [--dtype=bfloat16] [--step=N] [--overwrite]
+Prints the files written and, when torch is installed, JAX vs PyTorch max abs diff on a random input.
 """
 
 from __future__ import annotations
@@ -120,6 +129,33 @@ def import_release(src: str, out: str, model_config=None, exclude=(), vocoder_sr
     return os.path.join(out, "checkpoints", "0")
 
 
+def export_torch(src: str, out: str, parts=None, dtype=None, step=None, overwrite: bool = False,
+                 check_parity: bool = True) -> dict:
+    """A trainer workdir of an omni model -> PyTorch directories (omni_jax/convert/export_torch.py); prints
+    what was written and, with torch installed, the parity on a random input. Returns {part: max abs diff}."""
+    import importlib.util
+
+    from omni_jax.convert import export_torch as et
+
+    try:
+        loaded, written = et.export_workdir(src, out, parts or None, dtype or None, overwrite, step)
+    except et.ExportError as e:
+        raise app.UsageError(str(e)) from None
+    have_torch = all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
+    parity = {}
+    for w in written:
+        top = sorted(os.path.basename(f) for f in w.files if os.path.dirname(f) == w.directory)
+        print(f"{w.part}: {et.PART_CLASSES[w.part]} -> {w.directory} ({', '.join(top)})")
+        if check_parity and have_torch:
+            from omni_jax.convert import torch_parity as tp
+
+            parity[w.part], what = tp.check_written(loaded, w.part, w.directory, dtype or None)
+            print(f"  {what}")
+    if check_parity and not have_torch:
+        print("torch / transformers are not installed: parity not checked")
+    return parity
+
+
 def check(src: str, tolerance: float, batch: int = 2, length: int = 32) -> float:
     """Max abs difference of logits: transformers (eager, fp32) vs omni_jax on random tokens."""
     import jax
@@ -172,6 +208,11 @@ def _main(argv):
         path = import_release(FLAGS.src, FLAGS.out, model, exclude, FLAGS.vocoder_src)
         print(f"wrote {path}; train from it with --config.init.checkpoint={FLAGS.out}")
         return 0
+    if FLAGS.mode == "export_torch":
+        if not (FLAGS.src and FLAGS.out):
+            raise app.UsageError("--mode=export_torch needs --src (a trainer workdir) and --out")
+        export_torch(FLAGS.src, FLAGS.out, [p for p in FLAGS.parts or [] if p], FLAGS.dtype, FLAGS.step, FLAGS.overwrite)
+        return 0
     if FLAGS.mode == "export":
         if not (FLAGS.config and FLAGS.workdir and FLAGS.out):
             raise app.UsageError("--mode=export needs --config, --workdir and --out")
@@ -186,19 +227,24 @@ def _main(argv):
 def _define_flags() -> None:
     """Defined when the command runs, so several launch modules can be imported together."""
     config_flags.DEFINE_config_file("config", None, "The config the checkpoint was trained with.", lock_config=True)
-    flags.DEFINE_enum("mode", None, ["export", "check", "export_release", "import_release"], "What to do.")
+    flags.DEFINE_enum("mode", None, ["export", "check", "export_release", "import_release", "export_torch"],
+                      "What to do.")
     flags.DEFINE_string("workdir", None, "Trainer workdir to export from.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
     flags.DEFINE_string("out", None, "Output directory for safetensors + config.json.")
     flags.DEFINE_enum("flavour", "hf", ["hf", "release"], "PyTorch naming layout.")
     flags.DEFINE_string("dtype", None, "Cast exported tensors, e.g. bfloat16.")
     flags.DEFINE_integer("max_shard_mb", 5000, "Shard size for the safetensors files.")
-    flags.DEFINE_string("src", None, "Checkpoint directory to check (--mode=check) or import (--mode=import_release).")
+    flags.DEFINE_string("src", None, "Checkpoint directory to check (--mode=check) or import (--mode=import_release); "
+                        "the trainer workdir for --mode=export_torch.")
     flags.DEFINE_list("exclude", [], "Omni components to leave out of export_release / import_release "
                       "(e.g. audio_text_adapter, vocoder).")
     flags.DEFINE_bool("vocoder_weight_norm", True, "export_release: write the vocoder as weight_g / weight_v "
                       "(like hift.pt) rather than folded .weight.")
     flags.DEFINE_string("vocoder_src", None, "import_release: the HiFT state dict (safetensors) when --src has no vocoder/.")
+    flags.DEFINE_list("parts", [], "export_torch: what to write (default: v1 'model', 1.5 'release'); v1: model, llm, "
+                      "siglip, audio_encoder; 1.5: release, llm, vision, audio_encoder.")
+    flags.DEFINE_bool("overwrite", False, "export_torch: replace an earlier export in --out.")
     flags.DEFINE_float("tolerance", 1e-4, "Max abs logit difference accepted by --mode=check.")
     flags.mark_flags_as_required(["mode"])
 
