@@ -75,8 +75,8 @@ def omni_data(seq_len: int = 512, **shapes) -> ml_collections.ConfigDict:
     fill it per run or per stage (omni_jax/data/stage_mixtures.py has one per stage of
     ARCHITECTURE.md 1.8 and 2). `shapes` are the per-row media budgets; the defaults suit the
     embedded default dataset with tiny models."""
-    budgets = dict(max_patches=256, max_vision_items=16, max_audio_chunks=4, max_speech_chunks=4, mel_frames=600,
-                   n_mels=128, speech_wave_rate=0)
+    budgets = dict(max_patches=256, max_vision_items=16, max_audio_chunks=4, max_speech_chunks=4, max_speech_frames=0,
+                   mel_frames=600, n_mels=128, speech_wave_rate=0)
     budgets.update(shapes)
     return ml_collections.ConfigDict(dict(
         seq_len=seq_len, seed=0, data_dir="",  # "" = $OMNI_JAX_DATA_DIR or ~/.cache/omni_jax/datasets
@@ -164,6 +164,21 @@ def audio_head(llm_hidden: int, codebook_sizes, head_dim: int, ffn_mult: int = 2
     return ml_collections.ConfigDict(dict(hidden_size=llm_hidden, codebook_sizes=tuple(codebook_sizes),
                                           num_layers=3, head_dim=head_dim, ffn_mult=ffn_mult, dtype="float32",
                                           param_dtype="float32"))
+
+
+def bf16_compute(model: ml_collections.ConfigDict, remat: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+    """Every component of a model config computes in bfloat16 (parameters stay fp32; norms,
+    softmax and losses run in fp32 inside the models); the components named in `remat` (which
+    must have a `remat_policy`) recompute their layers in the backward pass ("full").
+    Nested component groups (the audio tokenizer's encoder / bridge / decoder) are set too."""
+    for name in model.keys():
+        part = model[name]
+        subs = [part[k] for k in ("encoder", "bridge", "decoder") if k in part] or [part]
+        for sub in subs:
+            sub.dtype = "bfloat16"
+        if name in remat:
+            part.remat_policy = "full"
+    return model
 
 
 def omni_llm(size: str) -> ml_collections.ConfigDict:

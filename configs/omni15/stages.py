@@ -66,14 +66,15 @@ def base(size: str = "tiny") -> ml_collections.ConfigDict:
         c.data = common.omni_data(seq_len=seq, max_patches=256, max_vision_items=8,
                                   max_audio_chunks=2, max_speech_chunks=2, mel_frames=600)
     else:
+        # audio-head budget: a quarter of the row's tokens may be trained speech frames (7b: 1024
+        # = 82 s at 12.5 Hz, of the 4 x 376 the chunk budget allows); the packer keeps rows within it
         c.data = common.omni_data(seq_len=seq, max_patches=4096, max_vision_items=32, max_audio_chunks=4,
-                                  max_speech_chunks=4, mel_frames=3000)
+                                  max_speech_chunks=4, max_speech_frames=seq // 4, mel_frames=3000)
         c.data.tokenizer.kind = "byte" if size == "small" else "release"
     c.loss = ml_collections.ConfigDict(dict(text=1.0, audio=1.0))
     c.train.update(batch_size={"tiny": 8, "test": 8, "small": 32, "7b": 256}[size], log_every=10)
     if size == "7b":
-        c.model.llm.update(dtype="bfloat16", remat_policy="full")
-        c.model.vision.update(dtype="bfloat16", remat_policy="full")
+        common.bf16_compute(c.model, remat=("llm", "vision"))
         c.mesh.update(data=1, fsdp=-1)
     c.checkpoint.update(every=100, keep=2)
     # starting from a release-format checkpoint (omni_jax/convert/omni.py): the training-only

@@ -48,8 +48,7 @@ def base(size: str = "tiny") -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict(dict(text=1.0))
     c.train.update(batch_size={"tiny": 8, "test": 8, "small": 32, "7b": 256}[size], log_every=10)
     if size == "7b":
-        for part in ("llm", "siglip", "audio_encoder"):
-            c.model[part].update(dtype="bfloat16", remat_policy="full")
+        common.bf16_compute(c.model, remat=("llm", "siglip", "audio_encoder"))
         c.mesh.update(data=1, fsdp=-1)
     c.checkpoint.update(every=100, keep=2)
     c.evaluate = ml_collections.ConfigDict(dict(at_end=False, num_samples=16, max_new_tokens=48,
