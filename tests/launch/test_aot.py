@@ -33,6 +33,12 @@ def test_plan_on_a_cpu_mesh_reports_memory_and_flops():
     assert r["compiler_flops_per_device"] > 0 and r["analytic_flops_per_step"] > 0
 
 
+def test_unknown_stage_is_a_clear_error():
+    c = backbone_tiny.get_config("runlocal")
+    with pytest.raises(SystemExit, match=r"--stage='sft_9' is not a stage of this config; its stages: \['pretrain'\]"):
+        plan(c, "cpu", "sft_9")
+
+
 def test_unknown_topology_is_a_clear_error():
     c = backbone_tiny.get_config("runlocal")
     with pytest.raises(SystemExit, match="cannot describe TPU topology 'v9z:1x1'"):
@@ -56,9 +62,10 @@ def test_every_7b_stage_traces_its_bf16_train_step(module):
             seen.append((args[0].shape, args[1].shape))
         return next_fun(*args, **kwargs)
 
-    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES), nn.intercept_methods(spy):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
         stage, task, layout, fn, state, batch = stage_step(c, mesh)
-        new_state, metrics = jax.eval_shape(fn, state, batch)
+        with nn.intercept_methods(spy):  # the step only (the init's shape pass calls the head on 2 frames)
+            new_state, metrics = jax.eval_shape(fn, state, batch)
     assert {a.dtype for a in jax.tree.leaves(new_state.params)} == {jnp.dtype(jnp.float32)}
     assert jax.tree.structure(new_state.params) == jax.tree.structure(state.params)
     assert metrics["objective"].shape == () and metrics["objective"].dtype == jnp.float32

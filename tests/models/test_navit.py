@@ -147,13 +147,14 @@ def test_bf16_compute_stays_close(ref):
     assert diff < BF16_REL_TOL * peak
 
 
-BF16_REL_TOL = 0.0  # measured
+BF16_REL_TOL = 0.01  # measured 5.6e-3 of the max |value| on these inputs (was 10%)
 
 
 @pytest.mark.parametrize("demoted", ["", "norms", "attention"])
 def test_bf16_compute_keeps_norms_and_softmax_in_fp32(ref, monkeypatch, demoted):
     """bf16 matmuls, fp32 LayerNorm statistics (rsqrt) and attention softmax (exp, max) in the
-    forward and backward jaxpr; a variant whose norms or softmax compute in bf16 is rejected."""
+    forward and backward jaxpr (the bridge's GELU may compute in bf16); a variant whose norms
+    or softmax compute in bf16 is rejected."""
     import importlib
 
     from tests.precision import demote_fp32, low_precision_ops, ops_by_dtype

@@ -31,8 +31,9 @@ def _omni15():
 
 def _omni_v1():
     c = stages_v1.base("test")
-    c.data.mixture = {"qa": dict(dataset="omni_images/shapes_tiny", format="image_qa", weight=0.5, split="train"),
-                      "asr": dict(dataset="omni_speech/shapes_tiny", format="asr", weight=0.5, split="train")}
+    c.data.mixture = {"qa": dict(dataset="omni_images/shapes_tiny", format="image_qa", weight=0.4, split="train"),
+                      "vid": dict(dataset="omni_videos/shapes_tiny", format="video_qa", weight=0.3, split="train"),
+                      "asr": dict(dataset="omni_speech/shapes_tiny", format="asr", weight=0.3, split="train")}
     return c
 
 
