@@ -4,8 +4,11 @@ losses fp32 inside the models), each task's loss and gradients on one real tiny 
 finite, the gradients are fp32 like the parameters, and the loss stays within a measured
 tolerance of the fp32 run on the same parameters and batch.
 
-The tolerances are the measured |loss_bf16 - loss_fp32| (printed) with a ~2x margin; bf16 has
-an 8-bit mantissa (relative rounding 2^-9 = 0.002 per operation)."""
+The tolerances are the measured differences (printed) with a ~2x margin: |loss_bf16 - loss_fp32|
+and the relative gradient error ||g_bf16 - g_fp32|| / ||g_fp32|| over the whole tree; bf16 has an
+8-bit mantissa (relative rounding 2^-9 = 0.002 per operation). At initialisation (0.02-scale
+weights) the lm / omni losses sit near log(vocab), so their loss differences are tiny and the
+gradient error is the sharper check there."""
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +48,13 @@ CONFIGS = {
     "flow_matching": flow_matching_tiny.get_config,
     "vocoder": vocoder_tiny.get_config,
 }
-# measured |loss_bf16 - loss_fp32| (see the printed values) -> tolerance with a ~2x margin
-TOLERANCE = {"lm": 1.0, "omni": 1.0, "omni_v1": 1.0, "audio_tokenizer": 1.0, "flow_matching": 1.0, "vocoder": 1.0}
+# measured on this machine (|loss diff|, relative grad error): lm 1.1e-5, 6.9e-3; omni 0.0 (loss
+# ~log 384 at these random weights), 8.4e-3; omni_v1 3.8e-6, 7.5e-3; audio_tokenizer 2.0e-3
+# (of 13.16), 2.2e-2; flow_matching 2.1e-4 (of 12.6), 3.1e-2; vocoder VOCODER_MEASURED
+TOLERANCE = {"lm": 2.5e-5, "omni": 1e-5, "omni_v1": 1e-5, "audio_tokenizer": 4e-3, "flow_matching": 5e-4,
+             "vocoder": VOCODER_LOSS_TOL}
+GRAD_TOLERANCE = {"lm": 0.014, "omni": 0.017, "omni_v1": 0.015, "audio_tokenizer": 0.045, "flow_matching": 0.06,
+                  "vocoder": VOCODER_GRAD_TOL}
 
 
 def _batch(task, config):
@@ -100,3 +108,5 @@ def test_bf16_loss_and_grads_match_fp32(name):
     print(f"{name}: loss fp32 {float(loss32):.6f} bf16 {float(loss16):.6f} |diff| {diff:.3e}; "
           f"relative grad error {np.sqrt(num / den):.3e}")
     assert diff <= TOLERANCE[name], (name, diff)
+    assert np.sqrt(num / den) <= GRAD_TOLERANCE[name], (name, np.sqrt(num / den))
+    assert np.sqrt(num / den) > 0  # the bf16 run really computed in bf16
