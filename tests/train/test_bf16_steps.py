@@ -50,11 +50,12 @@ CONFIGS = {
 }
 # measured on this machine (|loss diff|, relative grad error): lm 1.1e-5, 6.9e-3; omni 0.0 (loss
 # ~log 384 at these random weights), 8.4e-3; omni_v1 3.8e-6, 7.5e-3; audio_tokenizer 2.0e-3
-# (of 13.16), 2.2e-2; flow_matching 2.1e-4 (of 12.6), 3.1e-2; vocoder VOCODER_MEASURED
+# (of 13.16), 2.2e-2; flow_matching 2.1e-4 (of 12.6), 3.1e-2; vocoder 2.0e-2
+# (of 438.7), 6.1e-3
 TOLERANCE = {"lm": 2.5e-5, "omni": 1e-5, "omni_v1": 1e-5, "audio_tokenizer": 4e-3, "flow_matching": 5e-4,
-             "vocoder": VOCODER_LOSS_TOL}
+             "vocoder": 0.04}
 GRAD_TOLERANCE = {"lm": 0.014, "omni": 0.017, "omni_v1": 0.015, "audio_tokenizer": 0.045, "flow_matching": 0.06,
-                  "vocoder": VOCODER_GRAD_TOL}
+                  "vocoder": 0.012}
 
 
 def _batch(task, config):
