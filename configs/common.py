@@ -49,7 +49,8 @@ def stage_base(size: str, task: str, model_preset, seq: dict, small_shapes: dict
     """The run defaults every stage config of an omni model shares: the model (`model_preset(size)`,
     tiny for "test"), data shapes (`small_shapes` for tiny/test, `large_shapes` for small/7b, whose
     tokenizer is bytes for small and the release's for 7b), sequence length seq[size], batch size,
-    bf16 + full remat for `bf16_parts` at 7b, checkpointing and the end-of-run evaluation."""
+    bf16 compute for every part and full remat for `bf16_parts` at 7b, checkpointing and the
+    end-of-run evaluation."""
     if size not in STAGE_SIZES + ("test",):
         raise ValueError(f"unknown size {size!r}; use one of {STAGE_SIZES}")
     c = base()
@@ -60,9 +61,8 @@ def stage_base(size: str, task: str, model_preset, seq: dict, small_shapes: dict
     if not small:
         c.data.tokenizer.kind = "byte" if size == "small" else "release"
     c.train.update(batch_size={"tiny": 8, "test": 8, "small": 32, "7b": 256}[size], log_every=10)
-    if size == "7b":
-        for part in bf16_parts:
-            c.model[part].update(dtype="bfloat16", remat_policy="full")
+    if size == "7b":  # every component computes in bf16; `bf16_parts` also rematerialise their layers
+        bf16_compute(c.model, remat=bf16_parts)
         c.mesh.update(data=1, fsdp=-1)
     c.checkpoint.update(every=100, keep=2)
     c.evaluate = ml_collections.ConfigDict(dict(at_end=False, num_samples=16, max_new_tokens=48,
@@ -159,8 +159,8 @@ def omni_data(seq_len: int = 512, **shapes) -> ml_collections.ConfigDict:
     fill it per run or per stage (omni_jax/data/stage_mixtures.py has one per stage of
     ARCHITECTURE.md 1.8 and 2). `shapes` are the per-row media budgets; the defaults suit the
     embedded default dataset with tiny models."""
-    budgets = dict(max_patches=256, max_vision_items=16, max_audio_chunks=4, max_speech_chunks=4, mel_frames=600,
-                   n_mels=128, speech_wave_rate=0)
+    budgets = dict(max_patches=256, max_vision_items=16, max_audio_chunks=4, max_speech_chunks=4, max_speech_frames=0,
+                   mel_frames=600, n_mels=128, speech_wave_rate=0)
     budgets.update(shapes)
     return ml_collections.ConfigDict(dict(
         seq_len=seq_len, seed=0, data_dir="",  # "" = $OMNI_JAX_DATA_DIR or ~/.cache/omni_jax/datasets
@@ -174,6 +174,8 @@ def omni_data(seq_len: int = 512, **shapes) -> ml_collections.ConfigDict:
         validate="header", num_threads=1, prefetch=2,
         mixture=ml_collections.ConfigDict(),
     ))
+
+
 def flow_matching(size: str) -> ml_collections.ConfigDict:
     """Flow-matching mel decoder presets: tiny (CI) and release (Baichuan-Omni-1.5's)."""
     release = dict(
@@ -248,6 +250,21 @@ def audio_head(llm_hidden: int, codebook_sizes, head_dim: int, ffn_mult: int = 2
     return ml_collections.ConfigDict(dict(hidden_size=llm_hidden, codebook_sizes=tuple(codebook_sizes),
                                           num_layers=3, head_dim=head_dim, ffn_mult=ffn_mult, dtype="float32",
                                           param_dtype="float32"))
+
+
+def bf16_compute(model: ml_collections.ConfigDict, remat: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+    """Every component of a model config computes in bfloat16 (parameters stay fp32; norms,
+    softmax and losses run in fp32 inside the models); the components named in `remat` (which
+    must have a `remat_policy`) recompute their layers in the backward pass ("full").
+    Nested component groups (the audio tokenizer's encoder / bridge / decoder) are set too."""
+    for name in model.keys():
+        part = model[name]
+        subs = [part[k] for k in ("encoder", "bridge", "decoder") if k in part] or [part]
+        for sub in subs:
+            sub.dtype = "bfloat16"
+        if name in remat:
+            part.remat_policy = "full"
+    return model
 
 
 def omni_llm(size: str) -> ml_collections.ConfigDict:

@@ -4,6 +4,7 @@ r"""Ahead-of-time compile a config's train step for a device topology and report
   python -m launch.aot --config=configs/backbone_tiny.py --topology=cpu    # this machine's devices
   python -m launch.aot --config=configs/backbone_tiny.py --topology=v5e:2x2 --num_slices=2 \
       --config.mesh.dcn_data=2 --config.mesh.fsdp=-1     # 2 slices: data over DCN, fsdp within a slice
+  python -m launch.aot --config=configs/omni15/pipeline.py:7b --stage=sft_2 --topology=v5p:4x4x4
 
 With the `tpu` extra (libtpu) installed, `--topology` names a TPU slice (e.g. v5p:4x4x4,
 v5e:8x8, v4:2x2x2); the real TPU compiler runs here without the hardware (MaxText's
@@ -62,29 +63,48 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     return {"in_slice": dict(sorted(ici.items())), "over_dcn": dict(sorted(dcn.items()))}
 
 
+def stage_step(config, mesh, stage_name: str = ""):
+    """(stage, task, train step, abstract state, abstract batch) of one stage, as the trainer
+    builds them: the stage's own task (its `task` / `task_config`, e.g. the modalities an omni
+    stage's batches carry) over the run's parameter tree (the union of the stage tasks' trees).
+    Call under `jax.set_mesh(mesh)` and the logical axis rules. Nothing is materialised."""
+    import jax
+
+    from omni_jax.train import step as step_lib
+    from omni_jax.train.multitask import StageTasks, union_trees
+    from omni_jax.train.optimizer import build_optimizer
+    from omni_jax.train.trainer import parse_stages
+
+    stages = parse_stages(config)
+    names = [s.name for s in stages]
+    if stage_name and stage_name not in names:
+        raise SystemExit(f"--stage={stage_name!r} is not a stage of this config; its stages: {names}")
+    stage = stages[names.index(stage_name)] if stage_name else stages[0]
+    tasks = StageTasks(config, names)
+    trees = [(type(t).__name__, step_lib.abstract_boxed(t)) for t in tasks.unique]
+    boxed = union_trees([(n, b[0]) for n, b in trees], "parameters")
+    boxed_state = union_trees([(n, b[1]) for n, b in trees], "model state")
+    task = tasks[stage.name]
+    layout = step_lib.make_layout(task, mesh, config.train.batch_size, boxed, boxed_state)
+    opt = build_optimizer(stage, layout.abstract_params)
+    state = step_lib.abstract_state(layout, opt)
+    batch = {k: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=layout.batch_shardings[k])
+             for k, a in layout.batch_abstract.items()}
+    fn = step_lib.make_train_step(task, opt, layout, microbatches=config.train.microbatches)
+    return stage, task, layout, fn, state, batch
+
+
 def plan(config, topology: str, stage_name: str = "", num_slices: int = 1) -> dict:
     import jax
     import numpy as np
     from flax import linen as nn
 
     from omni_jax import sharding as shd
-    from omni_jax.tasks import get_task
-    from omni_jax.train import step as step_lib
-    from omni_jax.train.optimizer import build_optimizer
-    from omni_jax.train.trainer import parse_stages
 
     devices, kind = topology_devices(topology, num_slices)
     mesh = shd.make_mesh(config.mesh.to_dict(), devices)
-    task = get_task(config)
-    stages = parse_stages(config)
-    stage = next((s for s in stages if s.name == stage_name), stages[0]) if stage_name else stages[0]
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
-        layout = step_lib.make_layout(task, mesh, config.train.batch_size)
-        opt = build_optimizer(stage, layout.abstract_params)
-        state = step_lib.abstract_state(layout, opt)
-        batch = {k: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=layout.batch_shardings[k])
-                 for k, a in layout.batch_abstract.items()}
-        fn = step_lib.make_train_step(task, opt, layout, microbatches=config.train.microbatches)
+        stage, task, layout, fn, state, batch = stage_step(config, mesh, stage_name)
         t0 = time.perf_counter()
         compiled = fn.lower(state, batch).compile()
         compile_s = time.perf_counter() - t0

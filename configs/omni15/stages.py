@@ -38,6 +38,10 @@ def base(size: str = "tiny") -> ml_collections.ConfigDict:
         large_shapes=dict(max_patches=4096, max_vision_items=32, max_audio_chunks=4, max_speech_chunks=4,
                           mel_frames=3000),
         bf16_parts=("llm", "vision"), speech_reply=True)
+    if size in ("small", "7b"):
+        # audio-head budget: a quarter of the row's tokens may be trained speech frames (7b: 1024
+        # = 82 s at 12.5 Hz, of the 4 x 376 the chunk budget allows); the packer keeps rows within it
+        c.data.shapes.max_speech_frames = c.data.seq_len // 4
     c.loss = ml_collections.ConfigDict(dict(text=1.0, audio=1.0))
     # starting from a release-format checkpoint (omni_jax/convert/omni.py): the training-only
     # transcription adapter of the tokenizer stage is not in the release; keep initialising it

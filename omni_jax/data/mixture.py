@@ -228,6 +228,7 @@ class ComponentPlan:
         fp[2] = len(sample.vision)
         fp[3] = sum(len(a.item.chunks(self.ctx.chunk_samples)) for a in sample.audio)
         fp[4] = sum(len(s.item.chunks(self.ctx.chunk_samples)) for s in sample.speech)
+        fp[6] = sum(len(s.positions) + 1 for s in sample.speech if s.train_audio)  # audio-head positions
         return fp
 
     def _check_fits(self, fp: np.ndarray, rid: str) -> None:

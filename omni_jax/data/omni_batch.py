@@ -101,6 +101,10 @@ class OmniShapes:
     max_vision_items: int = 0
     max_audio_chunks: int = 0
     max_speech_chunks: int = 0
+    # audio-head positions per row (the `<audiogen_start>` and pads of spans with audio loss);
+    # 0 = the bound the chunk and token budgets imply, min(seq_len, max_speech_chunks *
+    # (tokens per chunk + 1))
+    max_speech_frames: int = 0
     mel_frames: int = 3000
     n_mels: int = 128
     speech_wave_rate: int = 0
@@ -127,6 +131,9 @@ class OmniShapes:
         if self.vision_mode == "navit" and (self.max_patches > 0) != (self.max_vision_items > 0):
             raise ValueError(f"{where}: max_patches and max_vision_items must both be 0 (no vision) or both > 0, "
                              f"got {self.max_patches} and {self.max_vision_items}")
+        if self.max_speech_frames < 0 or (self.max_speech_frames and not self.max_speech_chunks):
+            raise ValueError(f"{where}.max_speech_frames={self.max_speech_frames} needs max_speech_chunks > 0 (got "
+                             f"{self.max_speech_chunks}); set it to 0 for rows without speech")
         if not 0 < self.mel_frames <= 3000:
             raise ValueError(f"{where}.mel_frames={self.mel_frames} must be in (0, 3000] (30 s Whisper chunks)")
 
@@ -166,19 +173,27 @@ class OmniShapes:
         return frames_to_tokens(self.mel_frames, self.audio_pool)
 
     @property
+    def speech_frame_budget(self) -> int:
+        """Audio-head positions per row: the static size of the head's gather (tasks/omni.py)
+        and a packing capacity (a row never holds more)."""
+        if not self.max_speech_chunks:
+            return 0
+        return self.max_speech_frames or min(self.seq_len, self.max_speech_chunks * (self.tokens_per_chunk + 1))
+
+    @property
     def wave_samples(self) -> int:
         return math.ceil(self.chunk_samples * self.speech_wave_rate / media.SAMPLE_RATE)
 
     def capacity(self) -> np.ndarray:
         """Budgets in FOOTPRINT_NAMES order."""
         return np.array([self.seq_len, self.max_patches, self.max_vision_items, self.max_audio_chunks,
-                         self.max_speech_chunks, self.max_tiles], np.int64)
+                         self.max_speech_chunks, self.max_tiles, self.speech_frame_budget], np.int64)
 
 
-FOOTPRINT_NAMES = ("tokens", "patches", "vision_items", "audio_chunks", "speech_chunks", "tiles")
+FOOTPRINT_NAMES = ("tokens", "patches", "vision_items", "audio_chunks", "speech_chunks", "tiles", "speech_frames")
 CAPACITY_KEYS = ("config.data.seq_len", "config.data.shapes.max_patches", "config.data.shapes.max_vision_items",
                  "config.data.shapes.max_audio_chunks", "config.data.shapes.max_speech_chunks",
-                 "config.data.shapes.max_tiles")
+                 "config.data.shapes.max_tiles", "config.data.shapes.max_speech_frames")
 
 
 def field_specs(shapes: OmniShapes, rows: int) -> dict[str, tuple[tuple[int, ...], Any, tuple]]:

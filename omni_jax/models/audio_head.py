@@ -200,15 +200,16 @@ class AudioHead(nn.Module):
         depth = self.cfg.depth
         if code_embeds.shape[-2] != depth:
             raise ValueError(f"code_embeds has {code_embeds.shape[-2]} codebooks, the head has {depth}")
-        cum = jnp.cumsum(code_embeds[:, : depth - 1].astype(jnp.float32), axis=1).astype(h0.dtype)
-        x = jnp.concatenate([h0[:, None, :], cum], axis=1)  # (N, depth, embed)
+        dtype = dtype_of(self.cfg.dtype)  # the scan carry is in the compute dtype, whatever h0's dtype
+        cum = jnp.cumsum(code_embeds[:, : depth - 1].astype(jnp.float32), axis=1).astype(dtype)
+        x = jnp.concatenate([h0[:, None, :].astype(dtype), cum], axis=1)  # (N, depth, embed)
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_codebooks", "activation_embed"))
         x, _ = self.layers(x, None, 0)
         x = self.headnorm(x)
         return [self.heads[i](x[:, i]).astype(jnp.float32) for i in range(depth)]
 
     def step(self, x: Array, depth: int, cache: Mapping[str, Array]) -> tuple[Array, dict]:
-        h, cache = self.layers(x[:, None, :], cache, depth)
+        h, cache = self.layers(x[:, None, :].astype(dtype_of(self.cfg.dtype)), cache, depth)
         h = self.headnorm(h[:, 0])
         return self.heads[depth](h).astype(jnp.float32), cache
 

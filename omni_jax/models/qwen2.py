@@ -204,6 +204,7 @@ class Qwen2LM(nn.Module):
     def hidden(self, x: Array, positions: Array, segment_ids: Array,
                kv_cache: Mapping[str, Array] | None = None, cache_index: Array | int | None = None):
         cos, sin = rotary_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        x = x.astype(dtype_of(self.cfg.dtype))  # the scan carry is in the compute dtype
         x, new_cache = self.layers(x, kv_cache, cos, sin, segment_ids, cache_index)
         return self.norm(x), new_cache
 

@@ -8,9 +8,13 @@ Batches: omni_jax/data/omni_batch.py (rows first, static shapes, host-built gath
 Loss = text_weight * (next-token cross entropy on `loss_mask` / #text targets)
      + audio_weight * (audio-head cross entropy over the 8 codebooks on the speech targets /
                        #code targets)
-The audio head runs only at the positions that carry a target (gathered to a static
-`max_speech_chunks * (tokens per chunk + 1)` per row), on the LLM's final normed hidden
-states there, teacher forced with the target frame's code embeddings (ARCHITECTURE.md 1.5).
+The audio head runs only at the positions that carry a target, gathered to a static
+F = `OmniShapes.speech_frame_budget` per row (`config.data.shapes.max_speech_frames`, by
+default max_speech_chunks * (tokens per chunk + 1)); the packer never puts more into a row,
+so the head input is (rows * F, depth, embed) whatever the sequence length, on the LLM's
+final normed hidden states there, teacher forced with the target frame's code embeddings
+(ARCHITECTURE.md 1.5). Targets beyond F (only possible with hand-made batches) are counted
+in the `audio_frames_dropped` metric.
 Stages differ only in config: which parameters train (regex groups), learning rates, data.
 """
 
@@ -65,7 +69,7 @@ class OmniTask(Task):
         return cfg, Omni15(cfg)
 
     def batch_fields(self, s: OmniShapes) -> tuple[str, ...]:
-        self.max_head_positions = s.max_speech_chunks * (s.tokens_per_chunk + 1)
+        self.max_head_positions = s.speech_frame_budget
         m = self.modalities
         return (TEXT_FIELDS + (VISION_FIELDS if s.max_patches and "vision" in m else ())
                 + (AUDIO_FIELDS if s.max_audio_chunks and "audio" in m else ())
@@ -131,13 +135,15 @@ class OmniTask(Task):
         if "speech_codes" in extras:
             sizes = self.model_cfg.audio_head.codebook_sizes
             codes, w = speech_head_targets(batch, extras["speech_codes"], sizes)
-            idx, valid, _ = gather_frames(w, self.max_head_positions)
+            idx, valid, count = gather_frames(w, self.max_head_positions)
             wp = take_positions(w, idx) * valid[..., None]
             a_nll, per = audio_head_loss_sum(self.model.audio_embed, self.model.audio_head, params,
                                              take_positions(h, idx), take_positions(codes, idx), wp)
             audio_loss = a_nll / norms["audio"]
             objective = objective + self.loss_cfg["audio"] * audio_loss
-            metrics.update(audio_loss=audio_loss, audio_accuracy_0=per["correct_0"] / norms["audio_frames"])
+            metrics.update(audio_loss=audio_loss, audio_accuracy_0=per["correct_0"] / norms["audio_frames"],
+                           audio_frames_dropped=jnp.maximum(count - self.max_head_positions, 0).sum()
+                           .astype(jnp.float32))
         metrics["loss"] = objective
         return objective, metrics, None
 

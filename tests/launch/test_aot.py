@@ -1,12 +1,25 @@
-"""launch/aot.py: the planner compiles a sharded step ahead of time and reports memory/flops.
+"""launch/aot.py: the planner compiles a sharded step ahead of time and reports memory/flops;
+every 7B stage (Baichuan-Omni-1.5 and v1) traces its bf16 train step on abstract shapes.
 
 Here it targets the 8 simulated CPU devices; with the `tpu` extra the same code compiles
 for TPU topologies (e.g. v5p:4x4x4, recorded in the README)."""
 
+import importlib
+
+import jax
+import jax.numpy as jnp
 import pytest
+from flax import linen as nn
 
 from configs import backbone_tiny
-from launch.aot import plan
+from launch.aot import plan, stage_step
+from omni_jax import sharding as shd
+from omni_jax.models.audio_head import AudioHead
+
+OMNI15_STAGES = ("image_text_1", "image_text_2", "image_audio_text_1", "image_audio_text_2", "omni_pretrain",
+                 "sft_1", "sft_2", "audio_tokenizer", "flow_matching", "vocoder")
+V1_STAGES = ("image_language_1", "image_language_2", "image_language_3", "video_language", "audio_language",
+             "omni_alignment", "sft")
 
 
 def test_plan_on_a_cpu_mesh_reports_memory_and_flops():
@@ -20,7 +33,59 @@ def test_plan_on_a_cpu_mesh_reports_memory_and_flops():
     assert r["compiler_flops_per_device"] > 0 and r["analytic_flops_per_step"] > 0
 
 
+def test_unknown_stage_is_a_clear_error():
+    c = backbone_tiny.get_config("runlocal")
+    with pytest.raises(SystemExit, match=r"--stage='sft_9' is not a stage of this config; its stages: \['pretrain'\]"):
+        plan(c, "cpu", "sft_9")
+
+
 def test_unknown_topology_is_a_clear_error():
     c = backbone_tiny.get_config("runlocal")
     with pytest.raises(SystemExit, match="cannot describe TPU topology 'v9z:1x1'"):
         plan(c, "v9z:1x1")
+
+
+@pytest.mark.parametrize("module", [f"configs.omni15.{n}" for n in OMNI15_STAGES]
+                         + [f"configs.omni_v1.{n}" for n in V1_STAGES])
+def test_every_7b_stage_traces_its_bf16_train_step(module):
+    """jax.eval_shape of the sharded train step (8 CPU devices, fsdp): nothing is materialised.
+    Parameters stay fp32, the matmuls compute in bf16 (configs/common.py bf16_compute), and
+    the audio head sees (rows * F, depth, embed) with F = the speech-frame budget of the
+    stage's rows (config.data.shapes.max_speech_frames), never rows * seq_len; stages whose
+    batches carry no speech do not run it at all."""
+    c = importlib.import_module(module).get_config("7b")
+    mesh = shd.make_mesh(c.mesh.to_dict())
+    seen = []
+
+    def spy(next_fun, args, kwargs, context):
+        if isinstance(context.module, AudioHead) and context.method_name == "__call__":
+            seen.append((args[0].shape, args[1].shape))
+        return next_fun(*args, **kwargs)
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
+        stage, task, layout, fn, state, batch = stage_step(c, mesh)
+        with nn.intercept_methods(spy):  # the step only (the init's shape pass calls the head on 2 frames)
+            new_state, metrics = jax.eval_shape(fn, state, batch)
+    assert {a.dtype for a in jax.tree.leaves(new_state.params)} == {jnp.dtype(jnp.float32)}
+    assert jax.tree.structure(new_state.params) == jax.tree.structure(state.params)
+    assert metrics["objective"].shape == () and metrics["objective"].dtype == jnp.float32
+    assert all(v == "bfloat16" for k, v in _dtypes(c.model).items()), _dtypes(c.model)
+    speech = "speech_target_index" in batch
+    assert bool(seen) == speech, (stage.name, seen)
+    if speech:
+        rows, seq = batch["tokens"].shape
+        budget = task.shapes.speech_frame_budget
+        assert budget == c.data.shapes.max_speech_frames == seq // 4
+        depth, d = task.model_cfg.audio_head.depth, task.model_cfg.audio_head.hidden_size
+        assert set(seen) == {((rows * budget, d), (rows * budget, depth, d))}
+
+
+def _dtypes(model) -> dict:
+    out = {}
+    for name, part in model.items():
+        for sub in ("encoder", "bridge", "decoder"):
+            if sub in part:
+                out[f"{name}.{sub}"] = part[sub].get("dtype")
+        if "dtype" in part:
+            out[name] = part.dtype
+    return out
