@@ -93,7 +93,7 @@ def log_mel_24k_np(wav: np.ndarray) -> np.ndarray:
 
 
 def decode_wav(data: bytes, sample_rate: int = media.SAMPLE_RATE) -> np.ndarray:
-    """16-bit PCM WAV bytes -> float32 mono at `sample_rate` (mixdown; linear resampling)."""
+    """16-bit PCM WAV bytes -> float32 mono at `sample_rate` (mixdown; polyphase resampling)."""
     try:
         with wave.open(io.BytesIO(data)) as w:
             sr, ch, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
@@ -103,11 +103,9 @@ def decode_wav(data: bytes, sample_rate: int = media.SAMPLE_RATE) -> np.ndarray:
     if width != 2:
         raise ValueError(f"only 16-bit PCM WAV is supported, got {8 * width}-bit")
     x = np.frombuffer(raw, np.int16).astype(np.float32) / 32768.0
-    x = x.reshape(-1, ch).mean(1)
-    if sr != sample_rate:
-        n = int(round(len(x) * sample_rate / sr))
-        x = np.interp(np.linspace(0, len(x) - 1, n), np.arange(len(x)), x).astype(np.float32)
-    return x
+    from omni_jax.data import resampling
+
+    return resampling.resample(x.reshape(-1, ch).mean(1), sr, sample_rate)
 
 
 def encode_wav(x: np.ndarray, sample_rate: int = media.SAMPLE_RATE) -> bytes:
