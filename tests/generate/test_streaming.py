@@ -74,3 +74,20 @@ def test_bad_stream_settings_are_named(runner):
         next(runner.respond_stream(Prompt(text="hi"), chunk_frames=0))
     with pytest.raises(ValueError, match="steps_per_call=0: must be >= 1"):
         next(runner.respond_stream(Prompt(text="hi"), steps_per_call=0))
+
+
+def test_infer_stream_writes_chunks_as_they_come(runner, tmp_path):
+    """launch/infer.py --stream: text pieces to the callback, chunks appended to one WAV."""
+    import wave
+
+    from launch.infer import _stream
+    from omni_jax.generate.omni_infer import Prompt
+    from omni_jax.generate.sampling import SamplingParams
+
+    pieces = []
+    r = _stream(runner, Prompt(text="what colour is the circle?"), speech=True, out=str(tmp_path / "s.wav"),
+                max_new_tokens=90, text=SamplingParams(do_sample=False), seed=1, chunk_frames=4, on_text=pieces.append)
+    assert "".join(pieces).strip() == r["text"] and r["stream"]["audio_chunks"] >= 2
+    with wave.open(str(tmp_path / "s.wav")) as w:
+        assert w.getframerate() == 24000 and w.getnframes() == round(r["seconds"] * 24000) > 0
+    assert 0 < r["stream"]["seconds_to_first_audio"] <= r["stream"]["seconds_total"]
