@@ -75,22 +75,42 @@ class Dialogue:
 
     def turn(self, prompt):
         """The reply to one user turn (an omni_infer.Reply); the turn and reply join the history."""
-        from omni_jax.generate.omni_infer import Reply
-
         ids, emb = self._turn_prompt(prompt)
-        need = self.index + len(ids) + self.max_new
+        self.check_room(len(ids))
+        self.append(ids, emb)
+        return self.reply(len(ids))
+
+    def check_room(self, n_new: int) -> None:
+        need = self.index + n_new + self.max_new
         if need > self.max_context:
             raise ValueError(f"the conversation needs {need} cache positions (history {self.index} + this turn "
-                             f"{len(ids)} + max_new_tokens {self.max_new}) but max_context={self.max_context}: "
+                             f"{n_new} + max_new_tokens {self.max_new}) but max_context={self.max_context}: "
                              "start a new conversation or raise max_context (--max_context)")
+
+    def append(self, ids: np.ndarray, emb: np.ndarray) -> None:
+        """Prefills merged prompt embeddings (n, D) (token ids (n,)) at the next cache slot."""
+        ids, emb = np.asarray(ids), np.asarray(emb, np.float32)
+        if self.index + len(ids) > self.max_context:
+            raise ValueError(f"appending {len(ids)} positions to {self.index} exceeds max_context={self.max_context}")
         pos = len(self.history)
-        h, cache = self._prefill(self.params["llm"], self.cache, jnp.asarray(emb[None]),
-                                 jnp.arange(pos, pos + len(ids), dtype=jnp.int32)[None], self.index)
-        hist = np.asarray(self.history + [int(t) for t in ids], np.int32)[None]
+        h, self.cache = self._prefill(self.params["llm"], self.cache, jnp.asarray(emb[None]),
+                                      jnp.arange(pos, pos + len(ids), dtype=jnp.int32)[None], self.index)
+        self._h_last = h[:, -1]
+        self.history += [int(t) for t in ids]
+        self.index += len(ids)
+
+    def reply(self, prompt_tokens: int = 0):
+        """Generates from the cache as it stands (after `append`); the reply joins the history."""
+        from omni_jax.generate.omni_infer import Reply
+
+        if self.max_new > self.max_context - self.index:
+            raise ValueError(f"no room to reply: {self.index} of max_context={self.max_context} cache positions used "
+                             f"and max_new_tokens={self.max_new}")
+        hist = np.asarray(self.history, np.int32)[None]
         rng = jax.random.fold_in(self.rng, self.turns)
         st = il._initial_state(self.models, jnp.asarray(hist), jnp.ones(hist.shape, jnp.int32), self._dims,
-                               h[:, -1], cache, rng)
-        start = self.index + len(ids)
+                               self._h_last, self.cache, rng)
+        start = self.index
         st = self._loop(self.params, st, jnp.int32(start))
         out = il.GenerationOutput(st["out_tokens"], st["out_fed"], st["out_codes"], st["out_valid"], st["out_chunk"],
                                   st["step"], st["mode"] == il.DONE, st["chunk_id"] + 1)
@@ -98,7 +118,7 @@ class Dialogue:
         steps = int(st["step"])
         fed = np.asarray(st["out_fed"][0, :steps])
         toks = np.asarray(st["out_tokens"][0, :steps])
-        self.history = [int(t) for t in hist[0]] + [int(t) for t in toks[fed]]
+        self.history += [int(t) for t in toks[fed]]
         self.cache, self.index, self.turns = st["cache"], start + steps, self.turns + 1
         return Reply(text=il.text_of(row.tokens, self.runner.tokenizer, self.ids).strip(), tokens=row.tokens,
-                     audio_chunks=[np.asarray(c) for c in row.audio_chunks], prompt_tokens=len(ids))
+                     audio_chunks=[np.asarray(c) for c in row.audio_chunks], prompt_tokens=prompt_tokens)
