@@ -86,3 +86,19 @@ def test_bad_files_are_clear_errors(tmp_path):
         decode_audio_file((tmp_path / "mute.mp4").read_bytes(), name="mute.mp4")
     with pytest.raises(DataError, match="fps must be positive"):
         decode_video(good, fps=0.0)
+
+
+def test_video_with_zero_frames_is_named(tmp_path):
+    """A container with a video stream but no frame in it."""
+    import av
+
+    out = av.open(str(tmp_path / "empty.mkv"), "w", format="matroska")
+    vs = out.add_stream("mpeg4", rate=10)
+    vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+    out.start_encoding()  # the header only, no packet
+    out.close()
+    assert (tmp_path / "empty.mkv").stat().st_size > 0
+    with pytest.raises(DataError) as e:
+        decode_video((tmp_path / "empty.mkv").read_bytes(), name="empty.mkv")
+    assert e.value.kind in ("missing_field", "corrupt_media") and "empty.mkv" in str(e.value)
+    print(e.value)
