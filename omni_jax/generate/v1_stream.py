@@ -19,9 +19,10 @@ content given all at once (tests/generate/test_v1_stream.py).
 End of the user's audio: an explicit `("audio_end", t)` event, or the time-out rule: once audio
 has started, no audio for `audio_timeout` seconds of stream time (event timestamps) ends it;
 a stream that stops ends it too; `max_seconds` of stream time ends it in any case. The rule
-is stated in `StreamResult.end_reason`. NOT done: the report's learned boundary prediction
-(special tokens / a head trained to mark the start and end of the user's audio); the end is
-given by the event or the time-out rule above.
+is stated in `StreamResult.end_reason`. With `boundary=` (omni_jax/generate/audio_boundary.py, a
+small head trained on the embedded speech in noise) the user's audio is the predicted span and
+the predicted end ends it ("predicted_end"). NOT done: the report's variant, boundary special
+tokens predicted by the LLM itself and trained in a v1 stage.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from omni_jax.generate.sampling import SamplingParams
 @dataclasses.dataclass
 class StreamResult:
     reply: Reply
-    end_reason: str  # "audio_end" | "timeout" | "stream_end" | "max_seconds"
+    end_reason: str  # "audio_end" | "predicted_end" | "timeout" | "stream_end" | "max_seconds"
     frames_used: int
     frames_dropped: int  # beyond 1 fps or the 48-frame cap
     audio_seconds: float
@@ -65,7 +66,9 @@ class OmniV1Runner(OmniRunner):
 
     def stream(self, events: Iterable[tuple], *, text: str = "", max_new_tokens: int = 64, max_context: int = 8192,
                audio_timeout: float = 2.0, max_seconds: float = 600.0, fps: float = 1.0, max_frames: int = 48,
-               system: str = "") -> StreamResult:
+               system: str = "", boundary=None) -> StreamResult:
+        """`boundary`: an audio_boundary.BoundaryHead; when given, the user's audio is the span
+        it predicts (start to end) and its predicted end ends the stream ("predicted_end")."""
         from omni_jax.data.audio_features import encode_wav
         from omni_jax.generate.dialogue import Dialogue
 
@@ -95,7 +98,15 @@ class OmniV1Runner(OmniRunner):
             if ev[0] == "audio":
                 x = np.asarray(ev[2], np.float32).reshape(-1)
                 audio.append(x)
-                audio_end_t = max(audio_end_t or 0.0, t + len(x) / 16000.0)
+                if boundary is None:
+                    audio_end_t = max(audio_end_t or 0.0, t + len(x) / 16000.0)
+                    continue
+                start_s, end_s = boundary.boundaries(np.concatenate(audio))
+                if start_s is not None:
+                    audio_end_t = t + len(x) / 16000.0  # the time-out still applies to a silent stream
+                if end_s is not None:
+                    reason = "predicted_end"
+                    break
                 continue
             if t + 1e-6 < next_t or len(frames) >= max_frames:
                 dropped += 1
@@ -112,6 +123,9 @@ class OmniV1Runner(OmniRunner):
             dlg.append(ids[vs + 1: ie + 1], emb[vs + 1: ie + 1])  # <img_start> frame <img_end>
             frames.append(ev[2])
         wav = np.concatenate(audio) if audio else np.zeros((0,), np.float32)
+        if boundary is not None and len(wav):
+            start_s, end_s = boundary.boundaries(wav)
+            wav = wav[:0] if start_s is None else wav[int(start_s * 16000): None if end_s is None else int(end_s * 16000)]
         wav_bytes = encode_wav(wav) if len(wav) else b""
         if not frames and not len(wav) and not text:
             raise ValueError("the stream gave no frame, no audio and there is no text: nothing to answer")
