@@ -259,8 +259,8 @@ class OmniRunner:
         for part in self._stream.run(sub, pid, mask, jax.random.PRNGKey(seed), jnp.asarray(emb),
                                      steps_per_call=steps_per_call):
             tokens += part["tokens"]
-            now = text_of(tokens, self.tokenizer, ids)
-            if len(now) > len(said) and now.startswith(said) and not now.endswith("\ufffd"):
+            now = text_of(tokens, self.tokenizer, ids).rstrip("\ufffd")  # an incomplete UTF-8 tail waits
+            if len(now) > len(said) and now.startswith(said):
                 yield "text", now[len(said):]
                 said = now
             for cid, c in zip(part["chunk"], part["codes"]):
