@@ -21,6 +21,7 @@ setup(
         "absl-py>=2.1",
         "numpy>=2.0",
         "pillow>=10",  # image decoding in the data pipeline
+        "scipy>=1.11",  # polyphase audio resampling (omni_jax/data/resampling.py)
         "soundfile>=0.12",  # FLAC (and non-16-bit WAV) decoding in the data pipeline
         "threadpoolctl>=3",  # single-threaded BLAS while the data pipeline extracts features
         "tqdm>=4.66",
@@ -33,6 +34,8 @@ setup(
         # ahead-of-time compilation for TPU topologies (launch/aot.py)
         "tpu": ["jax[tpu]~=0.10.2"],
         "test": ["pytest>=8"],
+        # decoding video/audio files (mp4/webm/mkv) with FFmpeg through PyAV (omni_jax/data/video_io.py)
+        "media": ["av>=14"],
     },
     entry_points={
         "console_scripts": [

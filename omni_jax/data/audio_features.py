@@ -94,19 +94,18 @@ def log_mel_24k_np(wav: np.ndarray) -> np.ndarray:
 
 def decode_wav(data: bytes, sample_rate: int = media.SAMPLE_RATE) -> np.ndarray:
     """Encoded audio bytes (WAV of any PCM width or float, FLAC, anything libsndfile reads) ->
-    float32 mono at `sample_rate` (mixdown; linear resampling). The one audio reader of the
-    project (soundfile); omni_jax/data/media_io.py `decode_audio` wraps it with data errors."""
+    float32 mono at `sample_rate` (mixdown; polyphase resampling, omni_jax/data/resampling.py).
+    The one audio reader of the project (soundfile); omni_jax/data/media_io.py `decode_audio`
+    wraps it with data errors."""
     import soundfile as sf
+
+    from omni_jax.data import resampling
 
     try:
         x, sr = sf.read(io.BytesIO(bytes(data)), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError
         raise ValueError(f"cannot decode WAV/FLAC audio ({len(data)} bytes): {e}") from e
-    x = x.mean(1)
-    if sr != sample_rate:
-        n = int(round(len(x) * sample_rate / sr))
-        x = np.interp(np.linspace(0, len(x) - 1, n), np.arange(len(x)), x)
-    return x.astype(np.float32)
+    return resampling.resample(resampling.to_mono(x), sr, sample_rate).astype(np.float32)
 
 
 def encode_wav(x: np.ndarray, sample_rate: int = media.SAMPLE_RATE) -> bytes:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from omni_jax.data import audio_features, media, vision_preprocessing
+from omni_jax.data import audio_features, media, resampling, vision_preprocessing
 from omni_jax.data.errors import DataError
 
 MIN_CHUNK_SAMPLES = audio_features.N_FFT  # shorter trailing pieces are dropped
@@ -166,14 +166,12 @@ def audio_num_samples(data: bytes, sample_rate: int = media.SAMPLE_RATE) -> int:
         n, sr = info.frames, info.samplerate
     except Exception as e:
         raise DataError("corrupt_media", f"cannot read the audio header ({len(data)} bytes): {e}") from e
-    return n if sr == sample_rate else int(round(n * sample_rate / sr))
+    return resampling.output_length(n, sr, sample_rate)
 
 
 def resample(x: np.ndarray, rate_from: int, rate_to: int) -> np.ndarray:
-    if rate_from == rate_to:
-        return np.asarray(x, np.float32)
-    n = int(round(len(x) * rate_to / rate_from))
-    return np.interp(np.linspace(0, len(x) - 1, n), np.arange(len(x)), x).astype(np.float32)
+    """Polyphase resampling (`resampling.resample`); kept here for existing callers."""
+    return resampling.resample(x, rate_from, rate_to)
 
 
 # ------------------------------------------------------------------ items
@@ -296,7 +294,7 @@ class AudioItem:
     def _count(self) -> int:
         if self._wave is not None:
             n = len(self._wave)
-            return n if self.rate == media.SAMPLE_RATE else int(round(n * media.SAMPLE_RATE / self.rate))
+            return resampling.output_length(n, self.rate, media.SAMPLE_RATE)
         return audio_num_samples(self.data)
 
     def waveform(self, rate: int = media.SAMPLE_RATE) -> np.ndarray:

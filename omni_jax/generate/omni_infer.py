@@ -242,3 +242,74 @@ class OmniRunner:
             self._synth = synthesizer(self.task, self.params, self.state)
         wav = self._synth.write_wav(path, reply.audio_chunks, jax.random.PRNGKey(seed))
         return len(wav) / self._synth.sample_rate
+
+    # ---- streaming (omni_jax/generate/streaming.py) ----
+
+    def speech_synthesizer(self, chunk_frames: int | None = None):
+        """The codes -> 24 kHz Synthesizer (pieces of at most `chunk_frames` codes if given)."""
+        from omni_jax.tasks.omni_eval import synthesizer
+
+        if self._synth is None:
+            self._synth = synthesizer(self.task, self.params, self.state)
+        if chunk_frames is not None:
+            self._synth.max_chunk_frames = int(chunk_frames)
+        return self._synth
+
+    def respond_stream(self, prompt: Prompt, *, speech: bool = True, max_new_tokens: int = 512,
+                       text: SamplingParams = TEXT_RELEASE, seed: int = 0, chunk_frames: int = 25,
+                       steps_per_call: int = 8):
+        """Yields ("text", str) pieces and ("audio", float32 24 kHz samples) chunks while the
+        reply is generated, then ("done", Reply). The same loop, keys and chunking as
+        `respond(..., speech)` followed by `write_wav` with pieces of `chunk_frames` codes
+        (25 = 2 s of speech): the concatenated audio equals that waveform."""
+        from omni_jax.generate.interleaved import GenerationConfig, SpecialIds, SpeechModels, text_of
+        from omni_jax.generate.sampling import AUDIO_RELEASE
+        from omni_jax.generate.streaming import SpeechStream, StepStream
+        from omni_jax.tasks.omni_eval import _left_pad
+
+        m = self.task.model
+        if speech and getattr(m, "audio_head", None) is None:
+            raise ValueError("this model has no speech output (Baichuan-Omni v1): use speech=False (--nospeech)")
+        speech_out = SpeechStream(self.speech_synthesizer(chunk_frames), jax.random.PRNGKey(seed),
+                                  chunk_frames) if speech else None
+        p = self.prompt_embeddings(prompt, speech=speech)
+        ids = SpecialIds.from_tokenizer(self.tokenizer)
+        cfg = GenerationConfig(max_new_steps=max_new_tokens, text=text, audio=AUDIO_RELEASE, speech=speech)
+        key = (speech, max_new_tokens, text)
+        if getattr(self, "_stream_key", None) != key:
+            self._stream = StepStream(SpeechModels(m.llm, getattr(m, "audio_embed", None), getattr(m, "audio_head", None)),
+                                      ids, cfg)
+            self._stream_key = key
+        pid, mask, emb = _left_pad([p])
+        sub = {k: self.params[k] for k in ("llm", "audio_embed", "audio_head") if k in self.params}
+        tokens, said, chunks, finished = [], "", [], False
+        for part in self._stream.run(sub, pid, mask, jax.random.PRNGKey(seed), jnp.asarray(emb),
+                                     steps_per_call=steps_per_call):
+            tokens += part["tokens"]
+            now = text_of(tokens, self.tokenizer, ids).rstrip("\ufffd")  # an incomplete UTF-8 tail waits
+            if len(now) > len(said) and now.startswith(said):
+                yield "text", now[len(said):]
+                said = now
+            for cid, c in zip(part["chunk"], part["codes"]):
+                while len(chunks) <= cid:
+                    chunks.append([])
+                chunks[cid].append(c)
+            if speech_out is not None:
+                closed = sum(t == ids.audiogen_end for t in tokens)
+                for wav in speech_out.push(part["codes"], part["chunk"], closed, part["done"]):
+                    yield "audio", wav
+            finished = part["finished"]
+        if speech_out is not None:
+            tail = speech_out.flush()
+            if len(tail):
+                yield "audio", tail
+        now = text_of(tokens, self.tokenizer, ids)
+        if len(now) > len(said):
+            yield "text", now[len(said):] if now.startswith(said) else now
+        # chunk list as split_rows builds it (an audio chunk whose first frame was the end code is empty)
+        n_chunks = sum(t == ids.audiogen_start for t in tokens) if speech else 0
+        depth = m.audio_head.cfg.depth if speech else 1
+        chunks += [[] for _ in range(n_chunks - len(chunks))]
+        codes = [np.stack(c) if c else np.zeros((0, depth), np.int32) for c in chunks]
+        del finished
+        yield "done", Reply(text=now.strip(), tokens=tokens, audio_chunks=codes, prompt_tokens=len(p["prompt_ids"]))

@@ -8,7 +8,9 @@ audio) in `tfds.features.Tensor(dtype=object)` features; the pipeline decodes th
   (training size) and `shapes_tiny` (tests), generated locally in seconds;
 * your own data: `ManifestConfig(name=..., manifest="/data/x/{split}.jsonl")`, one JSON
   object per line with the builder's fields; media fields hold file paths (relative to
-  the manifest's directory), read verbatim as bytes.
+  the manifest's directory): WAV/FLAC/images read verbatim as bytes, other audio files and
+  `"video": "clip.mp4"` (omni_videos) decoded with PyAV; or a folder of media files
+  (`manifest="/data/x/{split}"`) with sidecar texts (builders/media_files.py).
 
     from omni_jax.data.builders import prepare
     builder = prepare("omni_images/shapes", data_dir)           # generated if missing
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 from typing import Any, Iterator
@@ -68,6 +71,7 @@ class ManifestConfig(tfds.core.BuilderConfig):
 
     manifest: str = ""
     splits: tuple[str, ...] = ("train", "test")
+    skip_bad_media: bool = True  # undecodable media files are skipped and counted (media_files.py)
 
 
 SHAPES_CONFIGS = [ShapesConfig(name="shapes", size="default", version=VERSION,
@@ -115,24 +119,49 @@ class OmniBuilder(tfds.core.GeneratorBasedBuilder):
             yield key, {k: ex.get(k, _empty(f)) for k, f in self.FEATURES.items()}
 
     def _manifest(self, path: str) -> Iterator[tuple[str, dict]]:
-        root = os.path.dirname(os.path.abspath(path))
-        with open(path) as f:
-            for line_no, line in enumerate(f):
-                if not line.strip():
-                    continue
-                rec = json.loads(line)
-                unknown = sorted(set(rec) - set(self.FEATURES))
-                if unknown:
-                    raise ValueError(f"{path}:{line_no + 1}: unknown field(s) {unknown}; "
-                                     f"{self.name} has {sorted(self.FEATURES)}")
+        from omni_jax.data.builders import media_files
+        from omni_jax.data.errors import DataError
+
+        if os.path.isdir(path):
+            root, records = path, media_files.folder_records(path, self.name)
+        else:
+            root = os.path.dirname(os.path.abspath(path))
+            records = _jsonl_records(path)
+        split = os.path.basename(path).split(".")[0]
+        self.skipped = getattr(self, "skipped", {})
+        self.skipped.setdefault(split, 0)
+        for line_no, rec in records:
+            extra = {"video"} if "frames" in self.FEATURES else set()
+            unknown = sorted(set(rec) - set(self.FEATURES) - extra)
+            if unknown:
+                raise ValueError(f"{path}:{line_no + 1}: unknown field(s) {unknown}; "
+                                 f"{self.name} has {sorted(self.FEATURES | dict.fromkeys(extra))}")
+            try:
+                rec = media_files.expand_video(rec, root, self.FEATURES)
                 out = {}
                 for k, f in self.FEATURES.items():
                     v = rec.get(k, _empty(f))
                     if k in self.MEDIA:
-                        v = [_read(root, p) for p in v] if isinstance(v, list) else (_read(root, v) if v else b"")
+                        read = (lambda p: media_files.read_audio(os.path.join(root, p))) if k in media_files.AUDIO_FIELDS \
+                            else (lambda p: _read(root, p))
+                        v = [x if isinstance(x, bytes) else read(x) for x in v] if isinstance(v, list) \
+                            else (v if isinstance(v, bytes) else (read(v) if v else b""))
                     out[k] = v
-                out["id"] = str(rec.get("id") or f"{os.path.basename(path)}:{line_no + 1}")
-                yield f"{line_no:09d}", out
+            except DataError as e:
+                if not getattr(self.builder_config, "skip_bad_media", True):
+                    raise
+                self.skipped[split] += 1
+                logging.warning("%s:%d: skipped (%s)", path, line_no + 1, e)
+                continue
+            out["id"] = str(rec.get("id") or f"{os.path.basename(path)}:{line_no + 1}")
+            yield f"{line_no:09d}", out
+
+
+def _jsonl_records(path: str) -> Iterator[tuple[int, dict]]:
+    with open(path) as f:
+        for line_no, line in enumerate(f):
+            if line.strip():
+                yield line_no, json.loads(line)
 
 
 def _read(root: str, p: str) -> bytes:
