@@ -154,6 +154,9 @@ def _main(argv):
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)
+    from omni_jax import distributed
+
+    distributed.initialize_single_process_tool("launch.convert")  # first: before anything touches jax devices
     exclude = tuple(x for x in (FLAGS.exclude or []) if x)
     if FLAGS.mode == "export_release":
         if not (FLAGS.config and FLAGS.workdir and FLAGS.out):
@@ -181,6 +184,9 @@ def _main(argv):
 
 
 def _define_flags() -> None:
+    from omni_jax import distributed
+
+    distributed.define_flags(flags)
     """Defined when the command runs, so several launch modules can be imported together."""
     config_flags.DEFINE_config_file("config", None, "The config the checkpoint was trained with.", lock_config=True)
     flags.DEFINE_enum("mode", None, ["export", "check", "export_release", "import_release"], "What to do.")

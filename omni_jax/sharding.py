@@ -67,8 +67,9 @@ def rules_dict() -> dict[str, Any]:
     return dict(LOGICAL_AXIS_RULES)
 
 
-def mesh_shape_from_config(mesh_cfg: Mapping[str, int], num_devices: int) -> dict[str, int]:
-    """Resolves the mesh config (axis -> size, one axis may be -1 to fill) to sizes."""
+def mesh_shape_from_config(mesh_cfg: Mapping[str, int], num_devices: int, where: str = "") -> dict[str, int]:
+    """Resolves the mesh config (axis -> size, one axis may be -1 to fill) to sizes.
+    `where` describes the devices in errors (e.g. ' (2 processes x 4 local devices)')."""
     unknown = sorted(set(mesh_cfg) - set(MESH_AXES))
     if unknown:
         raise ValueError(
@@ -86,13 +87,14 @@ def mesh_shape_from_config(mesh_cfg: Mapping[str, int], num_devices: int) -> dic
         if num_devices % known:
             raise ValueError(
                 f"config.mesh={sizes}: the fixed axes use {known} devices, which does not "
-                f"divide the {num_devices} available devices."
+                f"divide the {num_devices} available devices{where}."
             )
         sizes[fill[0]] = num_devices // known
     if math.prod(sizes.values()) != num_devices:
         raise ValueError(
             f"config.mesh={sizes} needs {math.prod(sizes.values())} devices but "
-            f"{num_devices} are available; set one axis to -1 to fill."
+            f"{num_devices} are available{where}; make the product of the config.mesh sizes equal "
+            f"{num_devices} (set one axis to -1 to fill){' or start more processes' if where else ''}."
         )
     return sizes
 
@@ -103,8 +105,11 @@ def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[Any] | None = None)
     Axis types are Auto (GSPMD propagation with our explicit constraints), passed
     explicitly because jax 0.10 defaults to Explicit axes.
     """
+    where = ""
+    if devices is None and jax.process_count() > 1:
+        where = f" ({jax.process_count()} processes x {jax.local_device_count()} local devices)"
     devices = list(jax.devices() if devices is None else devices)
-    sizes = mesh_shape_from_config(mesh_cfg, len(devices))
+    sizes = mesh_shape_from_config(mesh_cfg, len(devices), where)
     shape = tuple(sizes[a] for a in MESH_AXES)
     if devices and getattr(devices[0], "platform", "cpu") == "tpu":
         return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 4, devices=devices)

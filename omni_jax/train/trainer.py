@@ -7,7 +7,8 @@ the optimizer state over from the previous stage (moments of parameters that sta
 trainable are kept), jit the step, stream step-indexed batches, log, checkpoint every
 `config.checkpoint.every` steps and at the stage end. A restart with the same workdir
 resumes from the latest checkpoint and reproduces the uninterrupted run bit for bit.
-SIGTERM / SIGINT make it save a checkpoint at the next step boundary and return.
+SIGTERM / SIGINT make it save a checkpoint at the next step boundary and return; with
+several processes a signal to any one of them makes all save the same step (host_sync.py).
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ import numpy as np
 from flax import linen as nn
 from tqdm import tqdm
 
+from omni_jax import distributed
 from omni_jax import sharding as shd
 from omni_jax.train import step as step_lib
 from omni_jax.train.checkpoint import Checkpointer
+from omni_jax.train.host_sync import HostSync
 from omni_jax.train.metrics import MetricsWriter
 from omni_jax.train.multitask import StageTasks, init_union, union_trees
 from omni_jax.train.optimizer import build_optimizer, learning_rates, stage_from_config, transfer_state
@@ -80,7 +83,11 @@ def train(config, workdir: str) -> dict[str, Any]:
     os.makedirs(workdir, exist_ok=True)
     stages = parse_stages(config)
     starts = np.cumsum([0] + [s.steps for s in stages]).tolist()
+    distributed.check_batch_splits(config.train.batch_size)
     mesh = shd.make_mesh(config.mesh.to_dict())
+    log.info("%s", distributed.topology_line(mesh))
+    if jax.process_count() > 1:
+        distributed.check_same_config(config)
     tasks = StageTasks(config, [s.name for s in stages])
     task = tasks.main
     ckpt = Checkpointer(
@@ -138,6 +145,7 @@ def train(config, workdir: str) -> dict[str, Any]:
         metrics_log = MetricsWriter(workdir, resume_step=latest if latest is not None else 0)
         last: dict[str, float] = {}
         status = "done"
+        sync = HostSync()  # stop and data-error decisions taken by every process together
         saved_step = latest
 
         for si in range(si, len(stages)):
@@ -157,6 +165,8 @@ def train(config, workdir: str) -> dict[str, Any]:
                                         process_count=jax.process_count())
             if data_state is not None:
                 data.set_state(data_state)
+            if hasattr(data, "defer_errors"):
+                data.defer_errors = True  # the budget counts every process's records (sync.agree)
             data_state = None
 
             step = starts[si] + stage_step
@@ -165,14 +175,18 @@ def train(config, workdir: str) -> dict[str, Any]:
             t_last, n_acc = time.perf_counter(), 0
             tokens_per_step = int(np.prod(layout.batch_abstract["tokens"].shape[:2])) if "tokens" in layout.batch_abstract else 0
             while stage_step < stage.steps:
-                if stop.signum is not None:
+                stop_requested = stop.signum is not None
+                resume_state = data.get_state()  # the state to save if this step's batch is not used
+                local = next(data)
+                if sync.agree(stop_requested, data):  # a signal reached this or another process
                     if saved_step != step:
-                        ckpt.save(step, state, _meta(config, stage, si, stage_step, step), data.get_state(), force=True)
+                        ckpt.save(step, state, _meta(config, stage, si, stage_step, step), resume_state, force=True)
                     ckpt.wait()
-                    log.warning("signal %d: saved checkpoint at step %d and stopped", stop.signum, step)
+                    log.warning("%s: saved checkpoint at step %d and stopped",
+                                "signal" if stop_requested else "another process got a signal", step)
                     status = "preempted"
                     break
-                batch = step_lib.global_batch_from_local(next(data), layout)
+                batch = step_lib.global_batch_from_local(local, layout)
                 state, metrics = train_step(state, batch)
                 stage_step += 1
                 step += 1
