@@ -120,15 +120,17 @@ def wait_for_step(group: Group, workdir: str, step: int) -> None:
 
 
 def saved_state(workdir: str, step: int) -> dict:
-    """A checkpoint's TrainState as numpy (flattened 'a/b/c' -> array), read in this process."""
+    """A checkpoint's TrainState read onto this process's first device, flattened: {path: numpy array}."""
     import jax
     import numpy as np
     import orbax.checkpoint as ocp
 
     path = os.path.join(workdir, "checkpoints", str(step), "state")
-    meta = ocp.PyTreeCheckpointer().metadata(path)
-    tree = getattr(meta, "tree", meta)
-    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    out = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
-    flat = jax.tree_util.tree_flatten_with_path(out)[0]
+    ck = ocp.StandardCheckpointer()
+    meta = ck.metadata(path)
+    tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", meta)
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), tree,
+                          is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+    flat = jax.tree_util.tree_flatten_with_path(ck.restore(path, target))[0]
     return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}
