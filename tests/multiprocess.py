@@ -22,7 +22,8 @@ def free_port() -> int:
 
 def env(local_devices: int, cache_dir: str | None = None) -> dict:
     e = dict(os.environ)
-    e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={local_devices}"
+    e["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={local_devices} "
+                      "--xla_cpu_collective_call_terminate_timeout_seconds=3600")  # see tests/conftest.py
     e["JAX_PLATFORMS"] = "cpu"
     e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
     e["PYTHONUNBUFFERED"] = "1"
