@@ -184,10 +184,10 @@ def _main(argv):
 
 
 def _define_flags() -> None:
+    """Defined when the command runs, so several launch modules can be imported together."""
     from omni_jax import distributed
 
     distributed.define_flags(flags)
-    """Defined when the command runs, so several launch modules can be imported together."""
     config_flags.DEFINE_config_file("config", None, "The config the checkpoint was trained with.", lock_config=True)
     flags.DEFINE_enum("mode", None, ["export", "check", "export_release", "import_release"], "What to do.")
     flags.DEFINE_string("workdir", None, "Trainer workdir to export from.")
