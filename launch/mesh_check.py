@@ -40,16 +40,15 @@ def _eight_heads(c) -> None:
     m = c.model
     if "llm" in m:
         m.llm.update(num_heads=8, num_kv_heads=8, head_dim=16)
-    for name in ("vision",):
-        if name in m and "num_heads" in m[name]:
-            m[name].num_heads = 8
-    for name in ("audio_tokenizer",):
-        if name in m:
-            for part in ("encoder", "decoder"):
-                if part in m[name] and "num_heads" in m[name][part]:
-                    m[name][part].num_heads = 8
+    if "vision" in m:
+        m.vision.num_heads = 8
+    if "audio" in m:  # the audio tokenizer's encoder and decoder
+        m.audio.encoder.num_heads = 8
+        m.audio.decoder.num_heads = 8
+    if "audio_head" in m:  # its heads are its width over head_dim
+        m.audio_head.head_dim = 16
     if "flow_matching" in m:
-        m.flow_matching.update(prenet_heads=8, num_heads=8)
+        m.flow_matching.update(num_heads=8, prenet_heads=8)
 
 
 def model_config(kind: str):
