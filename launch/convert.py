@@ -193,6 +193,9 @@ def _main(argv):
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)
+    from omni_jax import distributed
+
+    distributed.initialize_single_process_tool("launch.convert")  # first: before anything touches jax devices
     exclude = tuple(x for x in (FLAGS.exclude or []) if x)
     if FLAGS.mode == "export_release":
         if not (FLAGS.config and FLAGS.workdir and FLAGS.out):
@@ -226,6 +229,9 @@ def _main(argv):
 
 def _define_flags() -> None:
     """Defined when the command runs, so several launch modules can be imported together."""
+    from omni_jax import distributed
+
+    distributed.define_flags(flags)
     config_flags.DEFINE_config_file("config", None, "The config the checkpoint was trained with.", lock_config=True)
     flags.DEFINE_enum("mode", None, ["export", "check", "export_release", "import_release", "export_torch"],
                       "What to do.")

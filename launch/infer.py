@@ -136,6 +136,9 @@ def _main(argv):
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)
+    from omni_jax import distributed
+
+    distributed.initialize_single_process_tool("launch.infer")  # first: before anything touches jax devices
     try:
         r = _run_flags()
     except (FileNotFoundError, ValueError) as e:  # bad checkpoints and inputs: the message says what to fix
@@ -159,6 +162,9 @@ def _run_flags() -> dict:
 
 
 def _define_flags() -> None:
+    from omni_jax import distributed
+
+    distributed.define_flags(flags)
     flags.DEFINE_string("src", None, "An omni_jax workdir or a release-format directory.")
     flags.DEFINE_string("text", "", "The user's text.")
     flags.DEFINE_multi_string("image", None, "An image file (repeatable).")

@@ -2,6 +2,9 @@ r"""Train from a config file: `python -m launch.train --config=configs/x.py --wo
 
 Any config value can be overridden: `--config.train.steps=10 --config.mesh.fsdp=2`.
 Re-running with the same --workdir resumes from its latest checkpoint.
+Several processes (one per host; or several on one host, as the tests do):
+`--coordinator=HOST:PORT --num_processes=N --process_id=I` (TPU pods, GKE and SLURM are
+detected without flags; omni_jax/distributed.py).
 """
 
 from __future__ import annotations
@@ -21,10 +24,16 @@ def _main(argv):
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax/jax INFO chatter off
     logging.getLogger("omni_jax").setLevel(logging.INFO)
-    from omni_jax.train.trainer import train
+    from omni_jax import distributed
 
     check_config(FLAGS.config)
-    result = train(FLAGS.config, FLAGS.workdir)
+    try:
+        distributed.initialize_from_flags()  # first: jax.distributed before anything touches the devices
+        from omni_jax.train.trainer import train
+
+        result = train(FLAGS.config, FLAGS.workdir)
+    except distributed.DistributedStartupError as e:  # the message names the address / the fix
+        raise SystemExit(f"launch.train: {e}") from None
     m = result["last_metrics"]
     print(f"{result['status']} at step {result['step']}: "
           + ", ".join(f"{k}={m[k]:.4g}" for k in ("loss", "accuracy", "tokens_per_s") if k in m))
@@ -49,6 +58,9 @@ def _define_flags() -> None:
     config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.", lock_config=True)
     flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
     flags.mark_flags_as_required(["config", "workdir"])
+    from omni_jax import distributed
+
+    distributed.define_flags(flags)
 
 
 def main():

@@ -91,11 +91,12 @@ def dcn_shape_from_config(mesh_cfg: Mapping[str, int]) -> dict[str, int]:
     return dcn
 
 
-def mesh_shape_from_config(mesh_cfg: Mapping[str, int], num_devices: int) -> dict[str, int]:
+def mesh_shape_from_config(mesh_cfg: Mapping[str, int], num_devices: int, where: str = "") -> dict[str, int]:
     """Resolves the mesh config (axis -> size, one axis may be -1 to fill) to the mesh's sizes.
 
     With dcn_<axis> entries the plain sizes are per slice/node and the result is their product
-    with the dcn sizes (the -1 axis fills num_devices / (slices x nodes) within a slice)."""
+    with the dcn sizes (the -1 axis fills num_devices / (slices x nodes) within a slice).
+    `where` describes the devices in errors (e.g. ' (2 processes x 4 local devices)')."""
     unknown = sorted(set(mesh_cfg) - set(MESH_AXES) - set(DCN_AXES))
     if unknown:
         raise ValueError(
@@ -122,13 +123,14 @@ def mesh_shape_from_config(mesh_cfg: Mapping[str, int], num_devices: int) -> dic
         if num_devices % known:
             raise ValueError(
                 f"config.mesh={sizes}: the fixed axes use {known} devices, which does not "
-                f"divide the {num_devices} available devices."
+                f"divide the {num_devices} available devices{where}."
             )
         sizes[fill[0]] = num_devices // known
     if math.prod(sizes.values()) != num_devices:
         raise ValueError(
             f"config.mesh={sizes} needs {math.prod(sizes.values())} devices but "
-            f"{num_devices} are available; set one axis to -1 to fill."
+            f"{num_devices} are available{where}; make the product of the config.mesh sizes equal "
+            f"{num_devices} (set one axis to -1 to fill){' or start more processes' if where else ''}."
         )
     return sizes
 
@@ -139,8 +141,11 @@ def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[Any] | None = None)
     Axis types are Auto (GSPMD propagation with our explicit constraints), passed
     explicitly because jax 0.10 defaults to Explicit axes.
     """
+    where = ""
+    if devices is None and jax.process_count() > 1:
+        where = f" ({jax.process_count()} processes x {jax.local_device_count()} local devices)"
     devices = list(jax.devices() if devices is None else devices)
-    return Mesh(device_array(mesh_cfg, devices), MESH_AXES, axis_types=(AxisType.Auto,) * 4)
+    return Mesh(device_array(mesh_cfg, devices, where), MESH_AXES, axis_types=(AxisType.Auto,) * 4)
 
 
 def _process_major(devices: Sequence[Any]) -> list[Any]:
@@ -151,10 +156,10 @@ def _process_major(devices: Sequence[Any]) -> list[Any]:
     return sorted(devices, key=lambda d: (getattr(d, "process_index", 0), getattr(d, "id", 0)))
 
 
-def device_array(mesh_cfg: Mapping[str, int], devices: Sequence[Any]) -> np.ndarray:
+def device_array(mesh_cfg: Mapping[str, int], devices: Sequence[Any], where: str = "") -> np.ndarray:
     """The devices arranged as the mesh (one array axis per MESH_AXES entry)."""
     devices = list(devices)
-    sizes = mesh_shape_from_config(mesh_cfg, len(devices))
+    sizes = mesh_shape_from_config(mesh_cfg, len(devices), where)
     shape = tuple(sizes[a] for a in MESH_AXES)
     dcn = dcn_shape_from_config(mesh_cfg)
     platform = getattr(devices[0], "platform", "cpu") if devices else "cpu"

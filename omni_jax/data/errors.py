@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 log = logging.getLogger("omni_jax.data")
 
@@ -44,6 +44,12 @@ class DataError(ValueError):
 
 class DataErrorBudgetExceeded(RuntimeError):
     pass
+
+
+def report(seen: int, errors: Sequence[tuple[str, DataError]]) -> dict[str, Any]:
+    """One process's tally of one batch as JSON ({seen, events: [component, kind, id, message]}):
+    what processes exchange so that the budget counts every process's records."""
+    return {"seen": int(seen), "events": [[c, e.kind, e.record_id, e.message[:500]] for c, e in errors]}
 
 
 class ErrorBudget:
@@ -90,6 +96,16 @@ class ErrorBudget:
                 ex.append(f"{where} ({err.message})")
             if self.bad[err.kind] <= self.log_first:
                 log.warning("skipped record %s [%s]: %s", where, err.kind, err.message)
+
+    def add_reports(self, reports: Sequence[Mapping[str, Any]]) -> None:
+        """Adds the `report`s of one batch from every process (in process order, so every process
+        ends with the same tally and examples), then checks the budget: with the same reports every
+        process stops at the same step with the same message."""
+        for r in reports:
+            self.add_seen(int(r["seen"]))
+            for comp, kind, rid, msg in r["events"]:
+                self.record(DataError(kind, msg, rid), component=comp)
+        self.check()
 
     def summary(self) -> dict[str, Any]:
         with self._lock:

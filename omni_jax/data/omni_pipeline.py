@@ -40,7 +40,7 @@ import numpy as np
 
 from omni_jax.data import formats as formats_lib
 from omni_jax.data import omni_batch
-from omni_jax.data.errors import DataError, ErrorBudget
+from omni_jax.data.errors import DataError, ErrorBudget, report as errors_report
 from omni_jax.data.iterator import StepIndexedIterator, local_rows
 from omni_jax.data.layout import Sample, speech_targets
 from omni_jax.data.media_io import MediaConfig, frames_to_tokens
@@ -359,21 +359,38 @@ def _tts_desc(tts) -> Any:
 
 
 class OmniIterator(StepIndexedIterator):
-    """StepIndexedIterator whose state also carries the build-time error tally."""
+    """StepIndexedIterator whose state also carries the build-time error tally.
+
+    With `defer_errors` (the trainer sets it) a batch's skipped records are not counted at once:
+    `take_report()` hands them out and `apply_reports()` adds every process's reports, so the
+    budget is global (omni_jax/train/host_sync.py)."""
 
     def __init__(self, pipeline: OmniPipeline, local_batch_at, **kwargs):
         self.pipeline = pipeline
+        self.defer_errors = False
+        self._report = None
         super().__init__(local_batch_at, **kwargs)
 
     def _consume(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         batch = dict(batch)
-        errors = batch.pop("_errors", [])
-        budget = self.pipeline.build_errors
-        budget.add_seen(int(batch.pop("_samples", 0)))
-        for comp, kind, message, rid in errors:
-            budget.record(DataError(kind, message, rid), component=comp)
-        budget.check()
+        # errors travel as plain (component, kind, message, record id) tuples (picklable for grain workers)
+        errors = [(comp, DataError(kind, message, rid)) for comp, kind, message, rid in batch.pop("_errors", [])]
+        rep = errors_report(int(batch.pop("_samples", 0)), errors)
+        if self.defer_errors:
+            self._report = rep
+        else:
+            self.apply_reports([rep])
         return batch
+
+    def take_report(self) -> dict[str, Any]:
+        """This process's error report of the batch last returned (deferred mode)."""
+        rep, self._report = self._report, None
+        if rep is None:
+            raise RuntimeError("take_report() without a batch fetched in defer_errors mode")
+        return rep
+
+    def apply_reports(self, reports) -> None:
+        self.pipeline.build_errors.add_reports(reports)
 
     def __next__(self):
         return self._consume(super().__next__())

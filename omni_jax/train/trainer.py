@@ -7,7 +7,8 @@ the optimizer state over from the previous stage (moments of parameters that sta
 trainable are kept), jit the step, stream step-indexed batches, log, checkpoint every
 `config.checkpoint.every` steps and at the stage end. A restart with the same workdir
 resumes from the latest checkpoint and reproduces the uninterrupted run bit for bit.
-SIGTERM / SIGINT make it save a checkpoint at the next step boundary and return.
+SIGTERM / SIGINT make it save a checkpoint at the next step boundary and return; with
+several processes a signal to any one of them makes all save the same step (host_sync.py).
 
 `train` reads as its steps: `_open_run` (stages, mesh, tasks, checkpointer, config.json),
 `_plan_layouts` (one parameter tree, per-stage shardings), `_resume` or `_initial_state`, then
@@ -34,10 +35,12 @@ import numpy as np
 from flax import linen as nn
 from tqdm import tqdm
 
+from omni_jax import distributed
 from omni_jax import sharding as shd
 from omni_jax.data.host_rows import process_batch_rows
 from omni_jax.train import step as step_lib
 from omni_jax.train.checkpoint import Checkpointer
+from omni_jax.train.host_sync import HostSync
 from omni_jax.train.metrics import MetricsWriter
 from omni_jax.train.multitask import StageTasks, init_union, union_trees
 from omni_jax.train.optimizer import build_optimizer, learning_rates, stage_from_config, transfer_state
@@ -99,6 +102,7 @@ class _Run:
     tasks: StageTasks
     ckpt: Checkpointer
     lease: WorkdirLease | None = None  # process 0 holds it; checked before every save
+    sync: HostSync = dataclasses.field(default_factory=HostSync)  # stop / data-error decisions of all processes
     layouts: dict = dataclasses.field(default_factory=dict)
 
 
@@ -190,6 +194,11 @@ def _open_run(config, workdir, lease: WorkdirLease | None) -> _Run:
     stage end), and writes the config next to the checkpoints."""
     stages = parse_stages(config)
     starts = np.cumsum([0] + [s.steps for s in stages]).tolist()
+    distributed.check_batch_splits(config.train.batch_size)
+    mesh = shd.make_mesh(config.mesh.to_dict())
+    log.info("%s", distributed.topology_line(mesh))
+    if jax.process_count() > 1:
+        distributed.check_same_config(config)
     ckpt = Checkpointer(
         workdir / "checkpoints",
         max_to_keep=config.checkpoint.keep,
@@ -198,8 +207,7 @@ def _open_run(config, workdir, lease: WorkdirLease | None) -> _Run:
     )
     if jax.process_index() == 0:
         write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2))
-    return _Run(config, workdir, stages, starts, shd.make_mesh(config.mesh.to_dict()),
-                StageTasks(config, [s.name for s in stages]), ckpt, lease)
+    return _Run(config, workdir, stages, starts, mesh, StageTasks(config, [s.name for s in stages]), ckpt, lease)
 
 
 def _plan_layouts(run: _Run) -> None:
@@ -280,6 +288,8 @@ def _run_stage(run: _Run, progress: _Progress, metrics_log: MetricsWriter, stop:
                                 rows=process_batch_rows(layout.batch_shardings, config.train.batch_size))
     if progress.data_state is not None:
         data.set_state(progress.data_state)
+    if hasattr(data, "defer_errors"):
+        data.defer_errors = True  # the budget counts every process's records (run.sync.agree)
     progress.data_state = None
 
     step = run.starts[si] + progress.stage_step
@@ -292,17 +302,21 @@ def _run_stage(run: _Run, progress: _Progress, metrics_log: MetricsWriter, stop:
         return _meta(config, stage, si, progress.stage_step, step)
 
     while progress.stage_step < stage.steps:
-        if stop.signum is not None:
+        stop_requested = stop.signum is not None  # read once per step (tests count the reads)
+        t_data = time.perf_counter()
+        resume_state = data.get_state()  # the state to save if this step's batch is not used
+        local = next(data)
+        if run.sync.agree(stop_requested, data):  # a signal reached this or another process
             if progress.saved_step != step:
                 _lease_check(run.lease)
-                run.ckpt.save(step, progress.state, meta(), data.get_state(), force=True)
+                run.ckpt.save(step, progress.state, meta(), resume_state, force=True)
             run.ckpt.wait()
-            log.warning("signal %d: saved checkpoint at step %d and stopped", stop.signum, step)
+            log.warning("%s: saved checkpoint at step %d and stopped",
+                        "signal" if stop_requested else "another process got a signal", step)
             progress.status = "preempted"
             break
         profiler.before(step)
-        t_data = time.perf_counter()
-        batch = step_lib.global_batch_from_local(next(data), layout)
+        batch = step_lib.global_batch_from_local(local, layout)
         timer.data_wait(time.perf_counter() - t_data)
         progress.state, metrics = train_step(progress.state, batch)
         profiler.after(step + 1, progress.state)
