@@ -234,6 +234,18 @@ def _scores(qi, kj, scale):
     return jnp.einsum("bgrqd,bkgd->bgrqk", qi, kj, preferred_element_type=jnp.float32) * scale
 
 
+def online_softmax_fold(acc, logits, v):
+    """One step of the flash recurrence: fold masked scores `logits` (b, g, r, q, k) of a key block
+    with values v (b, k, g, d) into the running (output sum, max, normaliser) `acc`. Shared by the
+    blockwise path and ring attention (omni_jax/layers/ring_attention.py)."""
+    o, m_prev, l_prev = acc
+    m_new = jnp.maximum(m_prev, logits.max(-1))
+    p = jnp.exp(logits - m_new[..., None])
+    corr = jnp.exp(m_prev - m_new)
+    o = o * corr[..., None] + jnp.einsum("bgrqk,bkgd->bgrqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return o, m_new, l_prev * corr + p.sum(-1)
+
+
 def _blockwise_fwd_impl(q, k, v, qs, ks, q_idx, causal, scale, bq, bk, skip):
     b, t, h, d = q.shape
     g = k.shape[2]
@@ -246,14 +258,8 @@ def _blockwise_fwd_impl(q, k, v, qs, ks, q_idx, causal, scale, bq, bk, skip):
             kj, vj, ksj, idxj = kv
 
             def compute(carry):
-                o, m_prev, l_prev = carry
                 logits = jnp.where(_pair_mask(qsi, qii, ksj, idxj, causal), _scores(qi, kj, scale), _NEG)
-                m_new = jnp.maximum(m_prev, logits.max(-1))
-                p = jnp.exp(logits - m_new[..., None])
-                corr = jnp.exp(m_prev - m_new)
-                o = o * corr[..., None] + jnp.einsum("bgrqk,bkgd->bgrqd", p.astype(v.dtype), vj,
-                                                     preferred_element_type=jnp.float32)
-                return o, m_new, l_prev * corr + p.sum(-1)
+                return online_softmax_fold(carry, logits, vj)
 
             return jax.lax.cond(_active(qsi, qii, ksj, idxj, causal, skip), compute, lambda c: c, carry), None
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-_NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
+from omni_jax.layers.attention import _NEG, online_softmax_fold
 CONTEXT_AXIS = "context"
 
 
@@ -51,18 +51,11 @@ def _ring_body(q, k, v, qs, ks, *, causal: bool, scale: float, ring: int):
         src = (me - i) % ring  # whose keys this device holds at step i
 
         def fold(acc):
-            o, m, l = acc
             s = jnp.einsum("bgrqd,bkgd->bgrqk", qg, k, preferred_element_type=jnp.float32) * scale
             allowed = qs[:, :, None] == ks[:, None, :]
             if causal:
                 allowed &= q_idx[None, :, None] >= (src * tl + jnp.arange(tl))[None, None, :]
-            s = jnp.where(allowed[:, None, None], s, _NEG)
-            m_new = jnp.maximum(m, s.max(-1))
-            p = jnp.exp(s - m_new[..., None])
-            corr = jnp.exp(m - m_new)
-            o = o * corr[..., None] + jnp.einsum("bgrqk,bkgd->bgrqd", p.astype(v.dtype), v,
-                                                 preferred_element_type=jnp.float32)
-            return o, m_new, l * corr + p.sum(-1)
+            return online_softmax_fold(acc, jnp.where(allowed[:, None, None], s, _NEG), v)
 
         acc = jax.lax.cond(src <= me, fold, lambda a: a, (o, m, l)) if causal else fold((o, m, l))
         k, v, ks = jax.lax.ppermute((k, v, ks), CONTEXT_AXIS, perm)

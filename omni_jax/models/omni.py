@@ -141,6 +141,27 @@ def place_in_order(x: Array, input_ids: Array, embeds: Array, pad_id: int) -> Ar
     return place(x.reshape(1, b * t, d), embeds[None], index).reshape(b, t, d)
 
 
+def embed_release_style(llm: Qwen2LM, llm_params, input_ids: Array, media: Mapping[str, tuple], ids) -> Array:
+    """The release's input embeddings: `media` {audio | image | video: (count, embed thunk)} placed,
+    each modality in the release's row-major order, at its placeholder id `ids[name]`; the counts
+    are checked (an error names the modality and both counts) before any encoder runs."""
+    for name in ("audio", "image", "video"):
+        release_inputs.check_count(input_ids, ids[name], media.get(name, (0,))[0], name)
+    input_ids = jnp.asarray(input_ids, jnp.int32)
+    x = llm.apply({"params": llm_params}, input_ids, method=Qwen2LM.embed)
+    for name, (count, embed) in media.items():
+        if count:
+            x = place_in_order(x, input_ids, embed(), ids[name])
+    return x
+
+
+def release_style_hidden(llm: Qwen2LM, llm_params, x: Array, input_ids: Array) -> Array:
+    """The LLM over release-style embeddings: 1-D positions, one causal segment per row."""
+    positions, segment_ids = release_inputs.positions_and_segments(jnp.asarray(input_ids))
+    h, _ = llm.apply({"params": llm_params}, x, positions, segment_ids, method=Qwen2LM.hidden)
+    return h
+
+
 class Omni15:
     """The 1.5 model as modules + functions over `params` (a dict keyed by COMPONENTS) and the
     model state `{"audio_bridge": vq_stats}`."""
@@ -298,21 +319,12 @@ class Omni15:
                 release_inputs.vision_layout(g, p.shape[0])  # the grids must match the patches
                 n = p.shape[0] // self.cfg.vision.spatial_merge_size ** 2
                 media[name] = (n, lambda p=p, g=g: self.embed_vision(params, p, g))
-        for name in ("audio", "image", "video"):
-            release_inputs.check_count(input_ids, ids[name], media.get(name, (0,))[0], name)
-        input_ids = jnp.asarray(input_ids, jnp.int32)
-        x = self.llm.apply({"params": params["llm"]}, input_ids, method=Qwen2LM.embed)
-        for name, (count, embed) in media.items():
-            if count:
-                x = place_in_order(x, input_ids, embed(), ids[name])
-        return x
+        return embed_release_style(self.llm, params["llm"], input_ids, media, ids)
 
     def hidden_release_style(self, params, state, input_ids: Array, **media) -> Array:
         """Final normed hidden states (B, T, D) of `forward_release_style` (same arguments)."""
         x = self.release_style_embeddings(params, state, input_ids, **media)
-        positions, segment_ids = release_inputs.positions_and_segments(jnp.asarray(input_ids))
-        h, _ = self.llm.apply({"params": params["llm"]}, x, positions, segment_ids, method=Qwen2LM.hidden)
-        return h
+        return release_style_hidden(self.llm, params["llm"], x, input_ids)
 
     def forward_release_style(self, params, state, input_ids: Array, *, audio_codes: Array | None = None,
                               images: Array | None = None, grid=None, videos: Array | None = None,

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omni_jax.models import release_inputs
-from omni_jax.models.omni import check_fit, parts_from_config, place, place_in_order
+from omni_jax.models.omni import check_fit, embed_release_style, parts_from_config, place, release_style_hidden
 from omni_jax.models.release_inputs import placeholder_ids
 from omni_jax.models.qwen2 import Qwen2Config, Qwen2LM
 from omni_jax.models.siglip import SiglipConfig
@@ -228,21 +228,12 @@ class OmniV1:
             tok = jnp.take(tok, jnp.asarray(idx, jnp.int32), axis=0)
             media["image"] = (n_img, lambda tok=tok, n=n_img: tok[:n])
             media["video"] = (int(video.sum()) * p.video_tokens, lambda tok=tok, n=n_img: tok[n:])
-        for name in ("audio", "image", "video"):
-            release_inputs.check_count(input_ids, ids[name], media.get(name, (0,))[0], name)
-        input_ids = jnp.asarray(input_ids, jnp.int32)
-        x = self.llm.apply({"params": params["llm"]}, input_ids, method=Qwen2LM.embed)
-        for name, (count, embed) in media.items():
-            if count:
-                x = place_in_order(x, input_ids, embed(), ids[name])
-        return x
+        return embed_release_style(self.llm, params["llm"], input_ids, media, ids)
 
     def hidden_release_style(self, params, state, input_ids: Array, **media) -> Array:
         """Final normed hidden states (B, T, D) of `forward_release_style` (same arguments)."""
         x = self.release_style_embeddings(params, state, input_ids, **media)
-        positions, segment_ids = release_inputs.positions_and_segments(jnp.asarray(input_ids))
-        h, _ = self.llm.apply({"params": params["llm"]}, x, positions, segment_ids, method=Qwen2LM.hidden)
-        return h
+        return release_style_hidden(self.llm, params["llm"], x, input_ids)
 
     def forward_release_style(self, params, state, input_ids: Array, **media) -> Array:
         """Logits (B, T, vocab) of unpadded rows of token ids and the batch's media as flat lists
