@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from configs import common
+from omni_jax.data import media_io
 from omni_jax.data.audio_features import encode_wav
 from omni_jax.data.errors import DataError, DataErrorBudgetExceeded, ErrorBudget
 from omni_jax.data.omni_pipeline import OmniPipeline, make_omni_iterator
@@ -66,7 +67,7 @@ def test_bad_records_are_skipped_counted_and_named(caplog):
     assert b["loss_mask"].sum() > 0
 
 
-def test_media_that_fails_only_when_decoded_is_skipped_at_build_time():
+def test_media_that_fails_only_when_decoded_is_skipped_at_build_time(monkeypatch):
     truncated = png(seed=9)[:200]  # the header is intact, the pixels are not
     lying = bytearray(encode_wav(np.zeros(8000, np.float32)))
     lying[40:44] = struct.pack("<I", 2 * 32000)  # header claims 2 s, data holds 0.5 s
@@ -81,6 +82,14 @@ def test_media_that_fails_only_when_decoded_is_skipped_at_build_time():
     assert st["bad"] == {"corrupt_media": 1} and st["seen"] >= 2
     assert "c:trunc" in it.pipeline.build_errors.summary()["examples"]["corrupt_media"][0]
     assert b["segment_ids"].max() >= 1  # the good record was still packed
+    # the one audio reader (soundfile) measures a WAV by its data: a header claiming 2 s for 0.5 s of
+    # samples plans and decodes the same 0.5 s
+    assert media_io.audio_num_samples(bytes(lying)) == len(media_io.decode_audio(bytes(lying))) == 8000
+    # a header reader that believed it (planning 2 s) disagrees with the decoded clip: the record is
+    # skipped at build time as a count mismatch
+    real = media_io.audio_num_samples
+    monkeypatch.setattr(media_io, "audio_num_samples",
+                        lambda data, *a, **k: 4 * real(data, *a, **k) if bytes(data) == bytes(lying) else real(data, *a, **k))
     register_memory_source("err_count", [{"id": "lying", "audio": bytes(lying), "transcript": "hello."},
                                          {"id": "ok", "audio": encode_wav(np.zeros(8000, np.float32) + 0.1),
                                           "transcript": "fine."}])

@@ -55,7 +55,8 @@ class EmaMeanTask(Task):
         mean = DECAY * state["mean"] + (1 - DECAY) * stats["sum"] / stats["count"]
         return {"mean": mean}, {"state_mean0": mean[0]}
 
-    def make_data(self, stage, *, start_step, process_index, process_count):
+    def make_data(self, stage, *, start_step, process_index, process_count, rows=None):
+        del rows  # one process: every row
         return StepIndexedIterator(_batch, start_step=start_step, fingerprint="ema-toy")
 
 
