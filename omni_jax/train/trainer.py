@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from omni_jax import sharding as shd
 from omni_jax.data.host_rows import process_batch_rows
+from omni_jax.train import rng as rng_lib
 from omni_jax.train import step as step_lib
 from omni_jax.train.checkpoint import Checkpointer
 from omni_jax.train.metrics import MetricsWriter
@@ -231,7 +232,8 @@ def _resume(run: _Run, latest: int) -> _Progress:
 
 def _initial_state(run: _Run):
     """A fresh TrainState: the main task imports what `config.init.checkpoint` has, every other
-    component is initialised from `config.train.seed`; no optimizer state yet."""
+    component is initialised from its own stream of `config.train.seed` (omni_jax/train/rng.py);
+    the step keys come from the stream "step"; no optimizer state yet."""
     config, task = run.config, run.tasks.main
     layout = run.layouts[run.stages[0].name]
     imported, imported_state = {}, {}
@@ -250,7 +252,7 @@ def _initial_state(run: _Run):
         log.info("imported %s from %s; initialised %s", sorted(imported), config.init.checkpoint,
                  sorted(set(params) - set(imported)))
     return step_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=None,
-                               rng=jax.random.PRNGKey(config.train.seed), model_state=model_state)
+                               rng=rng_lib.stream(config.train.seed, "step"), model_state=model_state)
 
 
 def _enter_stage(state, stage, opt, layout):
