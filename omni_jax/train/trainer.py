@@ -39,6 +39,7 @@ from omni_jax.data.host_rows import process_batch_rows
 from omni_jax.train import rng as rng_lib
 from omni_jax.train import step as step_lib
 from omni_jax.train.checkpoint import Checkpointer
+from omni_jax.train.integrity import CheckpointCorruptError
 from omni_jax.train.metrics import MetricsWriter
 from omni_jax.train.multitask import StageTasks, init_union, union_trees
 from omni_jax.train.optimizer import build_optimizer, learning_rates, stage_from_config, transfer_state
@@ -170,8 +171,9 @@ def _train(config, workdir, lease: WorkdirLease | None) -> dict[str, Any]:
     run = _open_run(config, workdir, lease)
     with jax.set_mesh(run.mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES), _StopFlag() as stop:
         _plan_layouts(run)
-        latest = run.ckpt.latest_step()
-        progress = _resume(run, latest) if latest is not None else _Progress(_initial_state(run))
+        progress = _resume_verified(run, run.ckpt.latest_step())
+        latest = None if progress is None else progress.saved_step
+        progress = progress or _Progress(_initial_state(run))
         metrics_log = MetricsWriter(workdir, resume_step=latest if latest is not None else 0)
         for si in range(progress.stage_index, len(run.stages)):
             progress.stage_index = si
@@ -196,6 +198,7 @@ def _open_run(config, workdir, lease: WorkdirLease | None) -> _Run:
         max_to_keep=config.checkpoint.keep,
         keep_steps=starts[1:],
         async_save=config.checkpoint.get("async_save", True),
+        hashes=config.checkpoint.get("hashes", True),
     )
     if jax.process_index() == 0:
         write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2))
@@ -213,9 +216,34 @@ def _plan_layouts(run: _Run) -> None:
                                                 boxed_state) for s in run.stages}
 
 
+def _resume_verified(run: _Run, latest: int) -> _Progress | None:
+    """The newest checkpoint that reads and matches its recorded hashes (omni_jax/train/integrity.py).
+    A corrupt one is logged and moved aside to checkpoints_corrupt/, and the previous one is tried;
+    None when no checkpoint is left (the run starts fresh, and says so)."""
+    while latest is not None:
+        try:
+            return _resume(run, latest)
+        except CheckpointCorruptError as e:
+            log.error("checkpoint %d is corrupt, falling back to the previous checkpoint: %s", latest, e)
+            if jax.process_index() == 0:
+                where = run.ckpt.quarantine(latest)
+                log.error("moved corrupt checkpoint %d to %s", latest, where)
+            else:
+                run.ckpt.reload()
+            steps = [s for s in run.ckpt.all_steps() if s < latest]
+            latest = max(steps) if steps else None
+            if latest is not None:
+                log.warning("resuming from the previous complete checkpoint, step %d", latest)
+    log.error("no readable checkpoint is left: starting from scratch")
+    return None
+
+
 def _resume(run: _Run, latest: int) -> _Progress:
     """The latest checkpoint: TrainState, data state, stage and step (a complete stage enters the next)."""
-    meta = run.ckpt.read_meta(latest)
+    try:
+        meta = run.ckpt.read_meta(latest)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointCorruptError(f"checkpoint {latest}: its meta item does not read ({e})") from e
     si, stage_step = int(meta["stage_index"]), int(meta["stage_step"])
     stages = run.stages
     if si >= len(stages) or stages[si].name != meta["stage"]:
