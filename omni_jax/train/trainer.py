@@ -316,6 +316,7 @@ def _run_stage(run: _Run, progress: _Progress, metrics_log: MetricsWriter, stop:
     bar = tqdm(total=stage.steps, initial=progress.stage_step, desc=stage.name, unit="step",
                disable=jax.process_index() != 0 or not config.train.get("progress_bar", True))
     timer = _StepTimer(layout)
+    batch_hashes = _BatchHashes(run.workdir) if os.environ.get("OMNI_JAX_RECORD_BATCH_HASHES") else None
     profiler = _Profiler(config, run.workdir)
 
     def meta() -> dict:
@@ -332,7 +333,10 @@ def _run_stage(run: _Run, progress: _Progress, metrics_log: MetricsWriter, stop:
             break
         profiler.before(step)
         t_data = time.perf_counter()
-        batch = step_lib.global_batch_from_local(next(data), layout)
+        local = next(data)
+        if batch_hashes is not None:
+            batch_hashes.write(step + 1, local)
+        batch = step_lib.global_batch_from_local(local, layout)
         timer.data_wait(time.perf_counter() - t_data)
         progress.state, metrics = train_step(progress.state, batch)
         profiler.after(step + 1, progress.state)
@@ -351,6 +355,26 @@ def _run_stage(run: _Run, progress: _Progress, metrics_log: MetricsWriter, stop:
                 progress.saved_step = step
     profiler.stop(progress.state)
     bar.close()
+
+
+class _BatchHashes:
+    """OMNI_JAX_RECORD_BATCH_HASHES=1 (launch/certify.py): a sha256 of every step's batch rows of
+    this process, one JSON line {"step", "process", "sha256"} per step in <workdir>/batch_hashes.jsonl
+    (a resumed run appends; the last line of a step counts)."""
+
+    def __init__(self, workdir):
+        self.path = workdir / f"batch_hashes.{jax.process_index()}.jsonl"
+
+    def write(self, step: int, local) -> None:
+        import hashlib
+
+        h = hashlib.sha256()
+        for k in sorted(local):
+            a = np.ascontiguousarray(np.asarray(local[k]))
+            h.update(f"{k}{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": int(step), "process": jax.process_index(), "sha256": h.hexdigest()}) + "\n")
 
 
 class _Profiler:
