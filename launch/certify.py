@@ -6,8 +6,8 @@ DIR/loss_curves.png (the overlaid per-step losses):
 
   (a) scratch_1, scratch_2   twice from scratch: per-step losses and the sha256 of params +
                              optimizer state equal bit for bit
-  (b) kills                  --kills=N kill -9 (during a held async checkpoint write, at the last
-                             stage's boundary, at random steps), each followed by a resume: final
+  (b) kills                  --kills=N kill -9 (during a held async checkpoint write, at every
+                             stage boundary, then at random steps), each followed by a resume: final
                              hash equal to (a), every checkpoint step of (a) present and verified
   (c) sigterm                SIGTERM at a random step, then resume: final hash equal to (a)
   (d) mesh_<spec>            --meshes=data=1,fsdp=2 (same device count): max abs param diff to (a)
@@ -276,8 +276,9 @@ def certify(config_arg: str, config, workdir: str, *, steps: int | None = None, 
     schedule = []
     if kills:
         schedule.append(("held_save", ckpt_steps[0]))
-    if kills > 1:
-        schedule.append(("held_save", boundaries[-1]))  # the stage boundary (a stage end is always saved)
+    for b in boundaries:  # every stage boundary (a stage end is always saved), held mid-write
+        if len(schedule) < kills and b <= steps and ("held_save", b) not in schedule:
+            schedule.append(("held_save", b))
     while len(schedule) < kills:
         schedule.append(("step", rnd.randint(1, steps - 1)))
     wd = os.path.join(runs, "kills")
