@@ -33,7 +33,9 @@ setup(
         "torch": ["torch==2.13.0", "transformers~=5.23.0", "safetensors>=0.5"],
         # ahead-of-time compilation for TPU topologies (launch/aot.py)
         "tpu": ["jax[tpu]~=0.10.2"],
-        "test": ["pytest>=8"],
+        # the loss-curve plot of a reproducibility certificate (launch/certify.py)
+        "certify": ["matplotlib>=3.8"],
+        "test": ["pytest>=8", "matplotlib>=3.8"],
         # decoding video/audio files (mp4/webm/mkv) with FFmpeg through PyAV (omni_jax/data/video_io.py)
         "media": ["av>=14"],
     },

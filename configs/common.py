@@ -24,7 +24,9 @@ def base() -> ml_collections.ConfigDict:
         progress_bar=True,
     ))
     # lease_timeout_s: another run may take over this run's workdir lease after that long without renewal
-    c.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=3, async_save=True, lease_timeout_s=600.0))
+    # hashes: a sha256 of every saved array in the checkpoint's meta, verified on restore (omni_jax/train/integrity.py)
+    c.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=3, async_save=True, lease_timeout_s=600.0,
+                                                  hashes=True))
     c.init = ml_collections.ConfigDict(dict(checkpoint="", flavour="hf"))  # safetensors to start from
     # a jax.profiler trace of global steps [start_step, start_step + num_steps) in <workdir>/profile
     c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=0))

@@ -350,23 +350,32 @@ def flow_matching_loss_sums(model: FlowMatchingDecoder, params: Any, hidden: Arr
                             rng: Array) -> dict[str, Array]:
     """Sums for the CFM loss and the prenet prior loss (divide by frames * n_mels).
 
-    hidden (B, T, prenet_in_dim), mel (B, T, n_mels) target x1, mask (B, T).
+    hidden (B, T, prenet_in_dim), mel (B, T, n_mels) target x1, mask (B, T); rng one key or (B, 2)
+    per-row keys.
     Returns {"cfm": sum |v - u| (or squared), "prior": sum |mu - x1| (or squared),
              "prior_abs": sum |mu - x1| (the MAE metric)}.
     """
     cfg = model.cfg
     b = mel.shape[0]
-    k_t, k_z, k_cfg = jax.random.split(rng, 3)
+    x1 = mel.astype(jnp.float32)
+    if rng.ndim == 2:  # one key per row (omni_jax/train/rng.py row_keys): draws independent of the batch split
+        ks = jax.vmap(lambda k: jax.random.split(k, 3))(rng)
+        t_raw = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(ks[:, 0])
+        z = jax.vmap(lambda k: jax.random.normal(k, x1.shape[1:], jnp.float32))(ks[:, 1])
+        keep_raw = jax.vmap(lambda k: jax.random.uniform(k, ()))(ks[:, 2])
+    else:
+        k_t, k_z, k_cfg = jax.random.split(rng, 3)
+        t_raw = jax.random.uniform(k_t, (b,), jnp.float32)
+        z = jax.random.normal(k_z, x1.shape, jnp.float32)
+        keep_raw = jax.random.uniform(k_cfg, (b,))
     variables = {"params": params}
     m = mask.astype(jnp.float32)[..., None]
-    x1 = mel.astype(jnp.float32)
     mu = model.apply(variables, hidden, mask, method=FlowMatchingDecoder.prenet)
-    t = _schedule(cfg, jax.random.uniform(k_t, (b,), jnp.float32))
-    z = jax.random.normal(k_z, x1.shape, jnp.float32)
+    t = _schedule(cfg, t_raw)
     tt = t[:, None, None]
     y = (1.0 - (1.0 - cfg.sigma_min) * tt) * z + tt * x1
     u = x1 - (1.0 - cfg.sigma_min) * z
-    keep = (jax.random.uniform(k_cfg, (b,)) > cfg.training_cfg_rate).astype(jnp.float32)
+    keep = (keep_raw > cfg.training_cfg_rate).astype(jnp.float32)
     pred = model.apply(variables, y, mask, mu * keep[:, None, None], t, method=FlowMatchingDecoder.estimate)
     d = (pred - u) * m
     cfm = jnp.abs(d).sum() if cfg.reg_loss_type == "l1" else jnp.square(d).sum()

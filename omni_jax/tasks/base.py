@@ -32,6 +32,11 @@ import jax
 
 
 class Task(abc.ABC):
+    # True: the step adds batch["row_ids"] (each row's global index, omni_jax/train/rng.py) and
+    # the task draws per-row randomness from rng.row_keys(rng, batch["row_ids"]), so its draws
+    # do not depend on the microbatch split.
+    row_rng: bool = False
+
     def __init__(self, config: Any):
         self.config = config
 

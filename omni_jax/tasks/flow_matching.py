@@ -21,12 +21,15 @@ import jax.numpy as jnp
 
 from omni_jax.models.flow_matching import FlowMatchingConfig, FlowMatchingDecoder, flow_matching_loss_sums
 from omni_jax.tasks.base import Task
+from omni_jax.train.rng import ROW_IDS, row_keys
 
 AXES3 = ("activation_batch", "activation_length", "activation_mel")
 AXES2 = ("activation_batch", "activation_length")
 
 
 class FlowMatchingTask(Task):
+    row_rng = True
+
     def __init__(self, config: Any):
         super().__init__(config)
         self.model_cfg = FlowMatchingConfig.from_dict(config.model.flow_matching.to_dict(), "config.model.flow_matching")
@@ -51,6 +54,8 @@ class FlowMatchingTask(Task):
 
     def loss(self, params, batch, rng, norms):
         c = self.model_cfg
+        if ROW_IDS in batch:  # per-row noise and times: the same draws for any microbatch split
+            rng = row_keys(rng, batch[ROW_IDS])
         s = flow_matching_loss_sums(self.model, params["flow_matching"], batch["hidden"], batch["mel"],
                                     batch["mel_mask"], rng)
         cfm, prior = s["cfm"] / norms["values"], s["prior"] / norms["values"]

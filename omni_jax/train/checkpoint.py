@@ -12,6 +12,12 @@ invisible. Before restoring, the saved tree is compared with what this config ex
 a mismatch raises `CheckpointMismatchError` naming every differing tensor. The directory is
 an `etils.epath` path (omni_jax/workdir.py), so gs:// checkpoints stay on GCS.
 
+Integrity (omni_jax/train/integrity.py): `meta` also records a sha256 of every array of the
+state (`hashes`), computed on the host from the values being saved; `restore` recomputes them
+from what it read and raises `CheckpointCorruptError` (also for a file that no longer reads),
+so the trainer can fall back to the previous checkpoint (`quarantine` moves a corrupt step
+aside to <dir>/../checkpoints_corrupt/).
+
 Test hook: OMNI_JAX_TEST_HOLD_SAVE="<step>:<dir>" makes the background write of checkpoint
 <step> create <dir>/writing and wait for <dir>/release, so a test can signal or kill the
 process while that save is in flight (tests/launch/test_train_cli.py).
@@ -28,6 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
+from omni_jax.train.integrity import CheckpointCorruptError, state_hashes, verify
 from omni_jax.workdir import workdir_path
 
 
@@ -80,8 +87,10 @@ class Checkpointer:
         max_to_keep: int = 3,
         keep_steps: Sequence[int] = (),
         async_save: bool = True,
+        hashes: bool = True,
     ):
         self.directory = workdir_path(directory)
+        self.hashes = hashes
         policies = [cm.LatestN(max_to_keep)]
         if keep_steps:
             policies.append(cm.CustomSteps(list(keep_steps)))
@@ -94,6 +103,10 @@ class Checkpointer:
                     "data": ocp.JsonCheckpointHandler()}
         self._mgr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
+    def reload(self) -> None:
+        """Re-reads the list of steps on disk (after another process moved one aside)."""
+        self._mgr.reload()
+
     def latest_step(self) -> int | None:
         return self._mgr.latest_step()
 
@@ -101,6 +114,11 @@ class Checkpointer:
         return list(self._mgr.all_steps())
 
     def save(self, step: int, state: Any, meta: Mapping[str, Any], data_state: Mapping[str, Any], *, force: bool = False) -> bool:
+        if not (force or self._mgr.should_save(int(step))):
+            return False
+        meta = dict(meta)
+        if self.hashes:
+            meta["hashes"] = state_hashes(state)
         return self._mgr.save(
             int(step),
             args=ocp.args.Composite(
@@ -140,17 +158,43 @@ class Checkpointer:
         raise CheckpointMismatchError("\n".join(lines))
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
-        meta = self.read_meta(step)
+        """(state, meta, data state); CheckpointCorruptError if a file does not read or an array
+        differs from its recorded hash; CheckpointMismatchError if another config wrote it."""
+        where = f"{self.directory}/{step}"
+        try:
+            meta = self.read_meta(step)
+        except Exception as e:  # noqa: BLE001 - any unreadable meta is corruption
+            raise CheckpointCorruptError(f"checkpoint {where}: its meta item does not read ({type(e).__name__}: {e})") from e
         self.check_compatible(step, abstract_state, meta)
-        out = self._mgr.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                meta=ocp.args.JsonRestore(),
-                data=ocp.args.JsonRestore(),
-            ),
-        )
+        try:
+            out = self._mgr.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    meta=ocp.args.JsonRestore(),
+                    data=ocp.args.JsonRestore(),
+                ),
+            )
+        except Exception as e:  # noqa: BLE001 - a truncated / altered file that no longer reads
+            raise CheckpointCorruptError(f"checkpoint {where} does not read: {type(e).__name__}: {e}") from e
+        if meta.get("hashes") is not None:
+            verify(meta["hashes"], out["state"], where)
         return out["state"], dict(out["meta"]), dict(out["data"])
+
+    def quarantine(self, step: int) -> str:
+        """Moves a corrupt step out of the checkpoint directory (to checkpoints_corrupt/<step>), so
+        the run can save that step again; returns where it went."""
+        self._mgr.wait_until_finished()
+        dest_dir = self.directory.parent / (self.directory.name + "_corrupt")
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        dest = dest_dir / str(step)
+        n = 0
+        while dest.exists():
+            n += 1
+            dest = dest_dir / f"{step}.{n}"
+        (self.directory / str(step)).rename(dest)
+        self._mgr.reload()
+        return str(dest)
 
     def restore_params(self, step: int, abstract_params: Any) -> Any:
         """Only the parameters (no optimizer state is read), e.g. for export or inference."""

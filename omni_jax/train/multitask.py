@@ -9,7 +9,8 @@ The run's parameters (and model state) are the union of the stage tasks' trees, 
 the top level (`llm`, `visual`, `audio_bridge`, ...). A component defined by several tasks
 must have identical shapes, dtypes and logical axes in all of them (they read the same
 `config.model` keys); otherwise the run stops with the differing paths. Each component is
-initialised by the first task (main task first, then stage order) that defines it.
+initialised by the first task (main task first, then stage order) that defines it, from its own
+key (omni_jax/train/rng.py), so adding a component leaves the others' initial values unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from flax import linen as nn
 
 from omni_jax.tasks import get_task
 from omni_jax.tasks.base import Task
+from omni_jax.train.rng import stream
 
 
 def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
@@ -90,8 +92,11 @@ def init_union(tasks: Sequence[Task], layout: Any, seed: int, params_or_state: s
                skip: Container[str] = ()) -> Any:
     """Every component of the union tree but those in `skip` (e.g. imported ones), born sharded,
     from the first task defining it. Only the wanted components are compiled (the rest of a
-    task's init is dead code to XLA), so importing a checkpoint never materialises a random copy."""
+    task's init is dead code to XLA), so importing a checkpoint never materialises a random copy.
+    Component k is initialised from its own key stream(seed, "params"|"model_state", k)
+    (omni_jax/train/rng.py): adding a component never changes another's initial values."""
     shardings = layout.param_shardings if params_or_state == "params" else layout.model_state_shardings
+    what = "params" if params_or_state == "params" else "model_state"
     if shardings is None:
         return None
     out: dict[str, Any] = {}
@@ -101,7 +106,7 @@ def init_union(tasks: Sequence[Task], layout: Any, seed: int, params_or_state: s
         want = [k for k in (shapes or {}) if k not in out and k not in skip]
         if not want:
             continue
-        made = jax.jit(lambda r: {k: v for k, v in nn.unbox(fn(r)).items() if k in want},
-                       out_shardings={k: shardings[k] for k in want})(jax.random.PRNGKey(seed))
+        made = jax.jit(lambda: {k: nn.unbox(fn(stream(seed, what, k)))[k] for k in want},
+                       out_shardings={k: shardings[k] for k in want})()
         out.update(made)
     return out

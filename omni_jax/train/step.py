@@ -8,8 +8,11 @@
 * Gradient accumulation: the global batch is split into `microbatches` and scanned
   (maxtext gradient_accumulation.py); losses are normalised by global counts from the
   task, so the accumulated gradient equals the full-batch gradient up to rounding.
-* Randomness: the step key is fold_in(state.rng, state.step) (then the microbatch
-  index), so a resumed run draws exactly the same numbers as an uninterrupted one.
+* Randomness: the step key is fold_in(state.rng, state.step), so a resumed run draws
+  exactly the same numbers as an uninterrupted one. A task with `row_rng` gets the step key
+  and batch["row_ids"] (global row indices) in every microbatch and draws per row
+  (omni_jax/train/rng.py), so 1 or m microbatches draw the same numbers; other tasks get
+  fold_in(step key, microbatch index).
 * Model state (Task.init_state, e.g. EMA codebooks) rides in TrainState.model_state: the
   loss reads it, the microbatch statistics are merged, `Task.update_state` writes it once
   per step. It is never seen by the optimizer.
@@ -30,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from omni_jax import sharding as shd
 from omni_jax.tasks.base import Task
 from omni_jax.train.optimizer import StageOptimizer, opt_state_shardings
+from omni_jax.train.rng import ROW_IDS
 
 
 @flax.struct.dataclass
@@ -114,17 +118,19 @@ def abstract_state(layout: Layout, opt: StageOptimizer) -> TrainState:
 
 
 def init_params(task: Task, layout: Layout, seed: int) -> Any:
-    """Parameters born sharded: the init itself runs under jit with out_shardings."""
-    init = jax.jit(lambda r: nn.unbox(task.init(r)), out_shardings=layout.param_shardings)
-    return init(jax.random.PRNGKey(seed))
+    """Parameters born sharded (the init runs under jit with out_shardings), each component
+    from its own stream ("params", component) of omni_jax/train/rng.py."""
+    from omni_jax.train.multitask import init_union
+
+    return init_union([task], layout, seed, "params")
 
 
 def init_model_state(task: Task, layout: Layout, seed: int) -> Any:
-    """The task's model state born sharded (None for stateless tasks); same key as init_params."""
-    if layout.abstract_model_state is None:
-        return None
-    init = jax.jit(lambda r: nn.unbox(task.init_state(r)), out_shardings=layout.model_state_shardings)
-    return init(jax.random.PRNGKey(seed))
+    """The task's model state born sharded (None for stateless tasks), per component from its
+    stream ("model_state", component) of omni_jax/train/rng.py."""
+    from omni_jax.train.multitask import init_union
+
+    return init_union([task], layout, seed, "state")
 
 
 def init_opt_state(opt: StageOptimizer, layout: Layout, params: Any) -> Any:
@@ -163,6 +169,9 @@ def make_train_step(
     def step_fn(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
         norms = task.norms(batch)
+        if task.row_rng:
+            n = next(iter(batch.values())).shape[0]
+            batch = dict(batch, **{ROW_IDS: jnp.arange(n, dtype=jnp.int32)})
         if microbatches == 1:
             (obj, metrics, stats), grads = loss_and_grad(state.params, state.model_state, batch, rng, norms)
         else:
@@ -170,7 +179,7 @@ def make_train_step(
 
             def body(carry, xs):
                 k, mb = xs
-                (o, m, st), g = loss_and_grad(state.params, state.model_state, mb, jax.random.fold_in(rng, k), norms)
+                (o, m, st), g = loss_and_grad(state.params, state.model_state, mb, rng if task.row_rng else jax.random.fold_in(rng, k), norms)
                 acc_o, acc_m, acc_g, acc_st = carry
                 add = lambda a, b: a + b.astype(a.dtype)
                 acc_st = None if st is None else task.merge_stats(acc_st, st)

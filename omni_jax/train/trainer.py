@@ -40,7 +40,9 @@ from omni_jax import sharding as shd
 from omni_jax.data.host_rows import process_batch_rows
 from omni_jax.train import step as step_lib
 from omni_jax.train.checkpoint import Checkpointer
+from omni_jax.train import rng as rng_lib
 from omni_jax.train.host_sync import HostSync
+from omni_jax.train.integrity import CheckpointCorruptError
 from omni_jax.train.metrics import MetricsWriter
 from omni_jax.train.multitask import StageTasks, init_union, union_trees
 from omni_jax.train.optimizer import build_optimizer, learning_rates, stage_from_config, transfer_state
@@ -173,8 +175,9 @@ def _train(config, workdir, lease: WorkdirLease | None) -> dict[str, Any]:
     run = _open_run(config, workdir, lease)
     with jax.set_mesh(run.mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES), _StopFlag() as stop:
         _plan_layouts(run)
-        latest = run.ckpt.latest_step()
-        progress = _resume(run, latest) if latest is not None else _Progress(_initial_state(run))
+        progress = _resume_verified(run, run.ckpt.latest_step())
+        latest = None if progress is None else progress.saved_step
+        progress = progress or _Progress(_initial_state(run))
         metrics_log = MetricsWriter(workdir, resume_step=latest if latest is not None else 0)
         for si in range(progress.stage_index, len(run.stages)):
             progress.stage_index = si
@@ -204,6 +207,7 @@ def _open_run(config, workdir, lease: WorkdirLease | None) -> _Run:
         max_to_keep=config.checkpoint.keep,
         keep_steps=starts[1:],
         async_save=config.checkpoint.get("async_save", True),
+        hashes=config.checkpoint.get("hashes", True),
     )
     if jax.process_index() == 0:
         write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2))
@@ -220,9 +224,34 @@ def _plan_layouts(run: _Run) -> None:
                                                 boxed_state) for s in run.stages}
 
 
+def _resume_verified(run: _Run, latest: int) -> _Progress | None:
+    """The newest checkpoint that reads and matches its recorded hashes (omni_jax/train/integrity.py).
+    A corrupt one is logged and moved aside to checkpoints_corrupt/, and the previous one is tried;
+    None when no checkpoint is left (the run starts fresh, and says so)."""
+    while latest is not None:
+        try:
+            return _resume(run, latest)
+        except CheckpointCorruptError as e:
+            log.error("checkpoint %d is corrupt, falling back to the previous checkpoint: %s", latest, e)
+            if jax.process_index() == 0:
+                where = run.ckpt.quarantine(latest)
+                log.error("moved corrupt checkpoint %d to %s", latest, where)
+            else:
+                run.ckpt.reload()
+            steps = [s for s in run.ckpt.all_steps() if s < latest]
+            latest = max(steps) if steps else None
+            if latest is not None:
+                log.warning("resuming from the previous complete checkpoint, step %d", latest)
+    log.error("no readable checkpoint is left: starting from scratch")
+    return None
+
+
 def _resume(run: _Run, latest: int) -> _Progress:
     """The latest checkpoint: TrainState, data state, stage and step (a complete stage enters the next)."""
-    meta = run.ckpt.read_meta(latest)
+    try:
+        meta = run.ckpt.read_meta(latest)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointCorruptError(f"checkpoint {latest}: its meta item does not read ({e})") from e
     si, stage_step = int(meta["stage_index"]), int(meta["stage_step"])
     stages = run.stages
     if si >= len(stages) or stages[si].name != meta["stage"]:
@@ -239,7 +268,8 @@ def _resume(run: _Run, latest: int) -> _Progress:
 
 def _initial_state(run: _Run):
     """A fresh TrainState: the main task imports what `config.init.checkpoint` has, every other
-    component is initialised from `config.train.seed`; no optimizer state yet."""
+    component is initialised from its own stream of `config.train.seed` (omni_jax/train/rng.py);
+    the step keys come from the stream "step"; no optimizer state yet."""
     config, task = run.config, run.tasks.main
     layout = run.layouts[run.stages[0].name]
     imported, imported_state = {}, {}
@@ -258,7 +288,7 @@ def _initial_state(run: _Run):
         log.info("imported %s from %s; initialised %s", sorted(imported), config.init.checkpoint,
                  sorted(set(params) - set(imported)))
     return step_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=None,
-                               rng=jax.random.PRNGKey(config.train.seed), model_state=model_state)
+                               rng=rng_lib.stream(config.train.seed, "step"), model_state=model_state)
 
 
 def _enter_stage(state, stage, opt, layout):
@@ -283,9 +313,9 @@ def _run_stage(run: _Run, progress: _Progress, metrics_log: MetricsWriter, stop:
     if progress.data_state is None:  # entering the stage (not resuming inside it)
         progress.state = _enter_stage(progress.state, stage, opt, layout)
     train_step = step_lib.make_train_step(stage_task, opt, layout, microbatches=config.train.microbatches)
+    rows = process_batch_rows(layout.batch_shardings, config.train.batch_size)
     data = stage_task.make_data(stage, start_step=progress.stage_step, process_index=jax.process_index(),
-                                process_count=jax.process_count(),
-                                rows=process_batch_rows(layout.batch_shardings, config.train.batch_size))
+                                process_count=jax.process_count(), rows=rows)
     if progress.data_state is not None:
         data.set_state(progress.data_state)
     if hasattr(data, "defer_errors"):
@@ -296,6 +326,7 @@ def _run_stage(run: _Run, progress: _Progress, metrics_log: MetricsWriter, stop:
     bar = tqdm(total=stage.steps, initial=progress.stage_step, desc=stage.name, unit="step",
                disable=jax.process_index() != 0 or not config.train.get("progress_bar", True))
     timer = _StepTimer(layout)
+    batch_hashes = _BatchHashes(run.workdir, rows) if os.environ.get("OMNI_JAX_RECORD_BATCH_HASHES") else None
     profiler = _Profiler(config, run.workdir)
 
     def meta() -> dict:
@@ -316,6 +347,8 @@ def _run_stage(run: _Run, progress: _Progress, metrics_log: MetricsWriter, stop:
             progress.status = "preempted"
             break
         profiler.before(step)
+        if batch_hashes is not None:
+            batch_hashes.write(step + 1, local)
         batch = step_lib.global_batch_from_local(local, layout)
         timer.data_wait(time.perf_counter() - t_data)
         progress.state, metrics = train_step(progress.state, batch)
@@ -335,6 +368,32 @@ def _run_stage(run: _Run, progress: _Progress, metrics_log: MetricsWriter, stop:
                 progress.saved_step = step
     profiler.stop(progress.state)
     bar.close()
+
+
+class _BatchHashes:
+    """OMNI_JAX_RECORD_BATCH_HASHES=1 (launch/certify.py): a sha256 of every batch row this process
+    feeds, keyed by its global row index, one JSON line {"step", "process", "rows": {row: sha256}}
+    per step in <workdir>/batch_hashes.<process>.jsonl (a resumed run appends; the last line of a
+    step counts). launch/certify.py joins the processes' rows into one hash of the global batch, so
+    the data order is compared across process counts too."""
+
+    def __init__(self, workdir, rows):
+        self.path = workdir / f"batch_hashes.{jax.process_index()}.jsonl"
+        self.rows = [int(r) for r in rows]
+
+    def write(self, step: int, local) -> None:
+        import hashlib
+
+        arrays = {k: np.ascontiguousarray(np.asarray(local[k])) for k in sorted(local)}
+        out = {}
+        for i, row in enumerate(self.rows):
+            h = hashlib.sha256()
+            for k, a in arrays.items():
+                h.update(f"{k}{a.dtype.str}{a.shape[1:]}".encode())
+                h.update(np.ascontiguousarray(a[i]).tobytes())
+            out[str(row)] = h.hexdigest()
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": int(step), "process": jax.process_index(), "rows": out}) + "\n")
 
 
 class _Profiler:

@@ -23,6 +23,11 @@ EXPECTED = {
         r"(?s)^same next-token argmax everywhere: True$.*^greedy identical: True$",  # loaded by AutoModelForCausalLM
         r"^every layer within 1e-5: True$",  # the per-layer differences
     ],
+    "reproducibility.ipynb": [
+        r"(?s)^a_scratch_bitwise +pass$.*^b_kills_bitwise +pass$.*^c_sigterm_bitwise +pass$.*^passed: True$",
+        r"(?s)^scratch_1 +[0-9a-f]{16} .*^mesh_data1_fsdp2 +[0-9a-f]{16} .*^bitwise equal: True$",
+        r"^loss curves: 5 variants, batches equal in all: True$",
+    ],
 }
 
 
