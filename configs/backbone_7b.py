@@ -19,7 +19,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = common.base()
     c.task = "lm"
     c.model = ml_collections.ConfigDict(dict(llm=common.qwen2("7b")))
-    c.model.llm.update(dtype="bfloat16", param_dtype="float32", remat_policy="full")
+    c.model.llm.update(dtype="bfloat16", param_dtype="float32", remat_policy="full",
+                       loss_token_chunk=common.LOSS_TOKEN_CHUNK_7B)
     c.data = common.text_data(seq_len=2048)
     c.data.tokenizer.kind = "release"
     c.mesh.update(data=1, fsdp=-1, tensor=1, context=1)

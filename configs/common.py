@@ -46,6 +46,11 @@ LR_CAP = {"tiny": 3e-3, "small": 1e-3, "7b": 1.0}
 WARMUP = {"tiny": 10, "small": 50, "7b": 100}
 
 
+# the 7B runs never materialise the (tokens x 152k) fp32 logits: the LM-head loss in 512-token
+# pieces (omni_jax/tasks/losses.py); a run setting, not part of the model preset (config.json)
+LOSS_TOKEN_CHUNK_7B = 512
+
+
 def stage_base(size: str, task: str, model_preset, seq: dict, small_shapes: dict,
                large_shapes: dict, bf16_parts: tuple[str, ...], speech_reply: bool) -> ml_collections.ConfigDict:
     """The run defaults every stage config of an omni model shares: the model (`model_preset(size)`,
@@ -65,6 +70,7 @@ def stage_base(size: str, task: str, model_preset, seq: dict, small_shapes: dict
     c.train.update(batch_size={"tiny": 8, "test": 8, "small": 32, "7b": 256}[size], log_every=10)
     if size == "7b":  # every component computes in bf16; `bf16_parts` also rematerialise their layers
         bf16_compute(c.model, remat=bf16_parts)
+        c.model.llm.loss_token_chunk = LOSS_TOKEN_CHUNK_7B
         c.mesh.update(data=1, fsdp=-1)
     c.checkpoint.update(every=100, keep=2)
     c.evaluate = ml_collections.ConfigDict(dict(at_end=False, num_samples=16, max_new_tokens=48,
@@ -136,8 +142,7 @@ def qwen2(size: str) -> ml_collections.ConfigDict:
         "small": dict(vocab_size=32768, hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=4,
                       head_dim=64, intermediate_size=2048),
         "7b": dict(vocab_size=152064, hidden_size=3584, num_layers=28, num_heads=28, num_kv_heads=4,
-                   head_dim=128, intermediate_size=18944,
-                   loss_token_chunk=512),  # never the (tokens x 152k) fp32 logits: 512-token tiles
+                   head_dim=128, intermediate_size=18944),
     }
     if size not in presets:
         raise ValueError(f"unknown backbone size {size!r}; use one of {sorted(presets)}")
