@@ -232,4 +232,7 @@ def prepare(spec: str, data_dir: str | None = None, config: tfds.core.BuilderCon
                 raise
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
-    return cls(data_dir=data_dir, file_format="array_record", **kwargs)
+    out = cls(data_dir=data_dir, file_format="array_record", **kwargs)
+    if hasattr(tmp, "skipped"):  # what generating skipped (undecodable media files), per split
+        out.skipped = dict(tmp.skipped)
+    return out
