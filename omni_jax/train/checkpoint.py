@@ -34,19 +34,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
-from omni_jax.train.integrity import CheckpointCorruptError, state_hashes, verify
+from omni_jax.train.integrity import CheckpointCorruptError, _key_name, state_hashes, verify
 from omni_jax.workdir import workdir_path
 
 
 class CheckpointMismatchError(ValueError):
     pass
-
-
-def _key_name(k) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
 
 
 def _flat_shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
