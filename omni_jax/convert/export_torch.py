@@ -185,7 +185,8 @@ def v1_rules(cfg) -> list[Rule]:
             + prefixed(_gmlp_rules(cfg.v1_audio_projector), ours=P + "v1_audio_projector/",
                        theirs=V1_PREFIX["v1_audio_projector"])
             + prefixed([linear("fc1/kernel", "fc1.weight"), same("fc1/bias", "fc1.bias"),
-                        linear("fc2/kernel", "fc2.weight"), same("fc2/bias", "fc2.bias")],
+                        Rule("conv/kernel", "conv.weight", lambda w: w.transpose(2, 1, 0), lambda w: w.transpose(2, 1, 0)),
+                        same("conv/bias", "conv.bias"), linear("fc2/kernel", "fc2.weight"), same("fc2/bias", "fc2.bias")],
                        ours=P + "v1_boundary_head/", theirs=V1_PREFIX["v1_boundary_head"]))
 
 

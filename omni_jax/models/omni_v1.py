@@ -43,7 +43,7 @@ from omni_jax.models.release_inputs import placeholder_ids
 from omni_jax.models.qwen2 import Qwen2Config, Qwen2LM
 from omni_jax.models.siglip import SiglipConfig
 from omni_jax.models.v1_audio_projector import V1AudioProjector, V1AudioProjectorConfig
-from omni_jax.models.v1_boundary_head import V1BoundaryHead
+from omni_jax.models.v1_boundary_head import V1BoundaryHead, pooled_mel
 from omni_jax.models.v1_projectors import V1ProjectorConfig, V1VisionTower
 from omni_jax.models.whisper import WhisperEncoder, WhisperEncoderConfig
 
@@ -116,7 +116,9 @@ class OmniV1:
         feats = jnp.zeros((1, c.v1_audio_projector.rate, c.audio_encoder.d_model))
         out["v1_audio_projector"] = self.audio_projector.init(k[3], feats, jnp.ones((1,), jnp.int32))["params"]
         states = jnp.zeros((1, 2, c.audio_encoder.d_model))  # its own key: the other components keep their values
-        out["v1_boundary_head"] = self.boundary_head.init(jax.random.fold_in(rng, 5), states)["params"]
+        pooled = jnp.zeros((1, 2, c.audio_encoder.num_mel_bins))
+        out["v1_boundary_head"] = self.boundary_head.init(jax.random.fold_in(rng, 5), states, pooled,
+                                                          jnp.full((1,), 2, jnp.int32))["params"]
         return out
 
     def init_state(self, rng: Array) -> None:
@@ -145,7 +147,8 @@ class OmniV1:
         """(N, n_mels, F) log-mel windows + (N,) valid frames -> per encoder frame (20 ms) logits
         (N, (F - 1) // 2 + 1, 3) of (start, inside, end) of the user's speech, and the valid lengths."""
         h, n = self.encode_audio_states(params, mels, mel_lengths)
-        return self.boundary_head.apply({"params": params["v1_boundary_head"]}, h), n
+        mel = pooled_mel(jnp.asarray(mels), h.shape[1])
+        return self.boundary_head.apply({"params": params["v1_boundary_head"]}, h, mel, n), n
 
     def audio_tokens(self, params, mels: Array, lengths: Array) -> Array:
         """The batch layout of `encode_audio`: (B, A, n_mels, F) mel chunks + (B, A) valid frames ->
