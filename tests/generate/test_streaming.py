@@ -118,12 +118,14 @@ def test_streamed_reply_equals_whole_reply(runner):
     assert audio.shape == ref.shape, (audio.shape, ref.shape)
     diff = np.abs(audio - ref)
     # The release's audio decoder normalises dconv1 with a GroupNorm over the whole piece (not causal):
-    # while a piece is incomplete its statistics are those of the codes so far, so early samples differ.
+    # while a piece is incomplete its statistics are those of the codes so far. On this random tiny
+    # model the prefix's decoder hidden states differ by ~3e-5 (rms 0.02) and the random flow matching
+    # shrinks that below float noise: measured max abs diff 4.0e-8 (a trained decoder may differ more).
     last = [len(c) for c in whole.audio_chunks]
     print(f"streamed {len(audio)} samples ({len(audio) / 24000:.2f} s, chunks of {last} codes) vs the whole-reply "
           f"waveform: max abs diff {diff.max():.2e}, mean {diff.mean():.2e}, rms of the reply "
           f"{np.sqrt(np.mean(ref ** 2)):.3f}")
-    assert diff.max() <= 0.05, diff.max()
+    assert diff.max() <= 1e-6, diff.max()
 
 
 def test_bad_stream_settings_are_named(runner):
