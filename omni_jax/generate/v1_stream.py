@@ -1,4 +1,4 @@
-"""Baichuan-Omni v1 streaming input (ARCHITECTURE.md 2, "Streaming"; issue 15 item 1, partly).
+"""Baichuan-Omni v1 streaming input (ARCHITECTURE.md 2, "Streaming"; issue 15 item 1).
 
     runner = OmniV1Runner.load("runs/omni_v1_tiny")
     result = runner.stream(events, text="what happened?")    # events: an iterator of
