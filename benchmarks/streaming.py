@@ -1,6 +1,6 @@
 r"""Streamed speech replies on this machine: time to first audio and real-time factor.
 
-    python benchmarks/streaming.py                       # tiny 1.5 model, 4-frame and 25-frame pieces
+    python benchmarks/streaming.py                       # tiny 1.5 model, decoding every 5 and every 25 codes
     python benchmarks/streaming.py --size small --chunk_frames 25 --max_new_tokens 160
 
 A randomly initialised 1.5 model of `--size` (configs/omni15, written as a release directory
@@ -65,7 +65,7 @@ def run_once(runner, a, chunk_frames):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--size", default="tiny")
-    p.add_argument("--chunk_frames", type=int, nargs="+", default=[4, 25])
+    p.add_argument("--chunk_frames", type=int, nargs="+", default=[5, 25])
     p.add_argument("--max_new_tokens", type=int, default=120)
     p.add_argument("--steps_per_call", type=int, default=8)
     a = p.parse_args()

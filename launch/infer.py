@@ -174,7 +174,8 @@ def _define_flags() -> None:
     flags.DEFINE_multi_string("audio", None, "An audio file: WAV/FLAC, or anything FFmpeg reads (repeatable).")
     flags.DEFINE_bool("stream", False, "Stream the reply: text pieces to stderr and speech chunks appended to --out "
                       "as they are generated.")
-    flags.DEFINE_integer("chunk_frames", 25, "--stream: speech codes per synthesised piece (12.5 Hz: 25 = 2 s).")
+    flags.DEFINE_integer("chunk_frames", 25, "--stream: new speech codes between decodes of the current piece (12.5 Hz: "
+                         "25 = 2 s); at least the decoder's receptive field (26 for the release's decoders, 5 tiny).")
     flags.DEFINE_bool("speech", False, "Answer in speech too (Baichuan-Omni-1.5), written to --out.")
     flags.DEFINE_string("out", "reply.wav", "Where the spoken reply goes.")
     flags.DEFINE_bool("greedy", False, "Greedy text decoding instead of the released sampling settings.")

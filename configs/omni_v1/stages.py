@@ -10,6 +10,9 @@ LLM); video-language 4e-6 (video projector only). Not published, our choices: au
 1e-4 for the fresh Conv-GMLP projector and 1e-5 for the pretrained Whisper encoder (LLM
 frozen), omni-alignment and SFT 1e-5 for everything. "Everything" in image-language 3 is the
 visual side and the LLM: the audio branch has not been aligned yet (it joins in audio-language).
+"Everything" in omni-alignment and SFT is every component of the LLM's forward (LM_COMPONENTS);
+the audio-boundary head (`v1_boundary_head`, streaming input) trains in its own last stage,
+`audio_boundary`, with everything else frozen: it reads the Whisper states the earlier stages leave.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import ml_collections
 from configs import common
 from omni_jax.data.stage_mixtures import mixture
 
-COMPONENTS = ("llm", "siglip", "v1_projector", "v1_video_projector", "audio_encoder", "v1_audio_projector")
+LM_COMPONENTS = ("llm", "siglip", "v1_projector", "v1_video_projector", "audio_encoder", "v1_audio_projector")
+COMPONENTS = LM_COMPONENTS + ("v1_boundary_head",)
 SIZES = common.STAGE_SIZES
 
 
@@ -82,16 +86,29 @@ def audio_language(c, steps):
 
 def omni_alignment(c, steps):
     """Everything, on image, video, audio and text together."""
-    _stage(c, "omni_alignment", steps, {"all": COMPONENTS}, {"all": 1e-5})
+    _stage(c, "omni_alignment", steps, {"all": LM_COMPONENTS}, {"all": 1e-5})
 
 
 def sft(c, steps):
     """Supervised fine-tuning on omni instructions, packed with per-sample attention isolation."""
-    _stage(c, "sft", steps, {"all": COMPONENTS}, {"all": 1e-5})
+    _stage(c, "sft", steps, {"all": LM_COMPONENTS}, {"all": 1e-5})
+
+
+def audio_boundary(c, steps):
+    """The audio-boundary head only (task omni_v1_boundary, omni_jax/tasks/omni_v1_boundary.py): per-frame
+    start / inside / end of the user's speech on windows of streams where the speech arrives inside
+    a video stream's audio (omni_jax/data/boundary_streams.py; the embedded speech set). Not
+    published: our lr 1e-4 (scaled for the from-scratch sizes)."""
+    c.stages["audio_boundary"] = ml_collections.ConfigDict(dict(
+        steps=steps, task="omni_v1_boundary", grad_clip_norm=1.0,
+        rules=common.partition({"head": ("v1_boundary_head",)}, COMPONENTS),
+        groups={"head": common.stage_group(1e-4, c.size)},
+        task_config=dict(boundary=dict(dataset_size="tiny" if c.size == "test" else "default", seed=0)),
+    ))
 
 
 STAGES = {f.__name__: f for f in (text_pretrain, image_language_1, image_language_2, image_language_3,
-                                   video_language, audio_language, omni_alignment, sft)}
+                                   video_language, audio_language, omni_alignment, sft, audio_boundary)}
 
 
 def single_stage(name: str, size: str, steps: int) -> ml_collections.ConfigDict:

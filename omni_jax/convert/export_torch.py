@@ -54,7 +54,7 @@ OURS_KEY = "omni_jax"
 # the top-level torch modules of OmniV1ForCausalLM, per component of our tree
 V1_PREFIX = {"llm": "language_model.", "siglip": "vision_model.vision_model.", "v1_projector": "vision_projector.",
              "v1_video_projector": "video_projector.", "audio_encoder": "audio_encoder.",
-             "v1_audio_projector": "audio_projector."}
+             "v1_audio_projector": "audio_projector.", "v1_boundary_head": "audio_boundary_head."}
 
 
 class ExportError(ValueError):
@@ -183,7 +183,11 @@ def v1_rules(cfg) -> list[Rule]:
                                              ours_video=P + "v1_video_projector/")
             + _whisper_rules(cfg.audio_encoder, P + "audio_encoder/", "buffers/audio_encoder/", V1_PREFIX["audio_encoder"])
             + prefixed(_gmlp_rules(cfg.v1_audio_projector), ours=P + "v1_audio_projector/",
-                       theirs=V1_PREFIX["v1_audio_projector"]))
+                       theirs=V1_PREFIX["v1_audio_projector"])
+            + prefixed([linear("fc1/kernel", "fc1.weight"), same("fc1/bias", "fc1.bias"),
+                        Rule("conv/kernel", "conv.weight", lambda w: w.transpose(2, 1, 0), lambda w: w.transpose(2, 1, 0)),
+                        same("conv/bias", "conv.bias"), linear("fc2/kernel", "fc2.weight"), same("fc2/bias", "fc2.bias")],
+                       ours=P + "v1_boundary_head/", theirs=V1_PREFIX["v1_boundary_head"]))
 
 
 def _sinusoid_table(enc_cfg) -> np.ndarray:

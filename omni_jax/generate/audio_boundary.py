@@ -1,129 +1,108 @@
-"""Audio-boundary prediction for v1 streaming input: where the user's speech starts and ends in
-a live audio stream (issue 15 item 1; ARCHITECTURE.md 2, "Streaming").
+"""Audio-boundary prediction for v1 streaming input (ARCHITECTURE.md 2, "Streaming"): where the
+user's speech starts and ends in a live stream, from the model's own trained head.
 
-A small head, NOT the report's LLM special tokens: logistic regression on 100 ms chunks (1600
-samples at 16 kHz), features = log energy of the chunk in 8 bands of its spectrum (0-8 kHz),
-its total log energy and spectral flatness, for the chunk and the one before (20 numbers,
-standardised with the training statistics). It is trained (optax Adam, full batch) on streams
-built from the embedded dataset's speech (`omni_speech`, train split): a clip placed at a random
-offset in 0.5-2 s of background noise at a random level (-70 to -35 dB re. full scale), followed
-by 1-3 s of the same noise. Held-out streams are built the same way from the test split.
+`BoundaryTracker` runs OmniV1's `v1_boundary_head` (omni_jax/models/v1_boundary_head.py, trained
+in the v1 stage `audio_boundary`) on the stream's audio as it arrives: at each update the last
+`window` samples (the model's audio chunk, config.data.shapes.mel_frames * 160) go through the
+Whisper encoder and the head, and their per-frame (20 ms) probabilities of (start, inside, end)
+overwrite the stream's probability track from that window's first frame on.
 
-Boundary rule on the per-chunk probabilities p: the start is the first chunk with p > 0.5;
-the end is the start of the first run of `hang` (5 = 0.5 s) chunks with p <= 0.5 after it.
-`boundary_accuracy` counts a stream correct when both are within `tol` (0.2 s) of the truth.
+Rule on the track: speech = frames with p(inside) > 0.5; the start is the first run of at least
+`min_speech` (3 = 60 ms) speech frames, moved to the frame of highest p(start) within `refine`
+(5 frames = 100 ms) when that exceeds 0.5; the end is the first frame after it that begins a run
+of `hang` (25 = 0.5 s) non-speech frames, refined likewise with p(end). `boundary_accuracy` runs
+the tracker over whole held-out streams in 100 ms steps, as the streaming runner feeds it.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Any
 
 import numpy as np
 
-CHUNK = 1600  # samples at 16 kHz = 100 ms
+from omni_jax.models.v1_boundary_head import FRAME_S
+
 RATE = 16_000
-N_BANDS = 8
+FRAME = int(FRAME_S * RATE)  # 320 samples per encoder frame
 
 
-def chunk_features(x: np.ndarray) -> np.ndarray:
-    """(n * CHUNK,) samples -> (n, 2 * (N_BANDS + 2)) features (chunk and its predecessor)."""
-    n = len(x) // CHUNK
-    c = np.asarray(x[: n * CHUNK], np.float64).reshape(n, CHUNK) * np.hanning(CHUNK)
-    spec = np.abs(np.fft.rfft(c, axis=1)) ** 2 + 1e-12
-    bands = np.array_split(spec, N_BANDS, axis=1)
-    band_e = np.stack([np.log(b.sum(1)) for b in bands], 1)
-    total = np.log(spec.sum(1))[:, None]
-    flat = (np.mean(np.log(spec), 1) - np.log(np.mean(spec, 1)))[:, None]
-    f = np.concatenate([band_e, total, flat], 1)
-    prev = np.concatenate([f[:1], f[:-1]], 0)
-    return np.concatenate([f, prev], 1).astype(np.float32)
+def decide(probs: np.ndarray, *, hang: int = 25, min_speech: int = 3, refine: int = 5) -> tuple[float | None, float | None]:
+    """(start_s, end_s) from a (frames, 3) probability track (None when not (yet) seen)."""
+    speech = probs[:, 1] > 0.5
+    n = len(speech)
+    run, s = 0, None
+    for i in range(n):
+        run = run + 1 if speech[i] else 0
+        if run == min_speech:
+            s = i - min_speech + 1
+            break
+    if s is None:
+        return None, None
+
+    def refined(i, col):
+        lo, hi = max(0, i - refine), min(n, i + refine + 1)
+        j = lo + int(np.argmax(probs[lo:hi, col]))
+        return j if probs[j, col] > 0.5 else i
+
+    start = refined(s, 0)
+    quiet = 0
+    for i in range(s + min_speech, n):
+        quiet = quiet + 1 if not speech[i] else 0
+        if quiet == hang:
+            return start * FRAME_S, refined(i - hang + 1, 2) * FRAME_S
+    return start * FRAME_S, None
 
 
-@dataclasses.dataclass
-class BoundaryHead:
-    w: np.ndarray
-    b: float
-    mean: np.ndarray
-    std: np.ndarray
-    hang: int = 5
+class BoundaryTracker:
+    """The model's boundary head over a growing stream of 16 kHz audio."""
 
-    def proba(self, feats: np.ndarray) -> np.ndarray:
-        z = ((feats - self.mean) / self.std) @ self.w + self.b
-        return 1.0 / (1.0 + np.exp(-z))
+    def __init__(self, model: Any, params: Any, window: int, **rule):
+        import jax
 
-    def boundaries(self, x: np.ndarray) -> tuple[float | None, float | None]:
-        """(start, end) seconds of the user's speech in `x` (None when not (yet) seen)."""
-        speech = self.proba(chunk_features(x)) > 0.5
-        if not speech.any():
-            return None, None
-        s = int(np.argmax(speech))
-        run = 0
-        for i in range(s + 1, len(speech)):
-            run = run + 1 if not speech[i] else 0
-            if run == self.hang:
-                return s * CHUNK / RATE, (i - self.hang + 1) * CHUNK / RATE
-        return s * CHUNK / RATE, None
+        if "v1_boundary_head" not in params:
+            raise ValueError("these v1 parameters have no v1_boundary_head: train the v1 stage audio_boundary "
+                             "(configs/omni_v1/audio_boundary.py, or the pipeline's last stage)")
+        self.window, self.rule = int(window), rule
+        self.params = {k: params[k] for k in ("audio_encoder", "v1_boundary_head")}
+        self._probs = jax.jit(lambda p, mel, n: jax.nn.sigmoid(model.boundary_logits(p, mel, n)[0][0]))
+        self.track = np.zeros((0, 3), np.float32)
 
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Updates the track with the window ending at the end of `x` (the whole stream so far)."""
+        import jax.numpy as jnp
 
-def make_streams(split: str, per_clip: int = 4, seed: int = 0, size: str = "tiny"):
-    """[(waveform, start_s, end_s)] streams around the embedded dataset's speech clips."""
-    from omni_jax.data import default_dataset, media_io
+        from omni_jax.data.boundary_streams import window_features
 
-    rng = np.random.default_rng(seed + (0 if split == "train" else 1000))
-    out = []
-    for _, ex in default_dataset.generate("speech", split, size):
-        speech = media_io.decode_audio(ex["audio"])
-        speech = speech[: len(speech) - len(speech) % CHUNK]
-        for _ in range(per_clip):
-            lead = int(rng.integers(5, 20)) * CHUNK
-            trail = int(rng.integers(10, 30)) * CHUNK
-            level = 10 ** (rng.uniform(-70, -35) / 20)
-            noise = rng.standard_normal(lead + len(speech) + trail).astype(np.float32) * level
-            x = noise.copy()
-            x[lead: lead + len(speech)] += speech
-            nz = np.flatnonzero(np.abs(speech) > 1e-3)  # the clip's own leading/trailing silence
-            start = (lead + (nz[0] if len(nz) else 0)) / RATE
-            end = (lead + (nz[-1] + 1 if len(nz) else len(speech))) / RATE
-            out.append((x, start, end))
-    return out
+        if len(x) < FRAME:
+            return self.track
+        mel, valid = window_features(x, self.window)
+        p = np.asarray(self._probs(self.params, jnp.asarray(mel[None]), jnp.asarray([valid], jnp.int32)))
+        first = max(0, len(x) - self.window) // FRAME  # the window's first frame in the stream
+        n = min((valid - 1) // 2 + 1, len(x) // FRAME - first)
+        total = first + n
+        if len(self.track) < total:
+            self.track = np.concatenate([self.track, np.zeros((total - len(self.track), 3), np.float32)])
+        self.track[first: total] = p[:n]
+        return self.track
+
+    def update(self, x: np.ndarray) -> tuple[float | None, float | None]:
+        """(start_s, end_s) of the user's speech in the stream so far."""
+        return decide(self.probabilities(x), **self.rule)
 
 
-def _labels(x, start, end):
-    n = len(x) // CHUNK
-    t = (np.arange(n) + 0.5) * CHUNK / RATE
-    return ((t >= start) & (t < end)).astype(np.float32)
-
-
-def train(streams, steps: int = 400, lr: float = 0.05, seed: int = 0) -> BoundaryHead:
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    feats = np.concatenate([chunk_features(x) for x, _, _ in streams])
-    labels = np.concatenate([_labels(x, s, e) for x, s, e in streams])
-    mean, std = feats.mean(0), feats.std(0) + 1e-6
-    f = jnp.asarray((feats - mean) / std)
-    y = jnp.asarray(labels)
-    params = {"w": jnp.zeros(f.shape[1]), "b": jnp.zeros(())}
-    opt = optax.adam(lr)
-    state = opt.init(params)
-
-    @jax.jit
-    def step(params, state):
-        loss, g = jax.value_and_grad(lambda p: optax.sigmoid_binary_cross_entropy(f @ p["w"] + p["b"], y).mean())(params)
-        upd, state = opt.update(g, state)
-        return optax.apply_updates(params, upd), state, loss
-
-    for _ in range(steps):
-        params, state, _ = step(params, state)
-    return BoundaryHead(np.asarray(params["w"]), float(params["b"]), mean, std)
-
-
-def boundary_accuracy(head: BoundaryHead, streams, tol: float = 0.2) -> dict:
+def boundary_accuracy(make_tracker, streams, tol: float = 0.2, step_s: float = 0.1) -> dict:
+    """Runs a fresh tracker over each (waveform, start_s, end_s) stream in `step_s` steps, stopping
+    at the first predicted end; counts a stream correct when start and end are within `tol`."""
     ok_s = ok_e = ok = 0
     errs = []
+    step = int(step_s * RATE)
     for x, s, e in streams:
-        ps, pe = head.boundaries(x)
+        tr = make_tracker()
+        ps = pe = None
+        for stop in range(step, len(x) + step, step):
+            ps, pe = tr.update(x[:stop])
+            if pe is not None:
+                break
         gs = ps is not None and abs(ps - s) <= tol
         ge = pe is not None and abs(pe - e) <= tol
         ok_s, ok_e, ok = ok_s + gs, ok_e + ge, ok + (gs and ge)

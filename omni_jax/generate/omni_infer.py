@@ -245,23 +245,23 @@ class OmniRunner:
 
     # ---- streaming (omni_jax/generate/streaming.py) ----
 
-    def speech_synthesizer(self, chunk_frames: int | None = None):
-        """The codes -> 24 kHz Synthesizer (pieces of at most `chunk_frames` codes if given)."""
+    def speech_synthesizer(self):
+        """The codes -> 24 kHz Synthesizer `write_wav` uses (pieces of at most 250 codes)."""
         from omni_jax.tasks.omni_eval import synthesizer
 
         if self._synth is None:
             self._synth = synthesizer(self.task, self.params, self.state)
-        if chunk_frames is not None:
-            self._synth.max_chunk_frames = int(chunk_frames)
         return self._synth
 
     def respond_stream(self, prompt: Prompt, *, speech: bool = True, max_new_tokens: int = 512,
                        text: SamplingParams = TEXT_RELEASE, seed: int = 0, chunk_frames: int = 25,
                        steps_per_call: int = 8):
         """Yields ("text", str) pieces and ("audio", float32 24 kHz samples) chunks while the
-        reply is generated, then ("done", Reply). The same loop, keys and chunking as
-        `respond(..., speech)` followed by `write_wav` with pieces of `chunk_frames` codes
-        (25 = 2 s of speech): the concatenated audio equals that waveform."""
+        reply is generated, then ("done", Reply). The same loop, keys and pieces as
+        `respond(..., speech)` followed by `write_wav`; every `chunk_frames` new codes (25 = 2 s of
+        speech) the current piece is decoded again with its state (omni_jax/generate/streaming.py)
+        and the samples that became final are yielded. A `chunk_frames` below the decoder's
+        receptive field is an error naming the minimum."""
         from omni_jax.generate.interleaved import GenerationConfig, SpecialIds, SpeechModels, text_of
         from omni_jax.generate.sampling import AUDIO_RELEASE
         from omni_jax.generate.streaming import SpeechStream, StepStream
@@ -270,7 +270,7 @@ class OmniRunner:
         m = self.task.model
         if speech and getattr(m, "audio_head", None) is None:
             raise ValueError("this model has no speech output (Baichuan-Omni v1): use speech=False (--nospeech)")
-        speech_out = SpeechStream(self.speech_synthesizer(chunk_frames), jax.random.PRNGKey(seed),
+        speech_out = SpeechStream(self.speech_synthesizer(), jax.random.PRNGKey(seed),
                                   chunk_frames) if speech else None
         p = self.prompt_embeddings(prompt, speech=speech)
         ids = SpecialIds.from_tokenizer(self.tokenizer)

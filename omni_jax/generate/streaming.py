@@ -6,17 +6,23 @@ speech synthesised piece by piece while the LLM is still generating (issue 15 it
 `advance(state, stop)` that runs the `lax.while_loop` up to step `stop`; the host reads the
 steps produced since the last call. Its outputs therefore equal `generate`'s, step by step.
 
-`SpeechStream` turns the stream of audio frames into 24 kHz waveform chunks as the release's
-demo does: each `<audiogen_start> ... <audiogen_end>` audio chunk is synthesised in pieces of
-at most `chunk_frames` codes (Synthesizer.mel -> flow matching -> HiFT), a piece as soon as its
-frames exist, and consecutive pieces are joined with the Synthesizer's 10 ms linear
-cross-fade. The last `overlap` samples of what was synthesised are held back until the next
-piece (or the end) arrives, since the cross-fade changes them; everything before them is
-final and is yielded at once. Pieces and per-piece keys are those of
-`Synthesizer.waveform(chunks)` with `max_chunk_frames = chunk_frames`, so the concatenated
-stream equals that whole-reply waveform (tests/generate/test_streaming.py measures it).
-Each piece is decoded on its own (the flow matching and HiFT are not causal; no state but
-the cross-fade crosses a piece boundary), which is what the released demo does.
+`SpeechStream` turns the stream of audio frames into 24 kHz waveform chunks. The speech is cut
+into the pieces `Synthesizer.waveform` uses (each `<audiogen_start> ... <audiogen_end>` audio
+chunk, split every `max_chunk_frames` = 250 codes) and pieces are joined with its 10 ms linear
+cross-fade, so the concatenated stream equals the whole-reply waveform of `respond` + `write_wav`.
+Within a piece the decoder state is carried across stream chunks: every `chunk_frames` new codes
+the piece's codes so far are decoded again from its start (codes -> decoder hidden -> flow
+matching -> HiFT; the carried state is that prefix, recomputed, not a cache) and only the samples
+that can no longer change are yielded: mel frames up to the last whole flow-matching attention
+chunk (chunk-causal U-Net, causal prenet), minus the vocoder's right context
+(`synthesis.hift_right_context`); noise is drawn per frame position (`synthesis.frame_noise`), so
+the prefix draws what the whole piece draws. With a causal codes -> hidden stage the stream equals
+the whole piece up to float rounding (tests/generate/test_streaming.py); the release's audio
+decoder normalises dconv1 with a GroupNorm over the whole piece, which no streaming decoder can
+know in advance, so there the early samples of a piece differ (measured in the same test).
+A `chunk_frames` below `Synthesizer.stream_receptive_field()["min_codes"]` (26 codes for the
+release's decoders, 5 for the tiny ones) is rejected: no audio of a piece is final before that.
+The released demo instead decodes each piece alone (no state across its pieces).
 """
 
 from __future__ import annotations
@@ -106,6 +112,15 @@ class CrossfadeStream:
         self.held = new[len(new) - keep:]
         return new[: len(new) - keep]
 
+    def append(self, w: np.ndarray) -> np.ndarray:
+        """More samples of the piece pushed last (no cross-fade)."""
+        w = np.asarray(w, np.float32)
+        new = np.concatenate([self.held, w])
+        self.total += len(w)
+        keep = min(self.overlap, len(new))
+        self.held = new[len(new) - keep:]
+        return new[: len(new) - keep]
+
     def flush(self) -> np.ndarray:
         out, self.held = self.held, np.zeros((0,), np.float32)
         return out
@@ -115,20 +130,59 @@ class SpeechStream:
     """Audio frames in (as generation yields them), final 24 kHz samples out."""
 
     def __init__(self, synth, rng: jax.Array, chunk_frames: int):
-        if chunk_frames < 1:
-            raise ValueError(f"chunk_frames={chunk_frames}: a streamed speech piece needs at least 1 code frame "
-                             "(12.5 Hz codes: 1 frame = 80 ms of speech)")
-        self.synth, self.rng, self.chunk_frames = synth, rng, int(chunk_frames)
+        rf = synth.stream_receptive_field()
+        if chunk_frames < rf["min_codes"]:
+            raise ValueError(
+                f"chunk_frames={chunk_frames} is below the speech decoder's receptive field: no audio of a piece is "
+                f"final before {rf['min_codes']} code frames ({rf['min_codes'] * 80} ms at 12.5 Hz; flow-matching "
+                f"attention chunk config.model.flow_matching.chunk_size={rf['chunk']} mel frames, vocoder right "
+                f"context {rf['right']} mel frames, {synth.frames_per_code} decoder frames per code): use "
+                f"chunk_frames >= {rf['min_codes']} (respond_stream(chunk_frames=...), launch.infer --chunk_frames)")
+        self.synth, self.rng, self.chunk_frames, self.rf = synth, rng, int(chunk_frames), rf
         self.fade = CrossfadeStream(synth.overlap)
-        self.buf: list[np.ndarray] = []
+        self.seg: list[np.ndarray] = []  # codes of the current piece
+        self.pieces = 0  # pieces started (= Synthesizer.waveform's piece index + 1)
+        self.emitted = 0  # samples of the current piece handed on
+        self.head: list[np.ndarray] = []  # a new piece's first samples, until the cross-fade can be applied
+        self.since = 0  # codes since the last decode
         self.chunk = -1
-        self.pieces = 0
+        self.decodes = 0  # decoder runs (for benchmarks)
 
-    def _piece(self) -> np.ndarray:
-        codes, self.buf = np.stack(self.buf), []
-        k_mel, k_voc = jax.random.split(jax.random.fold_in(self.rng, self.pieces))
-        self.pieces += 1
-        return self.fade.push(self.synth.waveform_of_mel(self.synth.mel(codes, k_mel), k_voc))
+    def _decode(self, closed: bool) -> list[np.ndarray]:
+        """Decodes the current piece's prefix; hands on the samples that became final."""
+        s = self.synth
+        self.since = 0
+        k_mel, k_voc = jax.random.split(jax.random.fold_in(self.rng, self.pieces - 1))
+        hidden = s.hidden(np.stack(self.seg))
+        t = hidden.shape[0]
+        if closed:
+            m, final = t, t * s.hop
+        else:
+            c = self.rf["chunk"]
+            m = (t // c) * c if c > 0 else 0
+            final = max(0, m - self.rf["right"]) * s.hop
+            if final <= self.emitted:
+                return []
+        if m == 0:
+            wav = np.zeros((0,), np.float32)
+        else:
+            self.decodes += 1
+            wav = s.waveform_of_mel(s.mel_of_hidden(hidden[:m], k_mel), k_voc)
+        new, self.emitted = wav[self.emitted: final], max(self.emitted, final)
+        if self.head is None:  # the piece's cross-fade is done: plain continuation
+            out = self.fade.append(new)
+        else:
+            self.head.append(new)
+            h = np.concatenate(self.head)
+            if len(h) < s.overlap and not closed:
+                return []
+            self.head, out = None, self.fade.push(h)
+        return [out] if len(out) else []
+
+    def _close(self) -> list[np.ndarray]:
+        out = self._decode(closed=True)
+        self.seg, self.emitted, self.head = [], 0, []
+        return out
 
     def push(self, codes: np.ndarray, chunk_ids: np.ndarray, closed_chunks: int, done: bool = False) -> list[np.ndarray]:
         """New frames (n, depth) with their chunk ids (in generation order); `closed_chunks`:
@@ -136,14 +190,19 @@ class SpeechStream:
         stopped. Returns the samples that became final."""
         out = []
         for c, cid in zip(codes, chunk_ids):
-            if cid != self.chunk and self.buf:  # a new chunk began: the previous one's remainder
-                out.append(self._piece())
+            if cid != self.chunk and self.seg:  # a new audio chunk began: the previous one is complete
+                out += self._close()
             self.chunk = int(cid)
-            self.buf.append(np.asarray(c))
-            if len(self.buf) == self.chunk_frames:
-                out.append(self._piece())
-        if self.buf and (done or self.chunk < closed_chunks):
-            out.append(self._piece())
+            if not self.seg:
+                self.pieces += 1
+            self.seg.append(np.asarray(c))
+            self.since += 1
+            if len(self.seg) == self.synth.max_chunk_frames:
+                out += self._close()
+            elif self.since >= self.chunk_frames:
+                out += self._decode(closed=False)
+        if self.seg and (done or self.chunk < closed_chunks):
+            out += self._close()
         return [o for o in out if len(o)]
 
     def flush(self) -> np.ndarray:

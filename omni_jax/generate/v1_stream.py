@@ -1,4 +1,4 @@
-"""Baichuan-Omni v1 streaming input (ARCHITECTURE.md 2, "Streaming"; issue 15 item 1, partly).
+"""Baichuan-Omni v1 streaming input (ARCHITECTURE.md 2, "Streaming"; issue 15 item 1).
 
     runner = OmniV1Runner.load("runs/omni_v1_tiny")
     result = runner.stream(events, text="what happened?")    # events: an iterator of
@@ -19,10 +19,11 @@ content given all at once (tests/generate/test_v1_stream.py).
 End of the user's audio: an explicit `("audio_end", t)` event, or the time-out rule: once audio
 has started, no audio for `audio_timeout` seconds of stream time (event timestamps) ends it;
 a stream that stops ends it too; `max_seconds` of stream time ends it in any case. The rule
-is stated in `StreamResult.end_reason`. With `boundary=` (omni_jax/generate/audio_boundary.py, a
-small head trained on the embedded speech in noise) the user's audio is the predicted span and
-the predicted end ends it ("predicted_end"). NOT done: the report's variant, boundary special
-tokens predicted by the LLM itself and trained in a v1 stage.
+is stated in `StreamResult.end_reason`. With the model's audio-boundary head
+(`v1_boundary_head`, trained in the v1 stage `audio_boundary`; omni_jax/generate/audio_boundary.py
+runs it on the stream as audio arrives) the user's audio is the predicted span and the predicted
+end ends it ("predicted_end"). `boundary=None` (default) uses the head when the loaded workdir
+trained it, True requires it, False never uses it; explicit events and the time-out still apply.
 """
 
 from __future__ import annotations
@@ -51,6 +52,20 @@ class StreamResult:
 class OmniV1Runner(OmniRunner):
     """OmniRunner with `stream` for v1 models (task 'omni_v1')."""
 
+    boundary_trained = False  # the params' v1_boundary_head was trained (stage audio_boundary done)
+
+    @classmethod
+    def _from_workdir(cls, workdir: str, step, tokenizer):
+        runner = super()._from_workdir(workdir, step, tokenizer)
+        runner.boundary_trained = boundary_stage_done(runner.config, workdir, step)
+        return runner
+
+    def boundary_tracker(self, **rule):
+        """A fresh audio_boundary.BoundaryTracker over this model's head (window = the model's audio chunk)."""
+        from omni_jax.generate.audio_boundary import BoundaryTracker
+
+        return BoundaryTracker(self.task.model, self.params, int(self.config.data.shapes.mel_frames) * 160, **rule)
+
     def _span(self, prompt: Prompt):
         p = self.prompt_embeddings(prompt, speech=False)
         return np.asarray(p["prompt_ids"]), np.asarray(p["prompt_embeds"], np.float32)
@@ -66,9 +81,10 @@ class OmniV1Runner(OmniRunner):
 
     def stream(self, events: Iterable[tuple], *, text: str = "", max_new_tokens: int = 64, max_context: int = 8192,
                audio_timeout: float = 2.0, max_seconds: float = 600.0, fps: float = 1.0, max_frames: int = 48,
-               system: str = "", boundary=None) -> StreamResult:
-        """`boundary`: an audio_boundary.BoundaryHead; when given, the user's audio is the span
-        it predicts (start to end) and its predicted end ends the stream ("predicted_end")."""
+               system: str = "", boundary: bool | None = None) -> StreamResult:
+        """`boundary`: use the model's trained audio-boundary head (None: when the workdir trained
+        it); then the user's audio is the span it predicts (start to end) and its predicted end
+        ends the stream ("predicted_end")."""
         from omni_jax.data.audio_features import encode_wav
         from omni_jax.generate.dialogue import Dialogue
 
@@ -77,6 +93,11 @@ class OmniV1Runner(OmniRunner):
         if not audio_timeout > 0 or not max_seconds > 0:
             raise ValueError(f"audio_timeout={audio_timeout} and max_seconds={max_seconds} must be positive "
                              "(they are what ends a stream that never ends the user's audio)")
+        if boundary and not self.boundary_trained:
+            raise ValueError("boundary=True: this model's v1_boundary_head was not trained; train the v1 stage "
+                             "audio_boundary (configs/omni_v1/audio_boundary.py, the pipeline's last stage), or "
+                             "pass boundary=False to end the user's audio by audio_end events and the time-out")
+        tracker = self.boundary_tracker() if (self.boundary_trained if boundary is None else boundary) else None
         dlg = Dialogue(self, speech=False, max_new_tokens=max_new_tokens, max_context=max_context,
                        text=SamplingParams(do_sample=False))
         frames, audio, dropped = [], [], 0
@@ -98,10 +119,10 @@ class OmniV1Runner(OmniRunner):
             if ev[0] == "audio":
                 x = np.asarray(ev[2], np.float32).reshape(-1)
                 audio.append(x)
-                if boundary is None:
+                if tracker is None:
                     audio_end_t = max(audio_end_t or 0.0, t + len(x) / 16000.0)
                     continue
-                start_s, end_s = boundary.boundaries(np.concatenate(audio))
+                start_s, end_s = tracker.update(np.concatenate(audio))
                 if start_s is not None:
                     audio_end_t = t + len(x) / 16000.0  # the time-out still applies to a silent stream
                 if end_s is not None:
@@ -123,8 +144,8 @@ class OmniV1Runner(OmniRunner):
             dlg.append(ids[vs + 1: ie + 1], emb[vs + 1: ie + 1])  # <img_start> frame <img_end>
             frames.append(ev[2])
         wav = np.concatenate(audio) if audio else np.zeros((0,), np.float32)
-        if boundary is not None and len(wav):
-            start_s, end_s = boundary.boundaries(wav)
+        if tracker is not None and len(wav):
+            start_s, end_s = tracker.update(wav)
             wav = wav[:0] if start_s is None else wav[int(start_s * 16000): None if end_s is None else int(end_s * 16000)]
         wav_bytes = encode_wav(wav) if len(wav) else b""
         if not frames and not len(wav) and not text:
@@ -147,3 +168,22 @@ class OmniV1Runner(OmniRunner):
         return StreamResult(reply=reply, end_reason=reason, frames_used=len(frames), frames_dropped=dropped,
                             audio_seconds=len(wav) / 16000.0, audio_wav=wav_bytes, frames=frames,
                             cache_positions=dlg.index)
+
+
+def boundary_stage_done(config, workdir: str, step: int | None = None) -> bool:
+    """True when the run has the v1 stage `audio_boundary` and the checkpoint used (`step`, else
+    the latest) is at or after that stage's end."""
+    from omni_jax.train.checkpoint import Checkpointer
+    from omni_jax.workdir import workdir_path
+
+    order = list(config.get("stage_order", ()) or ())
+    if "audio_boundary" not in order:
+        return False
+    end = sum(int(config.stages[n].steps) for n in order[: order.index("audio_boundary") + 1])
+    if step is None:
+        ckpt = Checkpointer(workdir_path(workdir) / "checkpoints", async_save=False)
+        try:
+            step = ckpt.latest_step()
+        finally:
+            ckpt.close()
+    return step is not None and int(step) >= end

@@ -385,13 +385,15 @@ def flow_matching_loss_sums(model: FlowMatchingDecoder, params: Any, hidden: Arr
 
 
 def sample_mel(model: FlowMatchingDecoder, params: Any, mu: Array, mask: Array, rng: Array, *,
-               n_timesteps: int | None = None, cfg_rate: float | None = None, temperature: float = 1.0) -> Array:
-    """Euler ODE from noise to mel with classifier-free guidance. mu (B, T, n_mels), mask (B, T)."""
+               n_timesteps: int | None = None, cfg_rate: float | None = None, temperature: float = 1.0,
+               noise: Array | None = None) -> Array:
+    """Euler ODE from noise to mel with classifier-free guidance. mu (B, T, n_mels), mask (B, T).
+    `noise` (B, T, n_mels): the starting x0 (default: drawn from `rng`)."""
     cfg = model.cfg
     n = cfg.n_timesteps if n_timesteps is None else n_timesteps
     w = cfg.inference_cfg_rate if cfg_rate is None else cfg_rate
     b = mu.shape[0]
-    x = jax.random.normal(rng, mu.shape, jnp.float32) * temperature
+    x = (jax.random.normal(rng, mu.shape, jnp.float32) if noise is None else noise.astype(jnp.float32)) * temperature
     t_span = _schedule(cfg, jnp.linspace(0.0, 1.0, n + 1, dtype=jnp.float32))
     mu2 = jnp.concatenate([mu, jnp.zeros_like(mu)], axis=0)
     mask2 = jnp.concatenate([mask, mask], axis=0)

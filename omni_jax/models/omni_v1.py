@@ -9,6 +9,9 @@ references in their own files:
   v1_video_projector  2x2 conv (182 -> 546 video tokens) }   (V1VisionTower)
   audio_encoder       Whisper-large-v3 encoder, continuous features (omni_jax/models/whisper.py)
   v1_audio_projector  Conv-GMLP, downsampling 2 / 4 / 8 (omni_jax/models/v1_audio_projector.py)
+  v1_boundary_head    per-frame start / inside / end of the user's speech on the Whisper states
+                      (streaming input; omni_jax/models/v1_boundary_head.py, trained in the v1
+                      stage `audio_boundary`, not part of the LLM forward)
 
 Unlike 1.5, v1 reads audio as CONTINUOUS Whisper features (no RVQ, no model state) and has
 no speech output (no audio embedding tables, no audio head).
@@ -40,12 +43,14 @@ from omni_jax.models.release_inputs import placeholder_ids
 from omni_jax.models.qwen2 import Qwen2Config, Qwen2LM
 from omni_jax.models.siglip import SiglipConfig
 from omni_jax.models.v1_audio_projector import V1AudioProjector, V1AudioProjectorConfig
+from omni_jax.models.v1_boundary_head import V1BoundaryHead, pooled_mel
 from omni_jax.models.v1_projectors import V1ProjectorConfig, V1VisionTower
 from omni_jax.models.whisper import WhisperEncoder, WhisperEncoderConfig
 
 Array = jax.Array
 
-COMPONENTS = ("llm", "siglip", "v1_projector", "v1_video_projector", "audio_encoder", "v1_audio_projector")
+COMPONENTS = ("llm", "siglip", "v1_projector", "v1_video_projector", "audio_encoder", "v1_audio_projector",
+              "v1_boundary_head")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +100,7 @@ class OmniV1:
         self.vision = V1VisionTower(cfg.siglip, cfg.v1_projector)
         self.audio_encoder = WhisperEncoder(cfg.audio_encoder)
         self.audio_projector = V1AudioProjector(cfg.v1_audio_projector)
+        self.boundary_head = V1BoundaryHead(cfg.audio_encoder)
 
     def init(self, rng: Array, mel_frames: int = 200) -> dict[str, Any]:
         """Boxed params for every component (use under jax.eval_shape for shapes/axes)."""
@@ -109,6 +115,10 @@ class OmniV1:
         out["audio_encoder"] = self.audio_encoder.init(k[2], mel, n)["params"]
         feats = jnp.zeros((1, c.v1_audio_projector.rate, c.audio_encoder.d_model))
         out["v1_audio_projector"] = self.audio_projector.init(k[3], feats, jnp.ones((1,), jnp.int32))["params"]
+        states = jnp.zeros((1, 2, c.audio_encoder.d_model))  # its own key: the other components keep their values
+        pooled = jnp.zeros((1, 2, c.audio_encoder.num_mel_bins))
+        out["v1_boundary_head"] = self.boundary_head.init(jax.random.fold_in(rng, 5), states, pooled,
+                                                          jnp.full((1,), 2, jnp.int32))["params"]
         return out
 
     def init_state(self, rng: Array) -> None:
@@ -132,6 +142,13 @@ class OmniV1:
         `release_inputs.valid_codes` concatenates the valid ones, as for 1.5's codes)."""
         h, n = self.encode_audio_states(params, mels, mel_lengths)
         return self.audio_projector.apply({"params": params["v1_audio_projector"]}, h, n)
+
+    def boundary_logits(self, params, mels: Array, mel_lengths: Array) -> tuple[Array, Array]:
+        """(N, n_mels, F) log-mel windows + (N,) valid frames -> per encoder frame (20 ms) logits
+        (N, (F - 1) // 2 + 1, 3) of (start, inside, end) of the user's speech, and the valid lengths."""
+        h, n = self.encode_audio_states(params, mels, mel_lengths)
+        mel = pooled_mel(jnp.asarray(mels), h.shape[1])
+        return self.boundary_head.apply({"params": params["v1_boundary_head"]}, h, mel, n), n
 
     def audio_tokens(self, params, mels: Array, lengths: Array) -> Array:
         """The batch layout of `encode_audio`: (B, A, n_mels, F) mel chunks + (B, A) valid frames ->

@@ -13,6 +13,7 @@ _REGISTRY: dict[str, str] = {
     "vocoder": "omni_jax.tasks.vocoder:VocoderTask",
     "omni": "omni_jax.tasks.omni:OmniTask",
     "omni_v1": "omni_jax.tasks.omni_v1:OmniV1Task",
+    "omni_v1_boundary": "omni_jax.tasks.omni_v1_boundary:OmniV1BoundaryTask",
 }
 
 

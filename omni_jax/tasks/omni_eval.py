@@ -136,7 +136,8 @@ def synthesizer(task, params, state):
         h, n = hidden(tok_vars, jnp.asarray(codes[None], jnp.int32), jnp.asarray([len(codes)], jnp.int32))
         return np.asarray(h[0, : int(n[0])])
 
-    return Synthesizer(codes_to_hidden, m.flow_matching, params["flow_matching"], m.vocoder, params["vocoder"])
+    return Synthesizer(codes_to_hidden, m.flow_matching, params["flow_matching"], m.vocoder, params["vocoder"],
+                       frames_per_code=task.model_cfg.audio.decoder.upsample1)
 
 
 def evaluate(task, params, state, workdir: str) -> dict[str, Any]:

@@ -21,8 +21,9 @@ TRAINED = {
     "image_language_3": {"llm", "siglip", "v1_projector"},
     "video_language": {"v1_video_projector"},
     "audio_language": {"audio_encoder", "v1_audio_projector"},
-    "omni_alignment": ALL,
-    "sft": ALL,
+    "omni_alignment": ALL - {"v1_boundary_head"},
+    "sft": ALL - {"v1_boundary_head"},
+    "audio_boundary": {"v1_boundary_head"},
 }
 
 

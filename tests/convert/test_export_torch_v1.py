@@ -66,6 +66,24 @@ def test_logits_equal_jax_on_text_image_video_audio(exported):
     assert max(diffs.values()) <= 1e-5
 
 
+def test_audio_boundary_head_equals_jax(exported):
+    """The audio-boundary head (streaming input) is exported too: its torch logits equal OmniV1's."""
+    import jax.numpy as jnp
+
+    from omni_jax.models.omni_v1 import OmniV1
+
+    _, _, cfg, params, _, model = exported
+    assert set(params) == set(et.V1_PREFIX)  # every component is exported, the head under audio_boundary_head.*
+    mel = np.random.RandomState(3).randn(1, cfg.audio_encoder.num_mel_bins, 60).astype(np.float32)
+    mel[..., 59:] = 0.0  # beyond the valid frames the features are zero (audio_features.release_chunk_features)
+    ours, n = OmniV1(cfg).boundary_logits(params, jnp.asarray(mel), jnp.asarray([59], jnp.int32))
+    with torch.no_grad():
+        theirs = model.audio_boundary_logits(torch.from_numpy(mel[0, :, :59])).numpy()
+    d = float(np.abs(np.asarray(ours)[0, : int(n[0])] - theirs).max())
+    print(f"v1 audio-boundary head, torch vs JAX (59 valid mel frames of 60): max abs diff {d:.3e}")
+    assert theirs.shape == (int(n[0]), 3) and d <= 1e-5
+
+
 def test_greedy_generation_is_identical(exported):
     _, _, cfg, params, ids, model = exported
     case = tp.v1_cases(cfg, ids)["all"]

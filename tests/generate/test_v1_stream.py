@@ -73,23 +73,9 @@ def test_never_ending_audio_times_out_and_bad_events(runner):
         runner.stream(iter([]), audio_timeout=0)
 
 
-def test_predicted_end_of_audio(runner):
-    """No audio_end event: the boundary head finds the end of the speech in the noisy stream;
-    the reply equals the all-at-once reply to the predicted span."""
-    from omni_jax.generate import audio_boundary as ab
-    from omni_jax.generate.omni_infer import Prompt
-    from omni_jax.generate.sampling import SamplingParams
-
-    head = ab.train(ab.make_streams("train", per_clip=2))
-    x, start, end = ab.make_streams("test", per_clip=1)[0]
-    ev = []
-    for k in range(len(x) // 1600):
-        if k % 10 == 0:
-            ev.append(("frame", k / 10, _png(k // 10)))
-        ev.append(("audio", k / 10, x[k * 1600:(k + 1) * 1600]))
-    r = runner.stream(iter(ev), max_new_tokens=8, boundary=head, audio_timeout=30.0)
-    print(f"true speech {start:.2f}-{end:.2f} s, fed {r.audio_seconds:.2f} s, reason {r.end_reason}, frames {r.frames_used}")
-    assert r.end_reason == "predicted_end" and abs(r.audio_seconds - (end - start)) < 0.4
-    whole = runner.respond(Prompt(video_frames=r.frames, video_fps=1.0, audio=[r.audio_wav]), max_new_tokens=8,
-                           text=SamplingParams(do_sample=False))
-    assert r.reply.tokens == whole.tokens
+def test_untrained_boundary_head_is_refused(runner):
+    """A model whose v1_boundary_head was never trained (no audio_boundary stage) is not used by
+    default; asking for it names the stage to train (the trained head: tests/generate/test_audio_boundary.py)."""
+    assert not runner.boundary_trained
+    with pytest.raises(ValueError, match="v1_boundary_head was not trained; train the v1 stage audio_boundary"):
+        runner.stream(iter(_events()), boundary=True)

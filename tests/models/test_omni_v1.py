@@ -67,8 +67,8 @@ def test_gradients_reach_every_part(setup):
     task, params, batch = setup
     norms = task.norms(batch)
     grads = jax.jit(jax.grad(lambda p: task.loss(p, batch, None, norms)[0]))(params)
-    for k, v in grads.items():
-        assert float(sum(jnp.abs(g).sum() for g in jax.tree.leaves(v))) > 0.0, k
+    for k, v in grads.items():  # the audio-boundary head is not in the LLM forward: its own stage trains it
+        assert (float(sum(jnp.abs(g).sum() for g in jax.tree.leaves(v))) > 0.0) == (k != "v1_boundary_head"), k
 
 
 def test_parts_and_data_that_do_not_fit_are_named():

@@ -14,6 +14,11 @@ are transformers' own classes; the small modules are ours:
   audio_projector   ConvGMLP: gate/up strided Conv1d (kernel = stride = rate), silu(gate) * up
                     + a Linear (or identity) shortcut of the stacked frames, out Linear
   language_model    Qwen2ForCausalLM over the merged input embeddings
+  audio_boundary_head  AudioBoundaryHead (streaming input, not used by forward): on the Whisper
+                    features joined with the log-mel averaged per encoder frame, Linear
+                    (d + n_mels) -> d, GELU, Conv1d k5 same, GELU, Linear d -> 3: per 20 ms
+                    frame the logits of (start, inside, end) of the user's speech
+                    (`audio_boundary_logits`)
 
 Placeholder merge: the text embeddings of `input_ids`; every position holding
 `config.image_token_id` takes the next image token (tiles in order, `pool_grid` tokens each),
@@ -83,6 +88,20 @@ class ConvGMLP(nn.Module):
         return self.out_proj(F.silu(g) * u + self.shortcut(x.reshape(-1, n * x.shape[1])))
 
 
+class AudioBoundaryHead(nn.Module):
+    """Whisper features (T, d) + pooled log-mel (T, n_mels) -> (T, 3) logits: start, inside, end."""
+
+    def __init__(self, d, n_mels):
+        super().__init__()
+        self.fc1 = nn.Linear(d + n_mels, d)
+        self.conv = nn.Conv1d(d, d, 5, padding=2)
+        self.fc2 = nn.Linear(d, 3)
+
+    def forward(self, x, mel):
+        h = F.gelu(self.fc1(torch.cat([x, mel], -1)))
+        return self.fc2(F.gelu(self.conv(h.T[None])[0].T))
+
+
 class OmniV1PreTrainedModel(PreTrainedModel):
     config_class = OmniV1Config
     base_model_prefix = "omni_v1"
@@ -104,6 +123,7 @@ class OmniV1ForCausalLM(OmniV1PreTrainedModel):
         self.video_projector = V1VideoProjector(vw, config.video_kernel)
         self.audio_encoder = WhisperEncoder(sub(WhisperConfig, config.audio_config))
         self.audio_projector = ConvGMLP(config.audio_config["d_model"], lw, config.audio_rate, config.audio_shortcut)
+        self.audio_boundary_head = AudioBoundaryHead(config.audio_config["d_model"], config.audio_config["num_mel_bins"])
         self.post_init()
 
     def get_input_embeddings(self):
@@ -141,6 +161,12 @@ class OmniV1ForCausalLM(OmniV1PreTrainedModel):
             h = layer(h, None)
             h = h[0] if isinstance(h, tuple) else h
         return enc.layer_norm(h)[0]
+
+    def audio_boundary_logits(self, mel):
+        """One window's valid mel frames (n_mels, L) -> (frames, 3) logits of start / inside / end."""
+        h = self._encode_clip(mel)
+        m = F.pad(mel.T, (0, 0, 0, 2 * h.shape[0] - mel.shape[1]))
+        return self.audio_boundary_head(h, m.reshape(h.shape[0], 2, -1).mean(1))
 
     def audio_tokens(self, audio_features, audio_feature_lengths=None):
         """(A, n_mels, F) chunks + (A,) valid mel frames -> (sum_a frames_a // rate, D)."""
