@@ -24,7 +24,7 @@ from configs import common
 from configs.omni_v1 import stages
 from omni_jax.data import colour_probe
 
-STEPS = 100
+STEPS = 200
 
 
 def get_config(arg: str | None = None):

@@ -44,10 +44,10 @@ from omni_jax.data.text_corpus import COLOURS, SHAPES
 QUESTION = "what colour is the shape?"
 SIDE = 56
 CLIP_SECONDS = 1.0
-TRAIN_VOICES, TEST_VOICES = 40, 8
+TRAIN_VOICES, TEST_VOICES = 80, 8
 # one (colour, shape) pair per colour, held out of training: the colour i with shape i mod 6
 HELD_OUT_PAIRS = frozenset((c, SHAPES[i % len(SHAPES)]) for i, c in enumerate(COLOURS))
-SIZES = {"colour_images": {"train": 960, "test": 64}, "colour_words": {"train": 320, "test": 64}}
+SIZES = {"colour_images": {"train": 960, "test": 64}, "colour_words": {"train": 640, "test": 64}}
 CHANCE = 1.0 / len(COLOURS)
 _SEED = {"colour_images": 101, "colour_words": 102}
 _SPLIT = {"train": 0, "test": 1}
@@ -120,10 +120,11 @@ ASR_PROMPT = "transcribe the speech."
 
 
 def mixture(split: str = "train") -> dict[str, dict[str, Any]]:
-    """The probes as a `config.data.mixture`: image QA and ASR, half the rows each. One ASR
-    prompt, so that with the audio silenced every held-out ASR prompt is the same sequence."""
-    return {"image_qa": dict(dataset="probe:colour_images", format="image_qa", weight=0.5, split=split),
-            "asr": dict(dataset="probe:colour_words", format="asr", weight=0.5, split=split, prompts=(ASR_PROMPT,))}
+    """The probes as a `config.data.mixture`: image QA (the quicker skill) on 40% of the rows, ASR
+    on 60%. One ASR prompt, so that with the audio silenced every held-out ASR prompt is the
+    same sequence."""
+    return {"image_qa": dict(dataset="probe:colour_images", format="image_qa", weight=0.4, split=split),
+            "asr": dict(dataset="probe:colour_words", format="asr", weight=0.6, split=split, prompts=(ASR_PROMPT,))}
 
 
 @functools.lru_cache(maxsize=8)

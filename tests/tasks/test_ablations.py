@@ -29,7 +29,6 @@ def test_silencing_the_audio_drops_asr_to_chance(probe_run, probe_replies):
     print(f"ASR held-out accuracy {acc:.3f}; audio silenced {acc_silent:.3f} (replies {sorted(set(silent.values()))}); "
           f"majority-answer rate {majority:.3f}")
     assert acc >= 0.75, f"the fixture must know the skill before the ablation means anything (got {acc:.3f})"
-    assert len(set(silent.values())) == 1, f"identical silent prompts got different replies: {set(silent.values())}"
     assert acc_silent <= majority == colour_probe.CHANCE
 
 

@@ -37,6 +37,7 @@ SUBSET = {"text": "text", "caption": "images", "image_qa": "images", "interleave
 def _config(stages):
     c = stages.base("test")
     c.data.seq_len = 512  # the longest single sample here (a text document) has 393 tokens
+    c.data.shapes.mel_frames = 300  # 3 s audio chunks (2 per row): every clip here fits, at half the encoder cost
     return c
 
 
@@ -78,18 +79,19 @@ def setup(request):
     fmts = sorted(f for f, spec in formats.FORMATS.items() if spec.needs <= modalities)
     task = get_task(config)
     raw = _batch(config, fmts)
-    batch = {k: jnp.asarray(v) for k, v in raw.items() if k in task.fields}
-    assert set(batch) == set(task.fields), f"the batch lacks {sorted(set(task.fields) - set(batch))}"
+    rows = [{k: jnp.asarray(v[i:i + 1]) for k, v in raw.items() if k in task.fields} for i in range(len(fmts))]
+    assert set(rows[0]) == set(task.fields), f"the batch lacks {sorted(set(task.fields) - set(rows[0]))}"
     params = random_params(task, 0)
     init_state = task.init_state(jax.random.PRNGKey(1))
     state = None if init_state is None else shd.unbox(jax.jit(task.init_state)(jax.random.PRNGKey(1)))
 
     @jax.jit
-    def grads(b):
+    def grads(b):  # one row (one format) per call: one compilation, and each format's own gradient
         norms = task.norms(b)
         return jax.grad(lambda p: task.loss_with_state(p, state, b, jax.random.PRNGKey(3), norms)[0])(params)
 
-    return request.param, task, fmts, batch, params, state, grads
+    base = [grads(r) for r in rows]
+    return request.param, task, fmts, rows, params, state, grads, base
 
 
 def _same(a, b) -> bool:
@@ -101,62 +103,56 @@ def _max_diff(a, b) -> float:
 
 
 def test_masked_out_text_targets_do_not_reach_the_gradient(setup):
-    name, task, fmts, batch, params, state, grads = setup
-    base = grads(batch)
+    name, task, fmts, rows, params, state, grads, base = setup
     vocab = task.model_cfg.llm.vocab_size
-    masked = batch["loss_mask"] == 0
-    inside = masked & (batch["segment_ids"] > 0)
-    for i, f in enumerate(fmts):  # each row has targets on both sides of its mask
-        n_in, n_trained = int(inside[i].sum()), int((batch["loss_mask"][i] > 0).sum())
+    for f, row, g in zip(fmts, rows, base):
+        masked = row["loss_mask"] == 0
+        n_in, n_trained = int((masked & (row["segment_ids"] > 0)).sum()), int((~masked).sum())
         print(f"{name} {f}: {n_trained} trained targets, {n_in} masked-out inside the sample, "
-              f"{int(masked[i].sum()) - n_in} padding")
-        assert n_trained > 0 and int(masked[i].sum()) > 0, f"{name} {f}: a row needs trained and masked-out targets"
-    perturbed = dict(batch, targets=jnp.where(masked, (batch["targets"] + 1 + batch["targets"] % 7) % vocab,
-                                              batch["targets"]))
-    assert int((perturbed["targets"] != batch["targets"]).sum()) == int(masked.sum())
-    assert _same(grads(perturbed), base), f"{name}: a masked-out text target changed the gradient"
+              f"{int(masked.sum()) - n_in} padding")
+        assert n_trained > 0 and int(masked.sum()) > 0, f"{name} {f}: a row needs trained and masked-out targets"
+        targets = jnp.where(masked, (row["targets"] + 1 + row["targets"] % 7) % vocab, row["targets"])
+        assert int((targets != row["targets"]).sum()) == int(masked.sum())
+        assert _same(grads(dict(row, targets=targets)), g), f"{name} {f}: a masked-out text target changed the gradient"
 
 
 def test_each_formats_trained_text_target_reaches_the_gradient(setup):
-    name, task, fmts, batch, params, state, grads = setup
-    base = grads(batch)
+    name, task, fmts, rows, params, state, grads, base = setup
     vocab = task.model_cfg.llm.vocab_size
-    for i, f in enumerate(fmts):
-        t = int(np.flatnonzero(np.asarray(batch["loss_mask"][i]) > 0)[-1])  # the reply's last target (eos)
-        targets = batch["targets"].at[i, t].set((batch["targets"][i, t] + 1) % vocab)
-        d = _max_diff(grads(dict(batch, targets=targets)), base)
+    for f, row, g in zip(fmts, rows, base):
+        t = int(np.flatnonzero(np.asarray(row["loss_mask"][0]) > 0)[-1])  # the reply's last target (eos)
+        targets = row["targets"].at[0, t].set((row["targets"][0, t] + 1) % vocab)
+        d = _max_diff(grads(dict(row, targets=targets)), g)
         print(f"{name} {f}: one trained target perturbed, max gradient change {d:.3e}")
         assert d > 0, f"{name} {f}: the trained target at position {t} does not reach the gradient"
 
 
 def test_audio_head_targets_follow_the_speech_loss_mask(setup):
-    name, task, fmts, batch, params, state, grads = setup
-    if "speech_loss_mask" not in batch:
+    name, task, fmts, rows, params, state, grads, base = setup
+    if "speech_loss_mask" not in rows[0]:
         pytest.skip(f"{name} has no speech output (no audio head)")
-    base = grads(batch)
-    w = np.asarray(batch["speech_loss_mask"])
-    tidx = np.asarray(batch["speech_target_index"])
-    frames = int(np.asarray(batch["speech_mel_lengths"]).shape[1] * task.shapes.tokens_per_chunk)
-    # every position without audio loss points at a real frame (a different one where it had one) and
-    # has its end-of-audio flag flipped
-    off = np.where(tidx >= 0, (tidx + 1) % frames, 0)
-    masked_idx = jnp.asarray(np.where(w == 0, off, tidx).astype(np.int32))
-    assert int((masked_idx != batch["speech_target_index"]).sum()) > 0
-    end = batch["speech_target_end"]
-    g = grads(dict(batch, speech_target_index=masked_idx, speech_target_end=jnp.where(jnp.asarray(w == 0), 1 - end, end)))
-    assert _same(g, base), f"{name}: a speech target without audio loss changed the gradient"
-    history = fmts.index("interleaved_text_audio")
-    assert (tidx[history] >= 0).any() and not w[history].any(), "interleaved_text_audio: its speech must carry no loss"
-
-    codes, _ = jax.jit(task.model.audio_codes)(params, state, batch["speech_mels"], batch["speech_mel_lengths"])
-    codes = np.asarray(codes)
-    for f in ("tts", "speech_qa"):
+    frames = int(rows[0]["speech_mel_lengths"].shape[1] * task.shapes.tokens_per_chunk)
+    speech = [f for f in fmts if "speech" in formats.FORMATS[f].needs]
+    assert speech == ["interleaved_text_audio", "speech_qa", "tts"]
+    for f in speech:
         i = fmts.index(f)
-        pos = np.flatnonzero((w[i] > 0) & (tidx[i] >= 0) & (np.asarray(batch["speech_target_end"][i]) == 0))
+        row, w, tidx, end = rows[i], rows[i]["speech_loss_mask"], rows[i]["speech_target_index"], rows[i]["speech_target_end"]
+        # every position without audio loss points at a real frame (a different one where it had
+        # one) and has its end-of-audio flag flipped
+        moved = jnp.where(w == 0, jnp.where(tidx >= 0, (tidx + 1) % frames, 0), tidx)
+        flipped = jnp.where(w == 0, 1 - end, end)
+        assert int((moved != tidx).sum()) > 0
+        g = grads(dict(row, speech_target_index=moved, speech_target_end=flipped))
+        assert _same(g, base[i]), f"{name} {f}: a speech target without audio loss changed the gradient"
+        if f == "interleaved_text_audio":
+            assert bool((tidx >= 0).any()) and not bool(w.any()), f"{f}: its history speech must carry no audio loss"
+            continue
+        codes, _ = jax.jit(task.model.audio_codes)(params, state, row["speech_mels"], row["speech_mel_lengths"])
+        codes = np.asarray(codes[0])
+        pos = np.flatnonzero((np.asarray(w[0]) > 0) & (np.asarray(tidx[0]) >= 0) & (np.asarray(end[0]) == 0))
         assert len(pos), f"{f}: no trained speech frame"
-        p, j = int(pos[0]), int(tidx[i, pos[0]])
-        other = next(k for k in range(codes.shape[1]) if not np.array_equal(codes[i, k], codes[i, j]))
-        g = grads(dict(batch, speech_target_index=batch["speech_target_index"].at[i, p].set(other)))
-        d = _max_diff(g, base)
+        p, j = int(pos[0]), int(tidx[0, pos[0]])
+        other = next(k for k in range(codes.shape[0]) if not np.array_equal(codes[k], codes[j]))
+        d = _max_diff(grads(dict(row, speech_target_index=tidx.at[0, p].set(other))), base[i])
         print(f"{name} {f}: one trained speech target moved from frame {j} to {other}, max gradient change {d:.3e}")
         assert d > 0, f"{f}: the trained speech target at position {p} does not reach the gradient"

@@ -2,7 +2,7 @@
 margin on held-out sets its training split never contains.
 
 The run: configs/omni_v1/ci.py, a tiny Baichuan-Omni v1 (2-layer LLM, SigLIP, Whisper encoder,
-projectors, all from scratch) trained for 100 steps of 8 x 128-token rows by the real trainer on
+projectors, all from scratch) trained for 200 steps of 8 x 128-token rows by the real trainer on
 the colour probes (omni_jax/data/colour_probe.py), once per session (tests/tasks/conftest.py).
 Held out: image QA "what colour is the shape?" on (colour, shape) pairs never seen in training,
 and ASR of one spoken colour word by voices never heard in training; 64 samples each, 8 per
