@@ -16,7 +16,7 @@ from omni_jax.tasks import probe_eval
 def test_held_out_splits_are_disjoint_and_balanced():
     for name, key in (("colour_images", "answer"), ("colour_words", "transcript")):
         train, test = cp.records(name, "train"), cp.records(name, "test")
-        assert cp.disjointness(train, test) == {"ids": [], "media": [], "colour_shape_pairs": [], "voices": []}
+        assert cp.disjointness(train, test) == {"ids": [], "media": [], "colour_shape_pairs": [], "word_voice_pairs": []}
         counts = collections.Counter(r[key] for r in test)
         assert len(counts) == 8 and set(counts.values()) == {len(test) // 8}
         assert probe_eval.majority_rate([r[key] for r in test]) == cp.CHANCE == 0.125
@@ -33,7 +33,7 @@ def test_clips_have_one_length_and_the_source_serves_the_records():
     assert lengths == {16000}
     with pytest.raises(ValueError, match="does not fit the 1.0 s clip: raise colour_probe.CLIP_SECONDS"):
         cp.clip(np.zeros(16001, np.float32))
-    with pytest.raises(ValueError, match=r"'probe:colour_shapes' is not a colour probe; known: \['probe:colour_images'"):
+    with pytest.raises(ValueError, match=r"'probe:colour_shapes' is not a colour probe; known: \['probe:colour_"):
         cp.records("colour_shapes", "train")
 
 

@@ -136,7 +136,8 @@ def test_audio_head_targets_follow_the_speech_loss_mask(setup):
     assert speech == ["interleaved_text_audio", "speech_qa", "tts"]
     for f in speech:
         i = fmts.index(f)
-        row, w, tidx, end = rows[i], rows[i]["speech_loss_mask"], rows[i]["speech_target_index"], rows[i]["speech_target_end"]
+        row = rows[i]
+        w, tidx, end = row["speech_loss_mask"], row["speech_target_index"], row["speech_target_end"]
         # every position without audio loss points at a real frame (a different one where it had
         # one) and has its end-of-audio flag flipped
         moved = jnp.where(w == 0, jnp.where(tidx >= 0, (tidx + 1) % frames, 0), tidx)

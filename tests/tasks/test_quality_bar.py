@@ -5,8 +5,9 @@ The run: configs/omni_v1/ci.py, a tiny Baichuan-Omni v1 (2-layer LLM, SigLIP, Wh
 projectors, all from scratch) trained for 200 steps of 8 x 128-token rows by the real trainer on
 the colour probes (omni_jax/data/colour_probe.py), once per session (tests/tasks/conftest.py).
 Held out: image QA "what colour is the shape?" on (colour, shape) pairs never seen in training,
-and ASR of one spoken colour word by voices never heard in training; 64 samples each, 8 per
-colour, so chance = the majority-answer rate = 1/8. Greedy replies, exact match.
+and ASR of one spoken colour word by each voice saying the one colour it never said in training;
+64 samples each, 8 per colour, so chance = the majority-answer rate = 1/8. Greedy replies,
+exact match.
 
 Bar: accuracy >= chance + MARGIN = 0.125 + 0.625 = 0.75 on each set.
 Measured on this 2-core machine: image QA 1.00, ASR 1.00 at 100 steps (and at 150); at 60
@@ -22,7 +23,7 @@ MARGIN = 0.625
 def test_held_out_sets_share_nothing_with_what_the_run_read(probe_run):
     """Disjointness against the records the run's batches actually held (every row of every step,
     rebuilt from the run's own config.json): no id, no media bytes, no (colour, shape) pair of
-    the held-out images and no voice of the held-out speech was read in training."""
+    the held-out images and no (word, voice) pair of the held-out speech was read in training."""
     assert set(probe_run.read) == {"probe:colour_images [train]", "probe:colour_words [train]"}, sorted(probe_run.read)
     for name in ("colour_images", "colour_words"):
         read = probe_run.read[f"probe:{name} [train]"]
@@ -34,8 +35,9 @@ def test_held_out_sets_share_nothing_with_what_the_run_read(probe_run):
         assert not any(shared.values()), f"{name}: the held-out set shares {shared} with the training records read"
     pairs = {(r["colour"], r["shape"]) for r in colour_probe.records("colour_images", "test")}
     assert pairs == set(colour_probe.HELD_OUT_PAIRS)
-    voices = {int(r["voice"]) for r in probe_run.read["probe:colour_words [train]"]}
-    assert voices.isdisjoint(int(r["voice"]) for r in colour_probe.records("colour_words", "test"))
+    heard = {(r["transcript"], int(r["voice"])) for r in probe_run.read["probe:colour_words [train]"]}
+    for r in colour_probe.records("colour_words", "test"):  # a known voice saying a word it never said in training
+        assert (r["transcript"], int(r["voice"])) not in heard and any(int(r["voice"]) == v for _, v in heard)
 
 
 def test_held_out_accuracy_beats_chance_by_the_margin(probe_run, probe_replies):
