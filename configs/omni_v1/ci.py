@@ -5,9 +5,9 @@ r"""The CI quality bar: a tiny Baichuan-Omni v1 that must learn two narrow held-
 One stage of the v1 task (`omni_v1`: the model, loss and data pipeline of configs/omni_v1/pipeline.py)
 trains everything from scratch (LLM with 2 layers, SigLIP, projectors, Whisper encoder) on the
 colour probes (omni_jax/data/colour_probe.py): "what colour is the shape?" about one shape on a
-56x56 canvas, and ASR of one spoken colour word (1 s clips). The held-out test splits share
-nothing with the training splits (unseen (colour, shape) pairs, unseen voices); chance is 1/8
-on both. tests/tasks/test_quality_bar.py trains this config once per test session (the
+56x56 canvas (40% of the rows), and ASR of one spoken colour word in 1 s clips (60%), 200 steps
+of 8 x 128-token rows. The held-out test splits share nothing with the training splits
+(unseen (colour, shape) pairs; unseen (word, voice) pairs); chance is 1/8 on both. tests/tasks/test_quality_bar.py trains this config once per test session (the
 fixture in tests/tasks/conftest.py), scores the held-out sets and asserts accuracy far above
 chance; tests/tasks/test_ablations.py silences the audio and shuffles the images across
 samples on the same model and asserts that both skills fall to chance.
