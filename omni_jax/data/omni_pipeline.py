@@ -257,7 +257,7 @@ class OmniPipeline:
                 tokenizer=self.tokenizer, media=self.media, chunk_samples=self.shapes.chunk_samples,
                 system=c.system if c.system is not None else str(d.get("system", "") or ""),
                 prompts=c.prompts, fields=dict(c.fields), tts=self.tts)
-            cacheable = not c.dataset.startswith("memory:") and c.dataset != "text_corpus"
+            cacheable = not c.dataset.startswith(("memory:", "probe:")) and c.dataset != "text_corpus"
             key = plan_cache_key("footprints-v4", c.dataset, c.split, len(src), _source_stamp(src),
                                  dataclasses.asdict(c), ctx.system, tok_desc, dataclasses.asdict(self.shapes),
                                  dataclasses.asdict(self.media), self.seed, _tts_desc(self.tts), validate)

@@ -9,6 +9,8 @@ RandomAccessDataSource protocol). `open_source(spec, split, data_dir)` resolves 
   "/abs/path/to/dataset/1.0.0"  any TFDS dataset prepared with file_format=array_record
   "text_corpus"              the generated text corpus (omni_jax/data/text_corpus.py),
                              sized by the component's `num_documents` / `corpus_seed`
+  "probe:<name>"             a colour probe (omni_jax/data/colour_probe.py: colour_images,
+                             colour_words), generated in the process
   "memory:<name>"            records registered with `register_memory_source` (tests,
                              notebooks)
 """
@@ -64,6 +66,10 @@ def _open(spec: str, split: str, data_dir: str | None, options: Mapping[str, Any
         if name not in _MEMORY:
             raise ValueError(f"dataset {spec!r} is not registered (register_memory_source); known: {sorted(_MEMORY)}")
         return ListSource(_MEMORY[name], spec)
+    if spec.startswith("probe:"):
+        from omni_jax.data import colour_probe
+
+        return ListSource(colour_probe.records(spec[len("probe:"):], split), spec)
     if spec == "text_corpus":
         from omni_jax.data.text_corpus import generate_documents
 
