@@ -66,9 +66,19 @@ def _pipeline(task, spec: dict):
     return OmniPipeline(task.config, data=d)
 
 
+def _cached(task, key, make):
+    """One jitted function per task and key: repeated evaluations of a run (the periodic ones) reuse
+    its compilations for the shapes they have seen."""
+    cache = task.__dict__.setdefault("_eval_jit_cache", {})
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
 def prompts_from_rows(task, params, state, batch: dict, tok, *, stop_at: str = "c_a") -> list[dict]:
     """Every packed sample of `batch` -> {prompt_embeds (P, D), prompt_ids, reference}."""
-    embeds, _ = jax.jit(lambda p, s, b: task.model.input_embeddings(p, s, b))(params, state, batch)
+    embeds, _ = _cached(task, "input_embeddings", lambda: jax.jit(
+        lambda p, s, b: task.model.input_embeddings(p, s, b)))(params, state, batch)
     embeds = np.asarray(embeds)
     c_a, eos, gen = tok.special("c_a"), tok.special("eos"), tok.special("audiogen_start")
     out = []
@@ -127,7 +137,8 @@ def generate(task, params, samples: list[dict], tok, *, max_new: int, speech: bo
     limits = {} if chunked else dict(max_text_tokens_per_chunk=max_new, max_audio_frames_per_chunk=max_new)
     cfg = GenerationConfig(max_new_steps=max_new, text=text, audio=AUDIO_RELEASE, speech=speech, **limits)
     embed, head = getattr(m, "audio_embed", None), getattr(m, "audio_head", None)  # v1: text only
-    fn = make_generate(SpeechModels(m.llm, embed, head), SpecialIds.from_tokenizer(tok), cfg)
+    special = SpecialIds.from_tokenizer(tok)
+    fn = _cached(task, ("generate", cfg, special), lambda: make_generate(SpeechModels(m.llm, embed, head), special, cfg))
     ids, mask, emb = _left_pad(samples)
     sub = {k: params[k] for k in ("llm", "audio_embed", "audio_head") if k in params}
     out = fn(sub, jnp.asarray(ids), jnp.asarray(mask), jax.random.PRNGKey(seed), jnp.asarray(emb, jnp.float32))

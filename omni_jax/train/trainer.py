@@ -465,22 +465,25 @@ class _StepTimer:
 
 class _PeriodicEval:
     """The held-out evaluation every N steps of a stage, so skills can be seen appearing during the
-    run: N = `config.stages.<stage>.eval_every` if the stage sets it (0 = never in that stage), else
-    `config.evaluate.every_steps` (default 0 = off); `config.evaluate.periodic_samples` samples per
-    set (default 4). The main task's evaluate(final=False) scores text only (no WAVs, no report);
+    run: N = `config.stages.<stage>.eval_every` if the stage sets it >= 0 (0 = never in that stage),
+    else (absent or -1) `config.evaluate.every_steps` (default 0 = off);
+    `config.evaluate.periodic_samples` samples per set (default 4). The main task's evaluate(final=False) scores text only (no WAVs, no report);
     its numbers are a metrics.jsonl line {"step", "stage", "kind": "eval", "eval/<set>/<metric>"}
     and TensorBoard scalars. The training state and its random streams are untouched."""
 
     def __init__(self, run: _Run, stage):
         config = run.config
         ev = config.get("evaluate", None) or {}
-        every = config.stages[stage.name].get("eval_every", None)
-        self.every = int(ev.get("every_steps", 0) if every is None else every)
+        every = int(config.stages[stage.name].get("eval_every", -1))
+        if every < -1:
+            raise ValueError(f"config.stages.{stage.name}.eval_every={every}: use a number of steps > 0, 0 for no "
+                             "periodic evaluation in this stage, or -1 for config.evaluate.every_steps")
+        self.every = int(ev.get("every_steps", 0)) if every == -1 else every
         self.samples = int(ev.get("periodic_samples", 4))
         self.run, self.stage = run, stage
-        if self.every < 0:
-            raise ValueError(f"config.stages.{stage.name}.eval_every / config.evaluate.every_steps = {self.every}: "
-                             "use a number of steps > 0, or 0 for no periodic evaluation")
+        if self.every < 0 or self.samples < 1:
+            raise ValueError(f"config.evaluate.every_steps={self.every}, periodic_samples={self.samples}: use "
+                             "every_steps >= 0 (0 = off) and periodic_samples >= 1")
         if self.every and not hasattr(run.tasks.main, "evaluate"):
             raise ValueError(f"periodic evaluation is on (every {self.every} steps of stage {stage.name}) but task "
                              f"{config.task!r} has no evaluate(): set config.evaluate.every_steps=0")

@@ -35,7 +35,7 @@ EXPECTED = {
         # the spectrograms of the reply and of the synthesiser's reference; the reply heard back
         r"^spectrogram: reply [1-9]\d* frames, reference [1-9]\d* frames, 80 mel bins\n"
         r"heard back: '[^\n]*' \(CER against the reply text: \d+\.\d\d\)$",
-        r"^(report: .+report\.md \(\d+ lines\)|no report: .+ has no eval/report\.md .+)$",
+        r"^(report: .+report\.md \(\d+ lines, \d+ plots\)|no report: .+ has no eval/report\.md .+)$",
     ],
     "reproducibility.ipynb": [
         r"(?s)^a_scratch_bitwise +pass$.*^b_kills_bitwise +pass$.*^c_sigterm_bitwise +pass$.*^passed: True$",
