@@ -274,7 +274,7 @@ def write_report(task, workdir, results: dict[str, Any], step: int | None = None
     if plots:
         md += ["## Plots", ""]
         for title, name in plots:
-            md += [f"{title}:", "", f"![{title}]({name})", ""]
+            md += [f"{title}:", "", f"![{name}]({name})", ""]
     md += ["## Files", "",
            "`results.json` (every number and example), `speech_reply_<k>.wav` (24 kHz replies), "
            "`speech_reference_<k>.wav` (the synthesiser's reference, 16 kHz), the PNGs above; "
@@ -304,7 +304,7 @@ def _tensorboard(wd, step: int, images: dict[str, bytes], audio: dict[str, tuple
             img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
             tb.add_image(tag, img, step, dataformats="HWC")
         for tag, (wav, rate) in audio.items():
-            tb.add_audio(tag, np.clip(np.asarray(wav, np.float32), -1, 1)[None], step, sample_rate=rate)
+            tb.add_audio(tag, np.clip(np.asarray(wav, np.float32).reshape(-1), -1, 1), step, sample_rate=rate)
         tb.add_text("eval/report", text, step)
     finally:
         tb.close()
