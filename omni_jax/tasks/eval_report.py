@@ -51,8 +51,10 @@ MAX_MEL_PLOTS = 2
 
 
 def _cell(s: Any) -> str:
-    """A markdown table cell: code span (prompts hold <special> tokens), no pipes or newlines."""
-    s = str(s).replace("|", "\\|").replace("\n", " ").replace("`", "'")
+    """A markdown table cell: code span (prompts hold <special> tokens), pipes escaped, control characters
+    (newlines too) written as escapes."""
+    s = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(s))  # control bytes of an untrained model
+    s = s.replace("|", "\\|").replace("`", "'")
     return f"`{s}`" if s else "(empty)"
 
 
