@@ -12,7 +12,8 @@ would rather look at and listen to than eval.json.
                             boundaries marked
   speech_reply_<k>_mel.png  the log-mel (80 bins, the vocoder's 24 kHz mel) of spoken reply k next
                             to the built-in synthesiser's rendering of the same text
-                            (omni_jax/data/speech_synth.py, default voice), also written as
+                            (omni_jax/data/speech_synth.py, default voice; the reference answer when
+                            the reply text has no letter or digit to say), also written as
                             speech_reference_<k>.wav (16 kHz)
 
 and the same to TensorBoard (`<workdir>/tensorboard`, its own event file): the PNGs as images
@@ -56,6 +57,12 @@ def _cell(s: Any) -> str:
     s = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(s))  # control bytes of an untrained model
     s = s.replace("|", "\\|").replace("`", "'")
     return f"`{s}`" if s else "(empty)"
+
+
+def _short(text: str, n: int = 40) -> str:
+    """A plot title's quote of `text`: printable, at most n characters."""
+    r = repr(text)
+    return r if len(r) <= n else r[:n - 3] + "..."
 
 
 def _figure(*size):
@@ -258,17 +265,19 @@ def write_report(task, workdir, results: dict[str, Any], step: int | None = None
         if not x.get("wav"):
             continue
         wav = decode_wav(workdir_path(x["wav"]).read_bytes(), 24000)
-        text = x["text"] or x["reference"]
+        speakable = any(ch.isascii() and ch.isalnum() for ch in x["text"])  # the synthesiser says letters and digits
+        text = x["text"] if speakable else x["reference"]
         ref = reference_speech(text)
         (out / f"speech_reference_{k}.wav").write_bytes(encode_wav(ref, 16000))
         audio[f"eval/speech_reply_{k}"] = (wav, 24000)
         audio[f"eval/speech_reference_{k}"] = (ref, 16000)
         if have_plots and shown < MAX_MEL_PLOTS:
             name = f"speech_reply_{k}_mel.png"
-            which = "its reply text" if x["text"] else "the reference answer (the reply has no text)"
+            which = "the reply text" if speakable else "the reference answer (no speakable reply text)"
             images[f"report/speech_reply_{k}_mel"] = plot_mels(
-                wav, ref, f"spoken reply {k}: {x['text']!r}", f"synthesiser, {which}: {text!r}", out / name)
-            plots.append((f"spoken reply {k} next to the synthesiser's reference for the same text", name))
+                wav, ref, f"spoken reply {k}: {_short(x['text'])}", f"synthesiser, {which}: {_short(text)}", out / name)
+            name_of = "its reply text" if speakable else "the reference answer (the reply text has nothing to say)"
+            plots.append((f"spoken reply {k} next to the synthesiser saying {name_of}", name))
             shown += 1
     if replies and not audio:
         notes.append("No spoken reply had speech frames: no WAVs, no spectrograms, no intelligibility.")
