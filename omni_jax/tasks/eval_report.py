@@ -141,6 +141,7 @@ def plot_eval(rows: list[dict], final: dict[str, float], step: int | None, path)
                 ax.plot(x, y, marker="o", label=k[len("eval/"):])
         for name, s in starts.items():
             ax.axvline(s, color="0.85", lw=0.8, zorder=0)
+        ax.set_ylim(-0.02, 1.02) if j == 0 else ax.set_ylim(bottom=0.0)  # rates; error rates may exceed 1
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step (grey lines: stage starts)", fontsize=8)
         ax.tick_params(labelsize=7)
