@@ -27,6 +27,7 @@ setup(
         "tqdm>=4.66",
         "jiwer>=3.0",  # character / word error rates of the ASR evaluation
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+        "matplotlib>=3.8",  # the plots of the end-of-run evaluation report (omni_jax/tasks/eval_report.py)
     ],
     extras_require={
         # conversion to/from PyTorch checkpoints and the numerical parity tests

@@ -73,8 +73,10 @@ def stage_base(size: str, task: str, model_preset, seq: dict, small_shapes: dict
         c.model.llm.loss_token_chunk = LOSS_TOKEN_CHUNK_7B
         c.mesh.update(data=1, fsdp=-1)
     c.checkpoint.update(every=100, keep=2)
+    # every_steps: the periodic evaluation (trainer `_PeriodicEval`; 0 = off), periodic_samples per set
     c.evaluate = ml_collections.ConfigDict(dict(at_end=False, num_samples=16, max_new_tokens=48,
-                                                dataset=dataset_config(size), speech_reply=speech_reply))
+                                                dataset=dataset_config(size), speech_reply=speech_reply,
+                                                every_steps=0, periodic_samples=4))
     c.size = size
     return c
 
@@ -120,10 +122,12 @@ def stage_entry(c, steps: int, groups: dict, rates: dict, mix: dict, components:
 def pipeline(c: ml_collections.ConfigDict, stage_fns: dict, order, steps: dict) -> ml_collections.ConfigDict:
     """A multi-stage run: every stage of `order` with steps[name] > 0 (stage_fns[name](c, steps)
     adds config.stages.<name>), trained in one run and evaluated at the end. `c.size == "test"`
-    (a few steps per stage for the test suite) logs every step and evaluates 2 short samples."""
+    (a few steps per stage for the test suite) logs every step and evaluates 2 short samples.
+    Every stage gets `eval_every` (-1: the periodic evaluation every `config.evaluate.every_steps`)."""
     order = [n for n in order if steps[n] > 0]
     for name in order:
         stage_fns[name](c, steps[name])
+        c.stages[name].eval_every = -1  # -1: config.evaluate.every_steps; 0: no periodic evaluation here
     c.stage_order = tuple(order)
     c.train.steps = sum(steps[n] for n in order)
     c.evaluate.at_end = True

@@ -145,6 +145,7 @@ STAGES = {f.__name__: f for f in (text_pretrain, audio_tokenizer, flow_matching,
 def single_stage(name: str, size: str, steps: int) -> ml_collections.ConfigDict:
     c = base(size)
     STAGES[name](c, steps)
+    c.stages[name].eval_every = -1  # as in the pipeline (configs/common.py `pipeline`)
     c.stage_order = (name,)
     c.train.steps = steps
     return c

@@ -114,6 +114,7 @@ STAGES = {f.__name__: f for f in (text_pretrain, image_language_1, image_languag
 def single_stage(name: str, size: str, steps: int) -> ml_collections.ConfigDict:
     c = base(size)
     STAGES[name](c, steps)
+    c.stages[name].eval_every = -1  # as in the pipeline (configs/common.py `pipeline`)
     c.stage_order = (name,)
     c.train.steps = steps
     return c

@@ -164,10 +164,11 @@ class OmniTask(Task):
 
     # ---- evaluation and weights ----
 
-    def evaluate(self, params, state, workdir: str) -> dict:
+    def evaluate(self, params, state, workdir: str, **kw) -> dict:
+        """omni_eval.evaluate: final=True (end of run: WAVs, report) or the periodic, text-only one."""
         from omni_jax.tasks.omni_eval import evaluate
 
-        return evaluate(self, params, state, workdir)
+        return evaluate(self, params, state, workdir, **kw)
 
     def _import_options(self) -> dict:
         """config.init.exclude: components to keep initialising (e.g. the training-only

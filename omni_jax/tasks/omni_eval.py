@@ -1,4 +1,4 @@
-"""Held-out evaluation of an omni model: image QA, ASR and a spoken reply written to WAV.
+"""Held-out evaluation of an omni model: image / video QA, ASR and spoken replies written to WAV.
 
 For each evaluation set (omni_jax/data/stage_mixtures.py `evaluation_sets`, the test splits of
 the embedded dataset, or your own) the omni pipeline builds rows exactly as in training; each
@@ -7,10 +7,21 @@ embeddings up to there are the prompt, and the LLM generates greedily with its K
 (omni_jax/generate/interleaved.py). The reference is the sample's own reply text.
 
   image_qa    exact-match accuracy of the answer
+  video_qa    the same on the video test split (when the model has vision inputs)
   asr         exact match, character and word error rates of the transcript (jiwer)
   speech_qa   the spoken question answered in text + speech (interleaved generation); the
               codes go through the audio tokenizer's decoder, the flow-matching decoder and
-              the vocoder to `<workdir>/eval/speech_reply_<k>.wav`; text exact match reported
+              the vocoder to `<workdir>/eval/speech_reply_<k>.wav`; text exact match reported.
+              Intelligibility: each reply waveform (24 kHz) is resampled to 16 kHz
+              (omni_jax/data/resampling.py) and fed back through the model's own audio input
+              path with the ASR prompt ("transcribe the speech."); the CER of that transcript
+              against the reply's text (`intelligibility_cer`; against the reference answer too)
+
+`evaluate(..., final=True)` (the trainer's end-of-run call) also writes the report
+(`<workdir>/eval/report.md`, PNG plots, TensorBoard image/audio summaries:
+omni_jax/tasks/eval_report.py); `final=False` is the trainer's periodic evaluation
+(`config.evaluate.every_steps`): fewer samples, speech replies generated and scored as text but
+not synthesised, nothing written.
 """
 
 from __future__ import annotations
@@ -55,9 +66,19 @@ def _pipeline(task, spec: dict):
     return OmniPipeline(task.config, data=d)
 
 
+def _cached(task, key, make):
+    """One jitted function per task and key: repeated evaluations of a run (the periodic ones) reuse
+    its compilations for the shapes they have seen."""
+    cache = task.__dict__.setdefault("_eval_jit_cache", {})
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
 def prompts_from_rows(task, params, state, batch: dict, tok, *, stop_at: str = "c_a") -> list[dict]:
     """Every packed sample of `batch` -> {prompt_embeds (P, D), prompt_ids, reference}."""
-    embeds, _ = jax.jit(lambda p, s, b: task.model.input_embeddings(p, s, b))(params, state, batch)
+    embeds, _ = _cached(task, "input_embeddings", lambda: jax.jit(
+        lambda p, s, b: task.model.input_embeddings(p, s, b)))(params, state, batch)
     embeds = np.asarray(embeds)
     c_a, eos, gen = tok.special("c_a"), tok.special("eos"), tok.special("audiogen_start")
     out = []
@@ -116,7 +137,8 @@ def generate(task, params, samples: list[dict], tok, *, max_new: int, speech: bo
     limits = {} if chunked else dict(max_text_tokens_per_chunk=max_new, max_audio_frames_per_chunk=max_new)
     cfg = GenerationConfig(max_new_steps=max_new, text=text, audio=AUDIO_RELEASE, speech=speech, **limits)
     embed, head = getattr(m, "audio_embed", None), getattr(m, "audio_head", None)  # v1: text only
-    fn = make_generate(SpeechModels(m.llm, embed, head), SpecialIds.from_tokenizer(tok), cfg)
+    special = SpecialIds.from_tokenizer(tok)
+    fn = _cached(task, ("generate", cfg, special), lambda: make_generate(SpeechModels(m.llm, embed, head), special, cfg))
     ids, mask, emb = _left_pad(samples)
     sub = {k: params[k] for k in ("llm", "audio_embed", "audio_head") if k in params}
     out = fn(sub, jnp.asarray(ids), jnp.asarray(mask), jax.random.PRNGKey(seed), jnp.asarray(emb, jnp.float32))
@@ -140,31 +162,72 @@ def synthesizer(task, params, state):
                        frames_per_code=task.model_cfg.audio.decoder.upsample1)
 
 
-def evaluate(task, params, state, workdir: str) -> dict[str, Any]:
+ASR_PROMPT = "transcribe the speech."  # omni_jax/data/formats.py DEFAULT_PROMPTS["asr"][0]
+
+
+def transcribe(task, params, state, waveforms: list[np.ndarray], sample_rate: int, tok, *,
+               max_new: int) -> list[str]:
+    """Greedy transcripts of `waveforms` (float32 at `sample_rate`) by the model's own audio input
+    path: resampled to 16 kHz (omni_jax/data/resampling.py), then prompted exactly as an ASR sample
+    of training (`chat_prompt`: the audio, then the ASR prompt, then `<C_A>`)."""
+    from omni_jax.data import media, resampling
+    from omni_jax.data.audio_features import encode_wav
+    from omni_jax.generate.interleaved import text_of
+    from omni_jax.generate.omni_infer import OmniRunner, Prompt
+
+    if not waveforms:
+        return []
+    runner = OmniRunner(task.config, params, state)
+    samples = [runner.prompt_embeddings(Prompt(text=ASR_PROMPT, audio=[encode_wav(
+        resampling.resample(w, sample_rate, media.SAMPLE_RATE), media.SAMPLE_RATE)]), speech=False)
+        for w in waveforms]
+    rows, ids = generate(task, params, samples, tok, max_new=max_new, speech=False)
+    return [text_of(r.tokens, tok, ids).strip() for r in rows]
+
+
+def readable_prompt(prompt_ids, tok) -> str:
+    """A prompt's text with each run of one placeholder token (image / frame / audio pads) shown once
+    with its count, e.g. '<audio_pad>x150'."""
+    import re
+
+    text = tok.decode([int(t) for t in prompt_ids])
+    return re.sub(r"(<[^<>\s]+>)\1+", lambda m: f"{m.group(1)}x{len(m.group(0)) // len(m.group(1))}", text)
+
+
+def evaluate(task, params, state, workdir: str, *, final: bool = True, num_samples: int | None = None,
+             step: int | None = None) -> dict[str, Any]:
+    """The held-out evaluation (module docstring). final=True: `config.evaluate.num_samples` per
+    set, WAV replies, their intelligibility, results.json and the report (eval_report.py);
+    final=False: `num_samples` per set, text scores only, nothing written."""
     from omni_jax.data.stage_mixtures import evaluation_sets
     from omni_jax.generate.interleaved import text_of
 
     ev = task.config.evaluate
-    n, max_new = int(ev.num_samples), int(ev.max_new_tokens)
+    n = int(num_samples if num_samples is not None else ev.num_samples)
+    max_new = int(ev.max_new_tokens)
     sets = evaluation_sets(ev.get("dataset", "shapes"))
     tok = _pipeline(task, sets["image_qa"]).tokenizer
     from omni_jax.workdir import workdir_path  # the workdir may be gs://...: epath throughout
 
     out_dir = workdir_path(workdir) / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if final:
+        out_dir.mkdir(parents=True, exist_ok=True)
     params, state = jax.device_get(params), jax.device_get(state)
     results: dict[str, Any] = {}
     lines = [f"held-out evaluation ({n} samples per set):"]
 
-    for name, metric in (("image_qa", "accuracy"), ("asr", "exact_match")):
-        if name == "asr" and not task.shapes.max_audio_chunks or name == "image_qa" and not task.shapes.vision:
+    for name, metric in (("image_qa", "accuracy"), ("video_qa", "accuracy"), ("asr", "exact_match")):
+        if name == "asr" and not task.shapes.max_audio_chunks or name != "asr" and not task.shapes.vision:
             continue
         samples = collect(task, params, state, sets[name], n, tok)
+        if not samples:
+            continue
         rows, ids = generate(task, params, samples, tok, max_new=max_new, speech=False)
         hyps = [text_of(r.tokens, tok, ids).strip() for r in rows]
         exact = [float(_normalise(h) == _normalise(s["reference"])) for h, s in zip(hyps, samples)]
-        res = {metric: float(np.mean(exact)), "examples": [
-            {"hypothesis": h, "reference": s["reference"]} for h, s in zip(hyps[:5], samples[:5])]}
+        res = {metric: float(np.mean(exact)), "samples": len(samples), "examples": [
+            {"prompt": readable_prompt(s["prompt_ids"], tok), "hypothesis": h, "reference": s["reference"]}
+            for h, s in zip(hyps[:5], samples[:5])]}
         if name == "asr":
             pairs = list(zip(hyps, (s["reference"] for s in samples)))
             res["char_error_rate"] = float(np.mean([char_error_rate(h, r) for h, r in pairs]))
@@ -177,26 +240,60 @@ def evaluate(task, params, state, workdir: str) -> dict[str, Any]:
     if ev.get("speech_reply", True) and task.shapes.max_speech_chunks and task.shapes.max_audio_chunks:
         samples = collect(task, params, state, sets["speech_qa"], min(n, 4), tok)
         rows, ids = generate(task, params, samples, tok, max_new=max_new * 4, speech=True)
-        synth = synthesizer(task, params, state)
-        replies = []
+        synth = synthesizer(task, params, state) if final else None
+        replies, waves = [], []
         for k, (r, s) in enumerate(zip(rows, samples)):
             path = out_dir / f"speech_reply_{k}.wav"
             frames = int(sum(len(c) for c in r.audio_chunks))
             seconds = 0.0
-            if frames:
+            if frames and final:
                 wav = synth.write_wav(path, r.audio_chunks, jax.random.PRNGKey(k))
                 seconds = len(wav) / synth.sample_rate
-            replies.append({"text": text_of(r.tokens, tok, ids).strip(), "reference": s["reference"], "frames": frames,
-                            "seconds": seconds, "wav": os.fspath(path) if frames else None})
+                waves.append((k, wav))
+            replies.append({"prompt": readable_prompt(s["prompt_ids"], tok), "text": text_of(r.tokens, tok, ids).strip(),
+                            "reference": s["reference"], "frames": frames, "seconds": seconds,
+                            "wav": os.fspath(path) if frames and final else None})
         exact = [float(_normalise(x["text"]) == _normalise(x["reference"])) for x in replies]
-        results["speech_qa"] = {"text_exact_match": float(np.mean(exact)) if exact else 0.0, "replies": replies}
+        results["speech_qa"] = {"text_exact_match": float(np.mean(exact)) if exact else 0.0, "samples": len(replies),
+                                "replies": replies}
+        if waves:  # intelligibility: the model's own ASR of its spoken replies
+            heard = transcribe(task, params, state, [w for _, w in waves], synth.sample_rate, tok, max_new=max_new)
+            for (k, _), h in zip(waves, heard):
+                x = replies[k]
+                x.update(heard=h, intelligibility_cer=char_error_rate(h, x["text"]),
+                         heard_cer_vs_reference=char_error_rate(h, x["reference"]))
+            results["speech_qa"]["intelligibility_cer"] = float(np.mean(
+                [replies[k]["intelligibility_cer"] for k, _ in waves]))
+            results["speech_qa"]["heard_cer_vs_reference"] = float(np.mean(
+                [replies[k]["heard_cer_vs_reference"] for k, _ in waves]))
+            results["speech_qa"]["spoken_replies"] = len(waves)
         first = next((x for x in replies if x["wav"]), replies[0] if replies else None)
         if first:
+            heard = (f"; heard back as {first['heard']!r} (intelligibility CER "
+                     f"{results['speech_qa']['intelligibility_cer']:.2f} over {len(waves)} replies)") if waves else ""
             lines.append(f"  speech_qa: text exact match {results['speech_qa']['text_exact_match']:.2f}; reply "
-                         f"{first['text']!r} + {first['seconds']:.2f} s of speech -> {first['wav']}")
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+                         f"{first['text']!r} + {first['seconds']:.2f} s of speech -> {first['wav']}{heard}")
     summary = "\n".join(lines)
+    if not final:
+        results["summary"] = summary
+        return results
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     print(summary)
     log.info(summary)
     results["summary"] = summary
+    if jax.process_index() == 0:
+        from omni_jax.tasks import eval_report
+
+        results["report"] = os.fspath(eval_report.write_report(task, workdir, results, step=step))
     return results
+
+
+def scalars(results: dict[str, Any]) -> dict[str, float]:
+    """The numbers of an evaluation as flat `eval/<set>/<metric>` scalars (metrics JSONL, TensorBoard)."""
+    out = {}
+    for name, res in results.items():
+        if isinstance(res, dict):
+            for k, v in res.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out[f"eval/{name}/{k}"] = float(v)
+    return out

@@ -55,14 +55,14 @@ class _EpathRecordWriterFactory:
         epath.Path(path).mkdir(parents=True, exist_ok=True)
 
 
-def _tensorboard_writer(logdir: epath.Path):
+def _tensorboard_writer(logdir: epath.Path, filename_suffix: str = ""):
     from tensorboardX import SummaryWriter
 
     if not is_local(logdir):
         from tensorboardX import record_writer
 
         record_writer.register_writer_factory(os.fspath(logdir).split(":")[0], _EpathRecordWriterFactory())
-    return SummaryWriter(os.fspath(logdir))
+    return SummaryWriter(os.fspath(logdir), filename_suffix=filename_suffix)
 
 
 class MetricsWriter:
@@ -117,6 +117,17 @@ class MetricsWriter:
             self._lines.append(line)
             if time.monotonic() - self._flushed_at >= self._flush_every_s:
                 self._flush_remote()
+
+    def flush(self) -> None:
+        """Everything written so far is in metrics.jsonl (and the TensorBoard event file)."""
+        if not self.enabled:
+            return
+        if self._local:
+            self._f.flush()
+        else:
+            self._flush_remote()
+        if self._tb is not None:
+            self._tb.flush()
 
     def _flush_remote(self) -> None:
         write_text_atomic(self.path, "".join(self._lines))

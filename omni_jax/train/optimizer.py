@@ -64,7 +64,7 @@ def stage_from_config(name: str, c: Mapping[str, Any]) -> StageConfig:
     """Parses config.stages.<name> with errors that name the offending key."""
     where = f"config.stages.{name}"
     c = dict(c)
-    allowed = {"steps", "rules", "groups", "grad_clip_norm", "data", "task", "task_config"}
+    allowed = {"steps", "rules", "groups", "grad_clip_norm", "data", "task", "task_config", "eval_every"}
     unknown = sorted(set(c) - allowed)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")

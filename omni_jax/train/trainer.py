@@ -13,7 +13,8 @@ several processes a signal to any one of them makes all save the same step (host
 `train` reads as its steps: `_open_run` (stages, mesh, tasks, checkpointer, config.json),
 `_plan_layouts` (one parameter tree, per-stage shardings), `_resume` or `_initial_state`, then
 per stage `_run_stage` (`_enter_stage` carries optimizer moments; the step loop logs with
-`_StepTimer` and checkpoints), and `_evaluate_at_end`.
+`_StepTimer`, checkpoints, and runs the periodic evaluation `_PeriodicEval`), and `_evaluate_at_end`
+(the held-out evaluation and its report; its numbers go to metrics.jsonl and TensorBoard too).
 
 The workdir may be local or an object store (gs://...): every file in it goes through
 `etils.epath` (omni_jax/workdir.py), and an owner lease refuses a workdir another
@@ -186,8 +187,10 @@ def _train(config, workdir, lease: WorkdirLease | None) -> dict[str, Any]:
                 break
             progress.stage_step = 0
         run.ckpt.close()
-        metrics_log.close()
-        evaluation = _evaluate_at_end(run, progress)
+        try:
+            evaluation = _evaluate_at_end(run, progress, metrics_log)
+        finally:
+            metrics_log.close()
     return {"status": progress.status, "step": int(jax.device_get(progress.state.step)),
             "last_metrics": progress.last, "evaluation": evaluation}
 
@@ -330,6 +333,7 @@ def _run_stage(run: _Run, progress: _Progress, metrics_log: MetricsWriter, stop:
     timer = _StepTimer(layout)
     batch_hashes = _BatchHashes(run.workdir, rows) if os.environ.get("OMNI_JAX_RECORD_BATCH_HASHES") else None
     profiler = _Profiler(config, run.workdir)
+    periodic = _PeriodicEval(run, stage)
 
     def meta() -> dict:
         return _meta(config, stage, si, progress.stage_step, step)
@@ -364,6 +368,7 @@ def _run_stage(run: _Run, progress: _Progress, metrics_log: MetricsWriter, stop:
             progress.last = timer.metrics(metrics, stage, progress.stage_step)
             metrics_log.write(step, progress.last, stage=stage.name)
             bar.set_postfix(loss=f"{progress.last.get('loss', progress.last['objective']):.4f}")
+        periodic.maybe(progress, step, metrics_log)
         if progress.stage_step % config.checkpoint.every == 0 or end:
             _lease_check(run.lease)
             if run.ckpt.save(step, progress.state, meta(), data.get_state(), force=end):
@@ -460,14 +465,62 @@ class _StepTimer:
         return m
 
 
-def _evaluate_at_end(run: _Run, progress: _Progress):
-    """`config.evaluate.at_end`: the main task's evaluate() on the final params, written to eval.json."""
+class _PeriodicEval:
+    """The held-out evaluation every N steps of a stage, so skills can be seen appearing during the
+    run: N = `config.stages.<stage>.eval_every` if the stage sets it >= 0 (0 = never in that stage),
+    else (absent or -1) `config.evaluate.every_steps` (default 0 = off);
+    `config.evaluate.periodic_samples` samples per set (default 4). The main task's evaluate(final=False) scores text only (no WAVs, no report);
+    its numbers are a metrics.jsonl line {"step", "stage", "kind": "eval", "eval/<set>/<metric>"}
+    and TensorBoard scalars. The training state and its random streams are untouched."""
+
+    def __init__(self, run: _Run, stage):
+        config = run.config
+        ev = config.get("evaluate", None) or {}
+        every = int(config.stages[stage.name].get("eval_every", -1))
+        if every < -1:
+            raise ValueError(f"config.stages.{stage.name}.eval_every={every}: use a number of steps > 0, 0 for no "
+                             "periodic evaluation in this stage, or -1 for config.evaluate.every_steps")
+        self.every = int(ev.get("every_steps", 0)) if every == -1 else every
+        self.samples = int(ev.get("periodic_samples", 4))
+        self.run, self.stage = run, stage
+        if self.every < 0 or self.samples < 1:
+            raise ValueError(f"config.evaluate.every_steps={self.every}, periodic_samples={self.samples}: use "
+                             "every_steps >= 0 (0 = off) and periodic_samples >= 1")
+        if self.every and not hasattr(run.tasks.main, "evaluate"):
+            raise ValueError(f"periodic evaluation is on (every {self.every} steps of stage {stage.name}) but task "
+                             f"{config.task!r} has no evaluate(): set config.evaluate.every_steps=0")
+
+    def maybe(self, progress: _Progress, step: int, metrics_log: MetricsWriter) -> None:
+        if not self.every or progress.stage_step % self.every:
+            return
+        from omni_jax.tasks.omni_eval import scalars
+
+        t = time.perf_counter()
+        res = self.run.tasks.main.evaluate(progress.state.params, progress.state.model_state, self.run.workdir,
+                                           final=False, num_samples=self.samples, step=step)
+        numbers = dict(scalars(res), **{"eval/seconds": time.perf_counter() - t})
+        metrics_log.write(step, numbers, stage=self.stage.name, kind="eval")
+        log.info("step %d (%s step %d) periodic %s", step, self.stage.name, progress.stage_step,
+                 res.get("summary", "").replace("\n", ";"))
+
+
+def _evaluate_at_end(run: _Run, progress: _Progress, metrics_log: MetricsWriter | None = None):
+    """`config.evaluate.at_end`: the main task's evaluate() on the final params (which also writes the
+    report, <workdir>/eval/report.md), written to eval.json; its numbers to metrics.jsonl and
+    TensorBoard as a {"kind": "eval", "final": true} line."""
     config, task = run.config, run.tasks.main
     if progress.status != "done" or not config.get("evaluate", None) or not config.evaluate.get("at_end", False):
         return None
     if not hasattr(task, "evaluate"):
         raise ValueError(f"config.evaluate.at_end is set but task {config.task!r} has no evaluate()")
-    evaluation = task.evaluate(progress.state.params, progress.state.model_state, run.workdir)
+    step = int(jax.device_get(progress.state.step))
+    if metrics_log is not None:  # the report plots the final numbers with the periodic ones
+        metrics_log.flush()
+    evaluation = task.evaluate(progress.state.params, progress.state.model_state, run.workdir, final=True, step=step)
     if jax.process_index() == 0:
         write_text_atomic(run.workdir / "eval.json", json.dumps(evaluation, indent=2, default=str))
+    if metrics_log is not None:
+        from omni_jax.tasks.omni_eval import scalars
+
+        metrics_log.write(step, scalars(evaluation), stage=run.stages[-1].name, kind="eval", final=True)
     return evaluation

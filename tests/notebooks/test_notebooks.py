@@ -23,6 +23,20 @@ EXPECTED = {
         r"(?s)^same next-token argmax everywhere: True$.*^greedy identical: True$",  # loaded by AutoModelForCausalLM
         r"^every layer within 1e-5: True$",  # the per-layer differences
     ],
+    "omni_tour.ipynb": [
+        r"^model: .+ \((the trained workdir|a stand-in trained just now), step \d+\)$",
+        # the held-out image shown, its question answered
+        r"(?s)^<IPython.core.display.Image object>$.*^question: [^\n]+\nreply: '[^\n]*'\nreference: '[^\n]+'$",
+        # the WAV's player, its transcript and CER
+        r"(?s)^<IPython.lib.display.Audio object>$.*^transcript: '[^\n]*'\nreference: '[^\n]+'\nCER: \d+\.\d\d$",
+        # a spoken question answered with text and speech, and the reply's inline player
+        r"(?s)^reply text: '[^\n]*'$.*^speech: [1-9]\d* frames, \d+\.\d\d s -> [^\n]+reply\.wav\n"
+        r"<IPython.lib.display.Audio object>$",
+        # the spectrograms of the reply and of the synthesiser's reference; the reply heard back
+        r"^spectrogram: reply [1-9]\d* frames, reference [1-9]\d* frames, 80 mel bins\n"
+        r"heard back: '[^\n]*' \(CER against the reply text: \d+\.\d\d\)$",
+        r"^(report: .+report\.md \(\d+ lines, \d+ plots\)|no report: .+ has no eval/report\.md .+)$",
+    ],
     "reproducibility.ipynb": [
         r"(?s)^a_scratch_bitwise +pass$.*^b_kills_bitwise +pass$.*^c_sigterm_bitwise +pass$.*^passed: True$",
         r"(?s)^scratch_1 +[0-9a-f]{16} .*^mesh_data1_fsdp2 +[0-9a-f]{16} .*^bitwise equal: True$",

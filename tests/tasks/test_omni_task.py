@@ -53,8 +53,8 @@ def test_release_checkpoint_to_two_stages_and_evaluation(tmp_path):
 
 def test_evaluation_scores_known_answers(tmp_path, monkeypatch):
     """omni_eval.evaluate with a stand-in model whose answers are known: the reference for even
-    samples, a wrong answer (image QA) or the reference with one letter changed (ASR) for odd
-    ones. Accuracy / exact match must be exactly 1/2 and the CER exactly the hand-computed one."""
+    samples, a wrong answer (image and video QA) or the reference with one letter changed (ASR) for
+    odd ones. Accuracy / exact match must be exactly 1/2 and the CER exactly the hand-computed one."""
     from types import SimpleNamespace
 
     from omni_jax.generate.interleaved import SpecialIds
@@ -77,23 +77,25 @@ def test_evaluation_scores_known_answers(tmp_path, monkeypatch):
 
     def fake_generate(task_, params_, samples, tok, *, max_new, speech, **kw):
         ids = SpecialIds.from_tokenizer(tok)
-        name = "asr" if len(seen) else "image_qa"
+        name = ("image_qa", "video_qa", "asr")[len(seen)]  # the order evaluate() scores the sets in
         seen.append([s["reference"] for s in samples])
         rows = []
         for i, s in enumerate(samples):
-            text = s["reference"] if i % 2 == 0 else ("no answer" if name == "image_qa" else one_letter_off(s["reference"]))
+            text = s["reference"] if i % 2 == 0 else ("no answer" if name != "asr" else one_letter_off(s["reference"]))
             rows.append(SimpleNamespace(tokens=tok.encode(text) + [ids.eos], audio_chunks=[]))
         return rows, ids
 
     monkeypatch.setattr(omni_eval, "generate", fake_generate)
     res = omni_eval.evaluate(task, params, state, str(tmp_path))
-    qa_refs, asr_refs = seen
-    assert len(qa_refs) == len(asr_refs) == 4 and all(norm(r) != "no answer" for r in qa_refs)
-    assert res["image_qa"]["accuracy"] == 0.5 and res["asr"]["exact_match"] == 0.5
+    qa_refs, video_refs, asr_refs = seen
+    assert len(qa_refs) == len(video_refs) == len(asr_refs) == 4
+    assert all(norm(r) != "no answer" for r in qa_refs + video_refs)
+    assert res["image_qa"]["accuracy"] == res["video_qa"]["accuracy"] == res["asr"]["exact_match"] == 0.5
     cer = sum(1 / len(norm(r)) for r in asr_refs[1::2]) / 4  # one substitution in each odd transcript
     print(f"ASR CER with one letter changed in 2 of 4 transcripts: {res['asr']['char_error_rate']:.6f} (hand: {cer:.6f})")
     assert abs(res["asr"]["char_error_rate"] - cer) < 1e-12
-    assert res["image_qa"]["examples"][1] == {"hypothesis": "no answer", "reference": qa_refs[1]}
+    ex = res["image_qa"]["examples"][1]
+    assert (ex["hypothesis"], ex["reference"]) == ("no answer", qa_refs[1]) and "<C_A>" in ex["prompt"]
 
 
 def _media(d):
