@@ -127,7 +127,9 @@ def plan(config, topology: str, stage_name: str = "", num_slices: int = 1) -> di
             "total": int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
                          - mem.alias_size_in_bytes),
         },
+        # per device (the partitioned program); the body of a while loop (a scan) is counted once
         "compiler_flops_per_device": float(cost.get("flops", float("nan"))),
+        "compiler_bytes_per_device": float(cost.get("bytes accessed", float("nan"))),
         "collectives": collectives(compiled.as_text()),
         "analytic_flops_per_step": analytic,
     }
