@@ -95,12 +95,18 @@ def _plans() -> list[Plan]:
     for st in ("sft_1", "sft_2"):
         out.append(Plan(f"{st}_v5e32", st, "v5e:4x8", {"mesh.fsdp": -1, "train.microbatches": 8, **_SPLASH},
                         "stage default: 4096 tokens, <= 4096 patches / 32 items, 4 x 30 s audio, 4 x 30 s speech"))
-    # (b) omni pre-training at 64k tokens on v5p-128, context parallelism (ring attention over 4 chips)
-    out.append(Plan("omni_pretrain_64k_v5p128", "omni_pretrain", "v5p:4x4x8",
-                    {"data.seq_len": 65536, "train.batch_size": 32, "mesh.fsdp": -1, "mesh.context": 4,
-                     "model.llm.attention_impl": "ring", **_VISION_BLOCKWISE,
-                     "data.shapes": media(images=4, frames=256, audio=8, speech=4)},
-                    "4 images 448^2, 256 video frames 224^2, 8 x 30 s audio in, 4 x 30 s speech out"))
+    # (b) omni pre-training at 64k tokens on v5p-128 (128 chips), context parallelism. The same row in three
+    # ways: ring attention over 4 chips (each ring step attends a 16k x 16k slice pair densely), ring over
+    # 16 chips (4k x 4k pairs; 16 rows in 2 microbatches), and the all-gather of keys/values over 4 chips
+    # with the blockwise kernel (MaxText's causal context parallelism; configs/backbone_7b.py:long)
+    media64k = media(images=4, frames=256, audio=8, speech=4)
+    what64k = "4 images 448^2, 256 video frames 224^2, 8 x 30 s audio in, 4 x 30 s speech out"
+    for name, ctx, impl, rows, mb in (("ring_c4", 4, "ring", 32, 1), ("ring_c16", 16, "ring", 16, 2),
+                                      ("blockwise_c4", 4, "blockwise", 32, 1)):
+        out.append(Plan(f"omni_pretrain_64k_{name}_v5p128", "omni_pretrain", "v5p:4x4x8",
+                        {"data.seq_len": 65536, "train.batch_size": rows, "train.microbatches": mb, "mesh.fsdp": -1,
+                         "mesh.context": ctx, "model.llm.attention_impl": impl, **_VISION_BLOCKWISE,
+                         "data.shapes": media64k}, what64k))
     # compile-time scaling and the backbone row of the README (64 x 2048, fsdp 64, 512-token loss tiles)
     out.append(Plan("backbone_28l_v5p64", "backbone", "v5p:4x4x4", {}, "text"))
     out.append(Plan("backbone_2l_v5p64", "backbone", "v5p:4x4x4", {"model.llm.num_layers": 2}, "text",
