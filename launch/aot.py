@@ -94,7 +94,8 @@ def stage_step(config, mesh, stage_name: str = ""):
     return stage, task, layout, fn, state, batch
 
 
-def plan(config, topology: str, stage_name: str = "", num_slices: int = 1) -> dict:
+def plan(config, topology: str, stage_name: str = "", num_slices: int = 1, hlo_out: str = "") -> dict:
+    """The report of one compile (module docstring); `hlo_out`: also write the compiled HLO text there (gzip)."""
     import jax
     import numpy as np
     from flax import linen as nn
@@ -110,6 +111,12 @@ def plan(config, topology: str, stage_name: str = "", num_slices: int = 1) -> di
         compile_s = time.perf_counter() - t0
     granule = np.vectorize(lambda d: getattr(d, "slice_index", getattr(d, "process_index", 0)))(mesh.devices)
     crossing = [a for i, a in enumerate(shd.MESH_AXES) if (np.diff(granule, axis=i) != 0).any()]
+    hlo = compiled.as_text()
+    if hlo_out:
+        import gzip
+
+        with gzip.open(hlo_out, "wt") as fh:
+            fh.write(hlo)
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
@@ -130,7 +137,7 @@ def plan(config, topology: str, stage_name: str = "", num_slices: int = 1) -> di
         # per device (the partitioned program); the body of a while loop (a scan) is counted once
         "compiler_flops_per_device": float(cost.get("flops", float("nan"))),
         "compiler_bytes_per_device": float(cost.get("bytes accessed", float("nan"))),
-        "collectives": collectives(compiled.as_text()),
+        "collectives": collectives(hlo),
         "analytic_flops_per_step": analytic,
     }
     if kind in PEAK_BF16_TFLOPS and analytic == analytic:

@@ -12,15 +12,18 @@ program does not fit HBM) is recorded with the compiler's message. `<out>/table.
 table for README "Planning for TPU pods without a TPU".
 
 Roofline. `compiled.cost_analysis()` of an SPMD program describes ONE device's partitioned
-program (checked: a matmul sharded over 8 devices reports 1/8 of the global flops), and XLA
-counts the body of a while loop (every `nn.scan` over layers, the microbatch scan, the
-loss-tile scan) ONCE, not times its trip count (checked: a scan of 8 matmuls reports one).
-The compiler's flops and bytes are therefore per-chip LOWER bounds. The step-time bound is
+program (checked: a matmul sharded over 8 CPU devices or 4 v5e chips reports 1/8 or 1/4 of the
+global flops), and XLA counts the body of a while loop (every `nn.scan` over layers, the
+microbatch scan, the loss-tile scan) ONCE, not times its trip count (checked: a scan of 8 matmuls
+reports one), so its flops and bytes are far below the step's. The table shows them, and also
+`launch/hlo_cost.py`'s count from the compiled HLO with every loop body times its trip count
+(matmul flops; HBM bytes of the unfused instructions). The step-time bound per chip is
 
-    t >= max(F / peak, B / hbm_bw),   F = max(compiler flops, model flops / chips), B = compiler bytes
+    t >= max(F / peak, B / hbm_bw)      F, B = the loop-aware HLO matmul flops and bytes per chip
 
-per chip, and the MFU bound is model flops / (chips * peak * t): an upper bound on the MFU this
-program can reach (the true F and B are larger). Model flops count the LLM only (2N per token
+and the MFU bound is model flops / (chips * peak * t): the MFU this program could reach if it ran
+at the roofline (what it computes beyond the model flops, e.g. rematerialisation, encoders and
+the masked half of causal attention, lowers it). Model flops count the LLM only (2N per token
 forward, 2N backward to the activations, 2N more for the weight gradients when the LLM trains;
 N without the embedding table; causal attention 2 * 2 * L * T * d_attn / 2 per token forward,
 twice that backward); the encoders and the audio head are not counted, so MFU is understated
@@ -151,11 +154,16 @@ def model_flops(config, task, tokens: int, seq_len: int, llm_trains: bool) -> fl
 
 
 def roofline(report: dict, kind: str) -> dict:
+    """Step-time bound per chip from the loop-aware HLO counts (launch/hlo_cost.py) when present,
+    else from cost_analysis() with the model flops as a floor (module docstring)."""
     pk = PEAKS[kind]
     chips = report["devices"]
     mf = report["model_flops_per_step"]
-    f = max(report["compiler_flops_per_device"], mf / chips)
-    b = report["compiler_bytes_per_device"]
+    if "hlo_matmul_flops_per_device" in report:
+        f, b = report["hlo_matmul_flops_per_device"], report["hlo_bytes_per_device"]
+    else:
+        f = max(report["compiler_flops_per_device"], mf / chips)
+        b = report["compiler_bytes_per_device"]
     t = max(f / pk["flops"], b / pk["hbm_bw"])
     return dict(peak_flops=pk["flops"], hbm_bw=pk["hbm_bw"], hbm_gib=pk["hbm_gib"],
                 bound_s=t, bound_by="flops" if f / pk["flops"] >= b / pk["hbm_bw"] else "bytes",
@@ -169,7 +177,8 @@ def run_plan(p: Plan) -> dict:
 
     c = build_config(p)
     t0 = time.perf_counter()
-    r = aot.plan(c, p.topology, "" if p.stage == "backbone" else p.stage)
+    r = aot.plan(c, p.topology, "" if p.stage == "backbone" else p.stage,
+                 hlo_out=os.path.join(FLAGS.out, f"{p.name}.hlo.txt.gz") if FLAGS.hlo else "")
     r["wall_s"] = round(time.perf_counter() - t0, 1)
     r.update(plan=p.name, what=p.what, note=p.note, set={k: v for k, v in p.set.items()},
              microbatches=int(c.train.microbatches), batch_rows=int(c.train.batch_size),
@@ -184,8 +193,22 @@ def run_plan(p: Plan) -> dict:
     if "llm" in c.model and p.stage != "backbone":
         r["modalities"] = list(c.stages[r["stage"]].task_config.modalities)
     r["model_flops_per_step"] = model_flops(c, None, r["tokens_per_step"], int(c.data.seq_len), llm_trains)
+    if FLAGS.hlo:
+        add_hlo_costs(r, os.path.join(FLAGS.out, f"{p.name}.hlo.txt.gz"))
     r["roofline"] = roofline(r, p.topology.split(":")[0])
     return r
+
+
+def add_hlo_costs(r: dict, hlo_path: str) -> None:
+    """Loop-aware matmul flops and HBM bytes per chip from the compiled HLO (launch/hlo_cost.py)."""
+    import gzip
+
+    from launch import hlo_cost
+
+    with gzip.open(hlo_path, "rt") as fh:
+        c = hlo_cost.costs(fh.read())
+    r.update(hlo_matmul_flops_per_device=c["flops"], hlo_bytes_per_device=c["bytes"], hlo_loops=c["loops"],
+             hlo_loops_unknown_trip_count=c["loops_unknown_trip_count"])
 
 
 def _commit() -> str:
@@ -202,9 +225,9 @@ GiB = 2 ** 30
 def table(out_dir: str) -> str:
     rows = [
         "| plan | stage | chips (topology) | mesh | tokens/step (rows x seq, microbatches) | media per row "
-        "| per-chip memory: args / temps / total (HBM) | compile | compiler flops / bytes per chip "
-        "| model flops/step | step-time bound | MFU bound |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| per-chip memory: args / temps / total (HBM) | compile | cost_analysis flops / bytes per chip (loops once) "
+        "| HLO matmul flops / bytes per chip (loops x trips) | model flops/step | step-time bound | MFU bound |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in PLANS:
         path = os.path.join(out_dir, f"{name}.json")
@@ -216,7 +239,7 @@ def table(out_dir: str) -> str:
         chips = f"{p.topology.split(':')[0]}-{_chips(p.topology)} ({p.topology})"
         if "error" in r:
             rows.append(f"| {name} | {p.stage} | {chips} | | | {p.what} | does not compile: {r['error'][:160]} "
-                        f"| {r.get('wall_s', '')} s | | | | |")
+                        f"| {r.get('wall_s', '')} s | | | | | |")
             continue
         mesh = " x ".join(f"{k} {v}" for k, v in r["mesh"].items() if v > 1)
         m = r["per_device_bytes"]
@@ -228,8 +251,14 @@ def table(out_dir: str) -> str:
             f"| {m['arguments'] / GiB:.1f} / {m['temporaries'] / GiB:.1f} / {m['total'] / GiB:.1f} "
             f"({rf['hbm_gib']}) | {r['compile_s']:.0f} s "
             f"| {r['compiler_flops_per_device']:.2e} / {r['compiler_bytes_per_device']:.2e} "
-            f"| {r['model_flops_per_step']:.2e} | {rf['bound_s']:.2f} s ({rf['bound_by']}) | {rf['mfu_bound']:.0%} |")
+            f"| {_hlo(r)} | {r['model_flops_per_step']:.2e} | {rf['bound_s']:.2f} s ({rf['bound_by']}) | {rf['mfu_bound']:.0%} |")
     return "\n".join(rows) + "\n"
+
+
+def _hlo(r: dict) -> str:
+    if "hlo_matmul_flops_per_device" not in r:
+        return "-"
+    return f"{r['hlo_matmul_flops_per_device']:.2e} / {r['hlo_bytes_per_device']:.2e}"
 
 
 def _chips(topology: str) -> int:
@@ -280,6 +309,7 @@ def main():
     flags.DEFINE_string("plans", "", f"Comma-separated plan names (default: all). Plans: {', '.join(PLANS)}")
     flags.DEFINE_string("out", "benchmarks/aot_plans", "Folder of the per-plan JSON reports and table.md.")
     flags.DEFINE_bool("force", False, "Compile plans that already have a report.")
+    flags.DEFINE_bool("hlo", True, "Also keep each plan's compiled HLO text (<plan>.hlo.txt.gz).")
     flags.DEFINE_bool("table", False, "Only write the table from the existing reports.")
     app.run(_main)
 
