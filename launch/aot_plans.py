@@ -2,6 +2,7 @@ r"""Named AOT plans of the 7B models on TPU slices, compiled one after another, 
 
   ALLOW_MULTIPLE_LIBTPU_LOAD=1 nice -n 19 python -m launch.aot_plans --plans=sft_1_v5e32,sft_2_v5e32
   python -m launch.aot_plans --table          # only (re)write the markdown table from the JSONs
+  python -m launch.aot_plans --table --recost # ... after recounting launch/hlo_cost.py's numbers from the kept HLO
 
 Each plan is a stage config plus run settings (mesh, batch, microbatches, sequence length, the
 media budget of a row, attention kernels) and a topology. `launch/aot.py`'s `plan()` compiles
@@ -97,7 +98,7 @@ def _plans() -> list[Plan]:
     # 256 rows/step as the other 7B stages, 8 microbatches: 1 row per chip at a time
     for st in ("sft_1", "sft_2"):
         out.append(Plan(f"{st}_v5e32", st, "v5e:4x8", {"mesh.fsdp": -1, "train.microbatches": 8, **_SPLASH},
-                        "stage default: 4096 tokens, <= 4096 patches / 32 items, 4 x 30 s audio, 4 x 30 s speech"))
+                        "stage default: <= 4096 patches / 32 items, 4 x 30 s audio in, 4 x 30 s speech out"))
     # (b) omni pre-training at 64k tokens on v5p-128 (128 chips), context parallelism. The same row in three
     # ways: ring attention over 4 chips (each ring step attends a 16k x 16k slice pair densely), ring over
     # 16 chips (4k x 4k pairs; 16 rows in 2 microbatches), and the all-gather of keys/values over 4 chips
@@ -166,6 +167,7 @@ def roofline(report: dict, kind: str) -> dict:
         b = report["compiler_bytes_per_device"]
     t = max(f / pk["flops"], b / pk["hbm_bw"])
     return dict(peak_flops=pk["flops"], hbm_bw=pk["hbm_bw"], hbm_gib=pk["hbm_gib"],
+                flops_s=f / pk["flops"], bytes_s=b / pk["hbm_bw"],
                 bound_s=t, bound_by="flops" if f / pk["flops"] >= b / pk["hbm_bw"] else "bytes",
                 mfu_bound=mf / (chips * pk["flops"] * t))
 
@@ -245,13 +247,22 @@ def table(out_dir: str) -> str:
         m = r["per_device_bytes"]
         rf = r["roofline"]
         mb = f", {r['microbatches']} mb" if r["microbatches"] > 1 else ""
+        what = p.what
+        if "modalities" in r:  # the media the stage's batches carry
+            keep = {"speech": "speech" in r["modalities"], "audio": "audio" in r["modalities"],
+                    "patches": "vision" in r["modalities"], "images": "vision" in r["modalities"],
+                    "frames": "vision" in r["modalities"]}
+            what = ", ".join(part for part in p.what.split(", ")
+                             if all(ok or word not in part for word, ok in keep.items())) or "text"
         rows.append(
             f"| {name} | {r['stage']} | {chips} | {mesh} | {r['tokens_per_step'] / 1e6:.2f}M "
-            f"({r['batch_rows']} x {r['seq_len']}{mb}) | {p.what} "
+            f"({r['batch_rows']} x {r['seq_len']}{mb}) | {what} "
             f"| {m['arguments'] / GiB:.1f} / {m['temporaries'] / GiB:.1f} / {m['total'] / GiB:.1f} "
             f"({rf['hbm_gib']}) | {r['compile_s']:.0f} s "
             f"| {r['compiler_flops_per_device']:.2e} / {r['compiler_bytes_per_device']:.2e} "
-            f"| {_hlo(r)} | {r['model_flops_per_step']:.2e} | {rf['bound_s']:.2f} s ({rf['bound_by']}) | {rf['mfu_bound']:.0%} |")
+            f"| {_hlo(r)} | {r['model_flops_per_step']:.2e} "
+            f"| {rf['bound_s']:.1f} s (flops {rf.get('flops_s', float('nan')):.1f} s, bytes {rf.get('bytes_s', float('nan')):.1f} s) "
+            f"| {rf['mfu_bound']:.0%} |")
     return "\n".join(rows) + "\n"
 
 
@@ -280,6 +291,18 @@ def _main(argv):
     unknown = [n for n in names if n not in PLANS]
     if unknown:
         raise SystemExit(f"unknown plan(s) {unknown}; plans: {list(PLANS)}")
+    if FLAGS.recost:  # the loop-aware counts and the roofline again, from the kept HLO (launch/hlo_cost.py)
+        for n in PLANS:
+            path, hlo = os.path.join(out, f"{n}.json"), os.path.join(out, f"{n}.hlo.txt.gz")
+            if os.path.exists(path) and os.path.exists(hlo):
+                with open(path) as fh:
+                    r = json.load(fh)
+                if "error" not in r:
+                    add_hlo_costs(r, hlo)
+                    r["roofline"] = roofline(r, r["topology"].split(":")[0])
+                    with open(path, "w") as fh:
+                        json.dump(r, fh, indent=2, default=str)
+                    print(f"{n}: recosted", flush=True)
     for n in names:
         path = os.path.join(out, f"{n}.json")
         if os.path.exists(path) and not FLAGS.force:
@@ -310,6 +333,7 @@ def main():
     flags.DEFINE_string("out", "benchmarks/aot_plans", "Folder of the per-plan JSON reports and table.md.")
     flags.DEFINE_bool("force", False, "Compile plans that already have a report.")
     flags.DEFINE_bool("hlo", True, "Also keep each plan's compiled HLO text (<plan>.hlo.txt.gz).")
+    flags.DEFINE_bool("recost", False, "Recount the HLO costs and the roofline of finished plans from their kept HLO.")
     flags.DEFINE_bool("table", False, "Only write the table from the existing reports.")
     app.run(_main)
 

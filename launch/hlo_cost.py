@@ -4,8 +4,9 @@
 `nn.scan` it misses (layers - 1) / layers of the work. This reads `compiled.as_text()` instead:
 
 * every computation gets a multiplicity: ENTRY 1; a while loop's body its caller's times the trip
-  count (XLA's known_trip_count, else the integer the loop condition compares the counter with:
-  jax's scans count 0..n-1; a loop whose count is not found counts once and is reported); a
+  count (XLA's known_trip_count, else the integer the loop condition compares the counter with,
+  divided by the body's counter step: jax's scans count 0..n-1, XLA's windowed-einsum loops are
+  unrolled by 2; a loop whose count is not found counts once and is reported); a
   fusion / call its caller's; each branch of a conditional its caller's (an upper bound);
 * flops = 2 x (output elements) x (contracted size) of every `dot` and `convolution`, times the
   multiplicity of the computation it sits in (elementwise work is not counted);
@@ -67,7 +68,7 @@ def parse(hlo: str):
             continue
         if cur is None:
             continue
-        if line.startswith("}"):
+        if line.strip() == "}":  # (a custom call's attributes may continue on lines starting with "}}")
             cur = None
             continue
         m = _INST.match(line)
@@ -78,6 +79,25 @@ def parse(hlo: str):
                 attrs = rest.split(")")[0] + " " + attrs  # its index first
             comps[cur].append((name, typ, op, ops, attrs))
     return comps, entry
+
+
+def _counter_step(cond: list, compare_ops: list, body: list, values: dict) -> int:
+    """How much the loop body adds to the counter the condition compares (1 if not found)."""
+    by_name = {i[0]: i for i in cond}
+    idx = None
+    for o in compare_ops:
+        inst = by_name.get(o)
+        if inst is not None and inst[2] == "get-tuple-element":
+            m = re.search(r"index=(\d+)", inst[4])
+            idx = int(m.group(1)) if m else None
+    if idx is None or not body or body[-1][2] != "tuple" or idx >= len(body[-1][3]):
+        return 1
+    new = {i[0]: i for i in body}.get(body[-1][3][idx])
+    if new is not None and new[2] == "add":
+        step = [values[o] for o in new[3] if o in values]
+        if len(step) == 1 and step[0] > 0:
+            return step[0]
+    return 1
 
 
 def _conv_contracted(attrs: str, lhs: tuple[int, ...], kernel: tuple[int, ...]) -> int:
@@ -110,11 +130,11 @@ def costs(hlo: str) -> dict:
     for insts in comps.values():
         for name, typ, *_ in insts:
             shape_of[name] = typ
-    mult = collections.Counter({entry: 1})
+    # call graph: computation -> [(callee, times per call)]
+    edges = collections.defaultdict(list)
     fused, loops, unknown = set(), 0, 0
-    for comp in reversed(list(comps)):  # callers come after their callees in the text
-        m = mult.get(comp, 0)
-        for name, typ, op, ops, attrs in comps[comp]:
+    for comp, insts in comps.items():
+        for name, typ, op, ops, attrs in insts:
             called = dict(re.findall(r"\b(calls|to_apply|body|condition)=%([^\s,]+)", attrs))
             if op == "while":
                 loops += 1
@@ -124,22 +144,40 @@ def costs(hlo: str) -> dict:
                 for cname, ctyp, cop, cops, cattrs in cond if trip is None else ():
                     if cop == "compare" and "direction=LT" in cattrs:
                         trip = next((values[o] for o in cops if o in values), None)
+                        if trip is not None:  # a loop unrolled by XLA steps its counter by more than 1
+                            trip = -(-trip // _counter_step(cond, cops, comps.get(called["body"], []), values))
                 if trip is None:  # the compare sits in a fusion: the condition's one integer constant
                     consts = [values[i[0]] for i in cond if i[0] in values]
                     trip = consts[0] if len(consts) == 1 else None
                 if trip is None:
                     unknown += 1
                     trip = 1
-                mult[called["body"]] += m * trip
-                mult[called["condition"]] += m * (trip + 1)
+                edges[comp] += [(called["body"], trip), (called["condition"], trip + 1)]
             elif op == "conditional":
                 for b in re.findall(r"%([^\s,{}]+)", attrs.split("branch_computations=")[-1].split("}")[0]) \
                         if "branch_computations" in attrs else re.findall(r"_computation=%([^\s,]+)", attrs):
-                    mult[b] += m
+                    edges[comp].append((b, 1))
             elif "calls" in called:
-                mult[called["calls"]] += m
+                edges[comp].append((called["calls"], 1))
                 if op == "fusion":
                     fused.add(called["calls"])
+    order, seen = [], set()  # callers before callees (reverse post-order from ENTRY)
+
+    def visit(c):
+        seen.add(c)
+        for callee, _ in edges.get(c, ()):
+            if callee not in seen:
+                visit(callee)
+        order.append(c)
+
+    import sys
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000))
+    visit(entry)
+    mult = collections.Counter({entry: 1})
+    for c in reversed(order):
+        for callee, times in edges.get(c, ()):
+            mult[callee] += mult[c] * times
     memo = {}
     fusion_io = {f: _fusion_io(comps, f, shape_of, memo) for f in fused if f in comps}
     flops = bytes_ = 0.0
