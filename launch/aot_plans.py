@@ -111,6 +111,12 @@ def _plans() -> list[Plan]:
                         {"data.seq_len": 65536, "train.batch_size": rows, "train.microbatches": mb, "mesh.fsdp": -1,
                          "mesh.context": ctx, "model.llm.attention_impl": impl, **_VISION_BLOCKWISE,
                          "data.shapes": media64k}, what64k))
+    # the ring over 16 chips with the 8k rows' media in the 64k row: what the long video costs
+    out.append(Plan("omni_pretrain_64k_ring_c16_media8k_v5p128", "omni_pretrain", "v5p:4x4x8",
+                    {"data.seq_len": 65536, "train.batch_size": 16, "train.microbatches": 2, "mesh.fsdp": -1,
+                     "mesh.context": 16, "model.llm.attention_impl": "ring", **_VISION_BLOCKWISE,
+                     "data.shapes": media(images=4, frames=32, audio=1, speech=1)},
+                    "4 images 448^2, 32 video frames 224^2, 30 s audio in, 30 s speech out"))
     # compile-time scaling and the backbone row of the README (64 x 2048, fsdp 64, 512-token loss tiles)
     out.append(Plan("backbone_28l_v5p64", "backbone", "v5p:4x4x4", {}, "text"))
     out.append(Plan("backbone_2l_v5p64", "backbone", "v5p:4x4x4", {"model.llm.num_layers": 2}, "text",
