@@ -192,19 +192,23 @@ def run_plan(p: Plan) -> dict:
              microbatches=int(c.train.microbatches), batch_rows=int(c.train.batch_size),
              seq_len=int(c.data.seq_len), jax=jax.__version__, date=datetime.datetime.utcnow().isoformat(" ", "seconds"),
              commit=_commit())
-    if "llm" in c.model:
-        stage = c.stages[r["stage"]]
-        llm_trains = any(g != "frozen" and rx.startswith("(?:") and "llm/" in rx for rx, g in stage.rules)
-    else:
-        llm_trains = True
-    r["llm_trains"] = llm_trains
-    if "llm" in c.model and p.stage != "backbone":
-        r["modalities"] = list(c.stages[r["stage"]].task_config.modalities)
-    r["model_flops_per_step"] = model_flops(c, None, r["tokens_per_step"], int(c.data.seq_len), llm_trains)
+    add_model_flops(r, c)
     if FLAGS.hlo:
         add_hlo_costs(r, os.path.join(FLAGS.out, f"{p.name}.hlo.txt.gz"))
     r["roofline"] = roofline(r, p.topology.split(":")[0])
     return r
+
+
+def add_model_flops(r: dict, c) -> None:
+    """Whether the stage trains the LLM (a rule of a non-frozen group matches an LLM weight), the
+    media its batches carry, and the model flops of the step (model_flops)."""
+    import re
+
+    stage = c.stages[r["stage"]]
+    r["llm_trains"] = any(g != "frozen" and re.fullmatch(rx, "llm/layers/mlp/up_proj/kernel") for rx, g in stage.rules)
+    if "task_config" in stage and "modalities" in stage.task_config:
+        r["modalities"] = list(stage.task_config.modalities)
+    r["model_flops_per_step"] = model_flops(c, None, r["tokens_per_step"], int(c.data.seq_len), r["llm_trains"])
 
 
 def add_hlo_costs(r: dict, hlo_path: str) -> None:
@@ -267,7 +271,7 @@ def table(out_dir: str) -> str:
             f"({rf['hbm_gib']}) | {r['compile_s']:.0f} s "
             f"| {r['compiler_flops_per_device']:.2e} / {r['compiler_bytes_per_device']:.2e} "
             f"| {_hlo(r)} | {r['model_flops_per_step']:.2e} "
-            f"| {rf['bound_s']:.1f} s (flops {rf.get('flops_s', float('nan')):.1f} s, bytes {rf.get('bytes_s', float('nan')):.1f} s) "
+            f"| {rf['bound_s']:.3g} s (flops {rf.get('flops_s', float('nan')):.3g} s, bytes {rf.get('bytes_s', float('nan')):.3g} s) "
             f"| {rf['mfu_bound']:.0%} |")
     return "\n".join(rows) + "\n"
 
@@ -304,6 +308,7 @@ def _main(argv):
                 with open(path) as fh:
                     r = json.load(fh)
                 if "error" not in r:
+                    add_model_flops(r, build_config(PLANS[n]))
                     add_hlo_costs(r, hlo)
                     r["roofline"] = roofline(r, r["topology"].split(":")[0])
                     with open(path, "w") as fh:
