@@ -94,7 +94,8 @@ def stage_step(config, mesh, stage_name: str = ""):
     return stage, task, layout, fn, state, batch
 
 
-def plan(config, topology: str, stage_name: str = "", num_slices: int = 1) -> dict:
+def plan(config, topology: str, stage_name: str = "", num_slices: int = 1, hlo_out: str = "") -> dict:
+    """The report of one compile (module docstring); `hlo_out`: also write the compiled HLO text there (gzip)."""
     import jax
     import numpy as np
     from flax import linen as nn
@@ -105,11 +106,17 @@ def plan(config, topology: str, stage_name: str = "", num_slices: int = 1) -> di
     mesh = shd.make_mesh(config.mesh.to_dict(), devices)
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
         stage, task, layout, fn, state, batch = stage_step(config, mesh, stage_name)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         compiled = fn.lower(state, batch).compile()
-        compile_s = time.perf_counter() - t0
+        compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     granule = np.vectorize(lambda d: getattr(d, "slice_index", getattr(d, "process_index", 0)))(mesh.devices)
     crossing = [a for i, a in enumerate(shd.MESH_AXES) if (np.diff(granule, axis=i) != 0).any()]
+    hlo = compiled.as_text()
+    if hlo_out:
+        import gzip
+
+        with gzip.open(hlo_out, "wt") as fh:
+            fh.write(hlo)
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
@@ -121,14 +128,17 @@ def plan(config, topology: str, stage_name: str = "", num_slices: int = 1) -> di
         "dcn": {a: n for a, n in shd.dcn_shape_from_config(config.mesh.to_dict()).items() if n > 1},
         "axes_crossing_slices": crossing, "stage": stage.name,
         "params": n_params, "tokens_per_step": tokens, "compile_s": round(compile_s, 1),
+        "compile_cpu_s": round(compile_cpu_s, 1),  # all threads: comparable on a loaded machine
         "per_device_bytes": {
             "arguments": int(mem.argument_size_in_bytes), "outputs": int(mem.output_size_in_bytes),
             "temporaries": int(mem.temp_size_in_bytes), "aliased": int(mem.alias_size_in_bytes),
             "total": int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
                          - mem.alias_size_in_bytes),
         },
+        # per device (the partitioned program); the body of a while loop (a scan) is counted once
         "compiler_flops_per_device": float(cost.get("flops", float("nan"))),
-        "collectives": collectives(compiled.as_text()),
+        "compiler_bytes_per_device": float(cost.get("bytes accessed", float("nan"))),
+        "collectives": collectives(hlo),
         "analytic_flops_per_step": analytic,
     }
     if kind in PEAK_BF16_TFLOPS and analytic == analytic:

@@ -69,3 +69,9 @@ class LayerStackConfig(ModelConfig):
     # "xla" | "blockwise" | "splash" (TPU) | "cudnn" (GPU) | "ring" (context > 1): omni_jax/layers/attention.py
     attention_impl: str = "xla"
     attention_block_size: int = 512
+
+
+def xla_attention(cfg):
+    """`cfg` with the reference attention kernel: for initialising parameters on dummy inputs that
+    are too short for the splash / blockwise / ring blocks (the parameters do not depend on the kernel)."""
+    return dataclasses.replace(cfg, attention_impl="xla") if hasattr(cfg, "attention_impl") else cfg

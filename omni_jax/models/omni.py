@@ -43,6 +43,7 @@ import jax.numpy as jnp
 
 from omni_jax.models.audio_head import AudioEmbed, AudioHead, AudioHeadConfig
 from omni_jax.models.audio_tokenizer import AudioTokenizer, AudioTokenizerConfig
+from omni_jax.models.config import xla_attention
 from omni_jax.models.flow_matching import FlowMatchingConfig, FlowMatchingDecoder
 from omni_jax.models.hift import HiFTConfig, HiFTGenerator
 from omni_jax.models.navit import NaViTConfig, VisionTower
@@ -183,9 +184,11 @@ class Omni15:
         c = self.cfg
         k = dict(zip(COMPONENTS, jax.random.split(rng, len(COMPONENTS))))
         ids = jnp.zeros((1, 4), jnp.int32)
-        out = {"llm": self.llm.init(k["llm"], ids, ids, ids + 1)["params"]}
+        # the parameters do not depend on the attention kernel; the dummy inputs here are too short
+        # for splash / blockwise / ring blocks (and for a context axis), so they are traced with xla
+        out = {"llm": Qwen2LM(xla_attention(c.llm)).init(k["llm"], ids, ids, ids + 1)["params"]}
         p = 4 * c.vision.spatial_merge_size ** 2
-        vis = self.vision.init(k["visual"], jnp.zeros((1, p, 3 * c.vision.temporal_patch_size * c.vision.patch_size ** 2)),
+        vis = VisionTower(xla_attention(c.vision)).init(k["visual"], jnp.zeros((1, p, 3 * c.vision.temporal_patch_size * c.vision.patch_size ** 2)),
                                jnp.zeros((1, p, 2), jnp.int32), jnp.ones((1, p), jnp.int32))["params"]
         out.update(vis)
         mel = jnp.zeros((1, c.audio.encoder.num_mel_bins, mel_frames))

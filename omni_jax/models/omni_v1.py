@@ -40,6 +40,7 @@ import numpy as np
 from omni_jax.models import release_inputs
 from omni_jax.models.omni import check_fit, embed_release_style, parts_from_config, place, release_style_hidden
 from omni_jax.models.release_inputs import placeholder_ids
+from omni_jax.models.config import xla_attention
 from omni_jax.models.qwen2 import Qwen2Config, Qwen2LM
 from omni_jax.models.siglip import SiglipConfig
 from omni_jax.models.v1_audio_projector import V1AudioProjector, V1AudioProjectorConfig
@@ -107,9 +108,10 @@ class OmniV1:
         c = self.cfg
         k = jax.random.split(rng, 4)
         ids = jnp.zeros((1, 4), jnp.int32)
-        out = {"llm": self.llm.init(k[0], ids, ids, ids + 1)["params"]}
+        # shape-only dummies: traced with xla attention (models/config.py xla_attention)
+        out = {"llm": Qwen2LM(xla_attention(c.llm)).init(k[0], ids, ids, ids + 1)["params"]}
         tile = jnp.zeros((1, c.siglip.image_size, c.siglip.image_size, c.siglip.num_channels))
-        out.update(self.vision.init(k[1], tile, tile)["params"])
+        out.update(V1VisionTower(xla_attention(c.siglip), c.v1_projector).init(k[1], tile, tile)["params"])
         mel = jnp.zeros((1, c.audio_encoder.num_mel_bins, mel_frames))
         n = jnp.full((1,), mel_frames, jnp.int32)
         out["audio_encoder"] = self.audio_encoder.init(k[2], mel, n)["params"]

@@ -145,3 +145,17 @@ def test_7b_tree_has_the_release_parameter_count():
     n = {k: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v)) for k, v in tree.items()}
     assert n["llm"] == 7_615_616_512
     assert n["visual"] + n["visual_bridge"] == 675_759_104  # Qwen2-VL-7B vision + merger, bridge to 3584
+
+
+@pytest.mark.parametrize("impl", ["splash", "blockwise"])
+def test_init_does_not_depend_on_the_attention_kernel(impl):
+    """init traces 4-token / 16-patch dummies, too short for kernel blocks: it uses xla attention."""
+    def tree(impl):
+        m = common.omni15_model("tiny")
+        m.llm.update(attention_impl=impl, attention_block_size=128)
+        m.vision.attention_impl = impl
+        model = Omni15(Omni15Config.from_config(m))
+        return jax.tree.map(lambda x: (x.shape, x.dtype),
+                            shd.unbox(jax.eval_shape(model.init, jax.ShapeDtypeStruct((2,), jnp.uint32))))
+
+    assert tree(impl) == tree("xla")

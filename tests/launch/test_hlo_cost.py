@@ -1,0 +1,28 @@
+"""launch/hlo_cost.py: loop-aware matmul flops of a compiled program (XLA's cost_analysis counts a
+while loop's body once)."""
+
+import jax
+import jax.numpy as jnp
+
+from launch import hlo_cost
+
+
+def test_a_scan_of_matmuls_counts_every_iteration():
+    m, layers = 64, 8
+
+    def loss(x, w):
+        def body(h, wi):
+            return jnp.tanh(h @ wi), None
+        return jax.lax.scan(body, x, w)[0].sum()
+
+    x = jnp.ones((m, m), jnp.float32)
+    w = jnp.ones((layers, m, m), jnp.float32)
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1)), device=jax.devices()[0]).lower(x, w).compile()
+    c = hlo_cost.costs(compiled.as_text())
+    one = 2 * m ** 3
+    assert c["loops_unknown_trip_count"] == 0 and c["loops"] >= 2
+    assert c["flops"] == 3 * layers * one, c  # forward, and the gradients to h and to w, every layer
+    reported = compiled.cost_analysis()
+    reported = reported[0] if isinstance(reported, (list, tuple)) else reported
+    assert reported["flops"] < 2 * 3 * one  # what the loop-aware count is for: the body counted once
+    assert c["bytes"] > layers * m * m * 4  # every layer's weights are read
