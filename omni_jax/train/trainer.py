@@ -228,6 +228,7 @@ def _resume_verified(run: _Run, latest: int) -> _Progress | None:
     """The newest checkpoint that reads and matches its recorded hashes (omni_jax/train/integrity.py).
     A corrupt one is logged and moved aside to checkpoints_corrupt/, and the previous one is tried;
     None when no checkpoint is left (the run starts fresh, and says so)."""
+    had_checkpoints = latest is not None
     while latest is not None:
         try:
             return _resume(run, latest)
@@ -242,7 +243,8 @@ def _resume_verified(run: _Run, latest: int) -> _Progress | None:
             latest = max(steps) if steps else None
             if latest is not None:
                 log.warning("resuming from the previous complete checkpoint, step %d", latest)
-    log.error("no readable checkpoint is left: starting from scratch")
+    if had_checkpoints:  # a fresh workdir is not an error
+        log.error("no readable checkpoint is left: starting from scratch")
     return None
 
 
