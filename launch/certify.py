@@ -18,8 +18,10 @@ DIR/loss_curves.png (the overlaid per-step losses):
   (f) the sha256 of every step's batch (OMNI_JAX_RECORD_BATCH_HASHES), equal in every variant.
 
 The runs are launched with --config.evaluate.at_end=False (the certificate is about training).
-scratch_1 fills jax's persistent compilation cache (DIR/compile_cache); scratch_2 compiles on its
-own, and the restarts of (b) and (c) load scratch_1's executables instead of recompiling.
+scratch_1 fills jax's persistent compilation cache (DIR/compile_cache) and the later runs load the
+executables they share with it (the restarts of (b) and (c) above all; not the multi-process runs)
+instead of recompiling: the certificate is about the run (state, data, resume), not about XLA
+compiling the same program twice the same way; `--nocompile_cache` compiles every run on its own.
 
 The certificate records the versions of jax, jaxlib, flax, optax, orbax, grain, numpy and python,
 the platform, XLA_FLAGS, the config hash, the git commit and every hash, so another machine can
@@ -286,8 +288,8 @@ def certify(config_arg: str, config, workdir: str, *, steps: int | None = None, 
     check_workdir(workdir, cfg_hash)
     os.makedirs(workdir, exist_ok=True)
     rnd = random.Random(seed)
-    # scratch_1 fills jax's persistent compilation cache; scratch_2 compiles on its own; the many
-    # restarts of (b) and (c) load the cached executables instead of recompiling every stage
+    # scratch_1 fills jax's persistent compilation cache; every later run loads the executables it
+    # needs from it (the many restarts of (b) above all) instead of recompiling every stage
     runner = Runner(config_arg, overrides, devices, timeout_s,
                     os.path.join(workdir, "compile_cache") if compile_cache else None)
     runs = os.path.join(workdir, "runs")
@@ -306,7 +308,7 @@ def certify(config_arg: str, config, workdir: str, *, steps: int | None = None, 
     for name in ("scratch_1", "scratch_2"):
         t_variant = time.monotonic()
         wd = os.path.join(runs, name)
-        runner.run(wd, cache=name == "scratch_1")
+        runner.run(wd, cache=True)
         record(name, wd)
     ref = raw["scratch_1"]
 
@@ -369,7 +371,7 @@ def certify(config_arg: str, config, workdir: str, *, steps: int | None = None, 
         name = "mesh_" + "_".join(f"{k}{v}" for k, v in mesh.items())
         t_variant = time.monotonic()
         wd = os.path.join(runs, name)
-        runner.run(wd, [f"--config.mesh.{k}={v}" for k, v in mesh.items()])
+        runner.run(wd, [f"--config.mesh.{k}={v}" for k, v in mesh.items()], cache=True)
         record(name, wd, mesh=mesh)
 
     # (e) other process counts
@@ -517,6 +519,7 @@ def _define_flags() -> None:
     flags.DEFINE_list("processes", ["1"], "Process counts, e.g. 1,2.")
     flags.DEFINE_integer("devices", 2, "Host devices of every run (XLA_FLAGS device count).")
     flags.DEFINE_integer("seed", 0, "Seed of the kill schedule.")
+    flags.DEFINE_bool("compile_cache", True, "Later runs load scratch_1's executables (jax's persistent cache).")
     flags.DEFINE_multi_string("compare", None, "Two certificate.json files: say what differs.")
 
 
@@ -549,7 +552,7 @@ def _main(argv):
     try:
         cert = certify(_config_arg(), FLAGS.config, FLAGS.workdir, steps=FLAGS.steps,
                        kills=FLAGS.kills, meshes=FLAGS.meshes, processes=[int(p) for p in FLAGS.processes],
-                       seed=FLAGS.seed, devices=FLAGS.devices)
+                       seed=FLAGS.seed, devices=FLAGS.devices, compile_cache=FLAGS.compile_cache)
     except CertifyError as e:
         raise app.UsageError(str(e)) from None
     print(markdown(cert))
