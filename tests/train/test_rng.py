@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from configs import audio_tokenizer_tiny, backbone_tiny, flow_matching_tiny
+from configs import audio_tokenizer_tiny, backbone_tiny, flow_matching_tiny, vocoder_tiny
 from omni_jax import sharding as shd
 from omni_jax.models.audio_tokenizer import AudioTokenizer
 from omni_jax.models.flow_matching import flow_matching_loss_sums
@@ -70,6 +70,10 @@ def test_flow_matching_draws_per_row_so_one_or_four_microbatches_give_the_same_u
 def _tok_run(microbatches, steps=2):
     """The audio tokenizer (stage dropout, restart candidates, progressive replacement all drawn)."""
     c = audio_tokenizer_tiny.get_config("runlocal")  # batch 4, replacement probability < 1 for 4 steps
+    # SGD: the update is linear in the gradient, so it shows the accumulation's fp32 error as it is.
+    # (Adam divides by sqrt(nu): elements whose gradient is near 0 turn 1-ulp sums into up to lr-sized
+    # steps; with adamw the params differ by 8.5e-6 after 1 step and 3.1e-5 after 2.)
+    c.stages.tokenizer.groups.audio.update(optimizer="sgd")
     mesh = shd.make_mesh(dict(data=1), jax.devices()[:1])
     task = get_task(c)
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
@@ -115,6 +119,25 @@ def test_audio_tokenizer_draws_per_row_so_one_or_four_microbatches_give_the_same
     state_diff = max(float(np.max(np.abs(a - b_))) for a, b_ in zip(jax.tree.leaves(s1), jax.tree.leaves(s4)))
     print(f"max abs param diff after 2 steps: {diff:.3e}; codebook state diff: {state_diff:.3e}")
     assert diff <= 1e-5 and state_diff <= 1e-5  # fp32 sums reassociated over 4 microbatches
+
+
+def test_vocoder_source_draws_per_row():
+    """The vocoder task's random harmonic phases and noise: one key per global row."""
+    from omni_jax.models.hift import SourceModule
+
+    task = get_task(vocoder_tiny.get_config("runlocal"))
+    assert task.row_rng
+    src = SourceModule(task.model_cfg)
+    f0 = jnp.tile(jnp.linspace(0.0, 300.0, task.frames)[None], (8, 1))  # unvoiced and voiced frames
+    variables = src.init(jax.random.PRNGKey(0), f0[:1], jax.random.PRNGKey(1))
+    fn = jax.jit(lambda f0, keys: src.apply(variables, f0, keys))
+    rng = jax.random.PRNGKey(5)
+    full = np.asarray(fn(f0, rng_lib.row_keys(rng, jnp.arange(8))))
+    for k in range(4):
+        part = np.asarray(fn(f0[k::4], rng_lib.row_keys(rng, jnp.arange(k, 8, 4))))
+        d = float(np.max(np.abs(part - full[k::4])))
+        assert d <= 1e-6, d  # the same draws (the output is elementwise per row)
+    assert float(np.max(np.abs(full[0] - full[4]))) > 1e-3  # same f0, different rows: different draws
 
 
 def test_one_key_and_per_row_keys_are_both_accepted_and_differ():
