@@ -91,24 +91,37 @@ def _shards(x) -> list[tuple[tuple[int, ...], np.ndarray]]:
     return [((0,) * np.ndim(x), np.asarray(x))]
 
 
+def _block_sums(starts: tuple[int, ...], block: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(2,) uint64 lane sums of one block at `starts` of a global array of `shape`."""
+    sums = np.zeros(2, np.uint64)
+    if block.size == 0:
+        return sums
+    bits = _bits(block).reshape(block.shape or (1,))
+    if not shape:  # 0-d: global index 0
+        starts, shape = (0,), (1,)
+    strides = [int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(len(shape))]
+    # global flat index of the block's inner axes (all but the first), broadcast once
+    inner = np.zeros(bits.shape[1:], np.uint64)
+    for ax in range(1, bits.ndim):
+        pos = (np.arange(bits.shape[ax], dtype=np.uint64) + np.uint64(starts[ax])) * np.uint64(strides[ax])
+        inner = inner + pos.reshape((-1,) + (1,) * (bits.ndim - 1 - ax))
+    rows = max(1, _CHUNK // max(inner.size, 1))
+    for r0 in range(0, bits.shape[0], rows):
+        r = np.arange(r0, min(r0 + rows, bits.shape[0]), dtype=np.uint64) + np.uint64(starts[0])
+        idx = ((r * np.uint64(strides[0])).reshape((-1,) + (1,) * inner.ndim) + inner[None]).reshape(-1)
+        b = bits[r0:r0 + rows].reshape(-1)
+        for i, c in enumerate(_LANES):
+            sums[i] += np.sum(_mix(_mix(idx * c + np.uint64(1)) ^ b), dtype=np.uint64)
+    return sums
+
+
 def _partial_sums(x) -> np.ndarray:
     """(2,) uint64: this process's contribution to the two lane sums of array x."""
     shape = tuple(np.shape(x))
     sums = np.zeros(2, np.uint64)
     with np.errstate(over="ignore"):
         for starts, block in _shards(x):
-            bits = _bits(block)
-            for lo in range(0, bits.size, _CHUNK):
-                local = np.arange(lo, min(lo + _CHUNK, bits.size), dtype=np.int64)
-                if shape:
-                    pos = np.unravel_index(local, block.shape)
-                    flat = np.ravel_multi_index(tuple(p + s for p, s in zip(pos, starts)), shape)
-                else:
-                    flat = local
-                idx = flat.astype(np.uint64)
-                b = bits[lo:lo + _CHUNK]
-                for i, c in enumerate(_LANES):
-                    sums[i] += np.sum(_mix(_mix(idx * c + np.uint64(1)) ^ b), dtype=np.uint64)
+            sums += _block_sums(starts, block, shape)
     return sums
 
 
