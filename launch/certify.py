@@ -7,14 +7,21 @@ DIR/loss_curves.png (the overlaid per-step losses):
   (a) scratch_1, scratch_2   twice from scratch: per-step losses and the sha256 of params +
                              optimizer state equal bit for bit
   (b) kills                  --kills=N kill -9 (during a held async checkpoint write, at every
-                             stage boundary, then at random steps), each followed by a resume: final
-                             hash equal to (a), every checkpoint step of (a) present and verified
+                             stage boundary, then at random steps; run in step order), each followed
+                             by a resume: final hash equal to (a), every checkpoint step of (a)
+                             present and verified
   (c) sigterm                SIGTERM at a random step, then resume: final hash equal to (a)
   (d) mesh_<spec>            --meshes=data=1,fsdp=2 (same device count): max abs param diff to (a)
                              stated (pass: <= 1e-5)
   (e) processes_2            --processes=1,2: needs launch.train --num_processes; otherwise recorded
                              as "skipped: needs multi-process support"
   (f) the sha256 of every step's batch (OMNI_JAX_RECORD_BATCH_HASHES), equal in every variant.
+
+The runs are launched with --config.evaluate.at_end=False (the certificate is about training).
+scratch_1 fills jax's persistent compilation cache (DIR/compile_cache) and the later runs load the
+executables they share with it (the restarts of (b) and (c) above all; not the multi-process runs)
+instead of recompiling: the certificate is about the run (state, data, resume), not about XLA
+compiling the same program twice the same way; `--nocompile_cache` compiles every run on its own.
 
 The certificate records the versions of jax, jaxlib, flax, optax, orbax, grain, numpy and python,
 the platform, XLA_FLAGS, the config hash, the git commit and every hash, so another machine can
@@ -110,25 +117,32 @@ def parse_mesh(spec: str) -> dict[str, int]:
 class Runner:
     """Starts `launch.train` subprocesses for one config with fixed overrides."""
 
-    def __init__(self, config_arg: str, overrides: list[str], devices: int, timeout_s: float):
+    def __init__(self, config_arg: str, overrides: list[str], devices: int, timeout_s: float,
+                 compile_cache: str | None = None):
         self.config_arg, self.overrides, self.devices, self.timeout_s = config_arg, overrides, devices, timeout_s
+        self.compile_cache = compile_cache
 
-    def env(self, devices: int | None = None, extra: dict | None = None) -> dict:
+    def env(self, devices: int | None = None, extra: dict | None = None, cache: bool = False) -> dict:
         env = dict(os.environ)
         flags_ = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
         flags_.append(f"--xla_force_host_platform_device_count={devices or self.devices}")
         env["XLA_FLAGS"] = " ".join(flags_)
         env["OMNI_JAX_RECORD_BATCH_HASHES"] = "1"
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        if cache and self.compile_cache:  # jax's persistent compilation cache (the same executables)
+            env["JAX_COMPILATION_CACHE_DIR"] = self.compile_cache
         env.update(extra or {})
         return env
 
-    def start(self, workdir: str, more: list[str] = (), env_extra: dict | None = None, devices: int | None = None):
+    def start(self, workdir: str, more: list[str] = (), env_extra: dict | None = None, devices: int | None = None,
+              cache: bool = False):
         cmd = [sys.executable, "-m", "launch.train", f"--config={self.config_arg}", f"--workdir={workdir}",
                *self.overrides, *more]
         os.makedirs(workdir, exist_ok=True)
         log = open(os.path.join(workdir, "train.log"), "a")
-        return subprocess.Popen(cmd, cwd=REPO, env=self.env(devices, env_extra), stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(cmd, cwd=REPO, env=self.env(devices, env_extra, cache), stdout=log,
+                                stderr=subprocess.STDOUT)
 
     def finish(self, proc, workdir: str, ok=(0,)) -> int:
         try:
@@ -142,8 +156,8 @@ class Runner:
             raise CertifyError(f"launch.train in {workdir} exited with {rc} (see {workdir}/train.log)")
         return rc
 
-    def run(self, workdir: str, more: list[str] = (), devices: int | None = None) -> None:
-        self.finish(self.start(workdir, more, devices=devices), workdir)
+    def run(self, workdir: str, more: list[str] = (), devices: int | None = None, cache: bool = False) -> None:
+        self.finish(self.start(workdir, more, devices=devices, cache=cache), workdir)
 
 
 def _wait_for(cond, proc, what: str, timeout_s: float) -> None:
@@ -250,11 +264,13 @@ def _bits(x) -> str:
 
 def certify(config_arg: str, config, workdir: str, *, steps: int | None = None, kills: int = 3,
             meshes: list[str] = (), processes: list[int] = (1,), seed: int = 0, devices: int = 2,
-            timeout_s: float = 600.0) -> dict:
+            timeout_s: float = 600.0, compile_cache: bool = True) -> dict:
     from omni_jax.workdir import config_hash
 
     total = int(sum(config.stages[s].steps for s in config.stage_order))
     overrides = ["--config.train.log_every=1", "--config.train.progress_bar=False"]
+    if config.get("evaluate", None) is not None and config.evaluate.get("at_end", False):
+        overrides.append("--config.evaluate.at_end=False")  # the certificate is about training
     if steps and steps != total:  # the first K steps: configs whose stages read train.steps
         import copy
 
@@ -272,18 +288,27 @@ def certify(config_arg: str, config, workdir: str, *, steps: int | None = None, 
     check_workdir(workdir, cfg_hash)
     os.makedirs(workdir, exist_ok=True)
     rnd = random.Random(seed)
-    runner = Runner(config_arg, overrides, devices, timeout_s)
+    # scratch_1 fills jax's persistent compilation cache; every later run loads the executables it
+    # needs from it (the many restarts of (b) above all) instead of recompiling every stage
+    runner = Runner(config_arg, overrides, devices, timeout_s,
+                    os.path.join(workdir, "compile_cache") if compile_cache else None)
     runs = os.path.join(workdir, "runs")
     variants: dict[str, dict] = {}
     raw: dict[str, dict] = {}
+    t_start = time.monotonic()
 
     def record(name, wd, **info):
         raw[name] = read_run(wd, steps)
-        variants[name] = dict({k: v for k, v in raw[name].items() if not k.startswith("_")}, **info)
+        variants[name] = dict({k: v for k, v in raw[name].items() if not k.startswith("_")}, **info,
+                              wall_s=round(time.monotonic() - t_variant, 1))
+        with open(os.path.join(workdir, "progress.json"), "w") as f:  # what is known so far
+            json.dump({"config_path": config_arg, "config_hash": cfg_hash, "steps": steps, "variants": variants,
+                       "elapsed_s": round(time.monotonic() - t_start, 1)}, f, indent=1, sort_keys=True)
 
     for name in ("scratch_1", "scratch_2"):
+        t_variant = time.monotonic()
         wd = os.path.join(runs, name)
-        runner.run(wd)
+        runner.run(wd, cache=True)
         record(name, wd)
     ref = raw["scratch_1"]
 
@@ -299,6 +324,10 @@ def certify(config_arg: str, config, workdir: str, *, steps: int | None = None, 
             schedule.append(("held_save", b))
     while len(schedule) < kills:
         schedule.append(("step", rnd.randint(1, steps - 1)))
+    # in the order of the run (a kill at step s before the held save of step s), so every kill
+    # lands where it was meant to: after the resume point of the previous one
+    schedule.sort(key=lambda e: (e[1], e[0] == "held_save"))
+    t_variant = time.monotonic()
     wd = os.path.join(runs, "kills")
     events = []
     for kind, at in schedule:
@@ -312,34 +341,37 @@ def certify(config_arg: str, config, workdir: str, *, steps: int | None = None, 
             kind, at = "step", min(resume + 1, steps)
         since = len(_batch_lines(wd))
         env_extra = {"OMNI_JAX_TEST_HOLD_SAVE": f"{at}:{gate}"} if kind == "held_save" else {}
-        proc = runner.start(wd, env_extra=env_extra)
+        proc = runner.start(wd, env_extra=env_extra, cache=True)
         if kind == "held_save":
             _wait_for(lambda: os.path.exists(os.path.join(gate, "writing")), proc, f"the held save of step {at}", timeout_s)
         else:
             _wait_for(lambda: _started_step(wd, since) >= at, proc, f"step {at}", timeout_s)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        events.append({"kind": kind, "at_step": at, "resumed_from": resume, "batch_taken_at_kill": _started_step(wd, since)})
-    runner.run(wd)  # the final resume
+        events.append({"kind": kind, "at_step": at, "resumed_from": resume, "batch_taken_at_kill": _started_step(wd, since),
+                       "stage_boundary": at in boundaries})
+    runner.run(wd, cache=True)  # the final resume
     record("kills", wd, events=events)
 
     # (c) SIGTERM then resume
+    t_variant = time.monotonic()
     wd = os.path.join(runs, "sigterm")
     at = rnd.randint(1, steps - 1) if steps > 1 else 1
-    proc = runner.start(wd)
+    proc = runner.start(wd, cache=True)
     _wait_for(lambda: _started_step(wd, 0) >= at, proc, f"step {at}", timeout_s)
     proc.send_signal(signal.SIGTERM)
     runner.finish(proc, wd)
     stopped = _latest_checkpoint(wd)
-    runner.run(wd)
+    runner.run(wd, cache=True)
     record("sigterm", wd, events=[{"kind": "sigterm", "at_step": at, "stopped_at": stopped}])
 
     # (d) other meshes of the same device count
     for spec in meshes:
         mesh = parse_mesh(spec)
         name = "mesh_" + "_".join(f"{k}{v}" for k, v in mesh.items())
+        t_variant = time.monotonic()
         wd = os.path.join(runs, name)
-        runner.run(wd, [f"--config.mesh.{k}={v}" for k, v in mesh.items()])
+        runner.run(wd, [f"--config.mesh.{k}={v}" for k, v in mesh.items()], cache=True)
         record(name, wd, mesh=mesh)
 
     # (e) other process counts
@@ -352,6 +384,7 @@ def certify(config_arg: str, config, workdir: str, *, steps: int | None = None, 
             continue
         if devices % n:
             raise CertifyError(f"--processes={n} does not divide the {devices} devices")
+        t_variant = time.monotonic()
         wd = os.path.join(runs, f"processes_{n}")
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -363,6 +396,7 @@ def certify(config_arg: str, config, workdir: str, *, steps: int | None = None, 
         record(f"processes_{n}", wd, processes=n)
 
     cert = assemble(config_arg, cfg_hash, steps, variants, raw, skipped)
+    cert["wall_s"] = round(time.monotonic() - t_start, 1)
     write(workdir, cert)
     return cert
 
@@ -406,6 +440,9 @@ def markdown(cert: dict) -> str:
              f"config hash `{cert['config_hash']}`, {cert['steps']} steps, git `{env['git_commit']}`"
              f"{' (dirty)' if env['git_dirty'] else ''}, {env['platform']}, XLA_FLAGS `{env['xla_flags']}`", "",
              "versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), "",
+             *([f"wall time {cert['wall_s']:.0f} s"
+                + (" (per variant: " + ", ".join(f"{n} {v['wall_s']:.0f} s" for n, v in cert["variants"].items()
+                                                 if "wall_s" in v) + ")"), ""] if "wall_s" in cert else []),
              f"**{'PASSED' if cert['passed'] else 'FAILED'}**", "", "| check | result |", "|---|---|"]
     lines += [f"| {k} | {'pass' if v else 'FAIL'} |" for k, v in cert["checks"].items()]
     lines += [f"| {k} | {v} |" for k, v in cert["skipped"].items()]
@@ -482,6 +519,7 @@ def _define_flags() -> None:
     flags.DEFINE_list("processes", ["1"], "Process counts, e.g. 1,2.")
     flags.DEFINE_integer("devices", 2, "Host devices of every run (XLA_FLAGS device count).")
     flags.DEFINE_integer("seed", 0, "Seed of the kill schedule.")
+    flags.DEFINE_bool("compile_cache", True, "Later runs load scratch_1's executables (jax's persistent cache).")
     flags.DEFINE_multi_string("compare", None, "Two certificate.json files: say what differs.")
 
 
@@ -514,7 +552,7 @@ def _main(argv):
     try:
         cert = certify(_config_arg(), FLAGS.config, FLAGS.workdir, steps=FLAGS.steps,
                        kills=FLAGS.kills, meshes=FLAGS.meshes, processes=[int(p) for p in FLAGS.processes],
-                       seed=FLAGS.seed, devices=FLAGS.devices)
+                       seed=FLAGS.seed, devices=FLAGS.devices, compile_cache=FLAGS.compile_cache)
     except CertifyError as e:
         raise app.UsageError(str(e)) from None
     print(markdown(cert))

@@ -132,6 +132,8 @@ class AudioBridge(nn.Module):
       features(x, enc_lengths) -> (z (B, N, pool*d), lengths (B,))   N = ceil(T / pool)
       quantize(z, lengths) -> (codes (B, N, S) int32, quantized (B, N, pool*d) fp32)
       quantize_train(z, lengths, rng) -> dict(quantized (STE), codes, commit_sq_sum, stats, num_stages)
+          rng: one key, or one key per row ((B, 2), omni_jax/train/rng.py row_keys: the draws then do
+          not depend on how the batch is split into microbatches)
       decode(codes, lengths) -> (B, N, d)                      proj_decoder(sum of codewords)
       project(quantized, lengths) -> (B, N, d)                 proj_decoder of given code vectors
       __call__(x, enc_lengths) -> (codes, lengths)             encoder output -> codes
@@ -183,12 +185,23 @@ class AudioBridge(nn.Module):
         b, n, dim = z.shape
         valid = length_mask(lengths, n)
         s = cfg.num_stages
-        k_drop, k_num, k_cand = jax.random.split(rng, 3)
+        if rng.ndim == 2:  # one key per row (omni_jax/train/rng.py row_keys): draws independent of the batch split
+            k_drop, k_num, k_cand = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 3))(rng), 1, 0)
+            short_u = jax.vmap(lambda k: jax.random.uniform(k, ()))(k_drop)
+            short_n = jax.vmap(lambda k: jax.random.randint(k, (), cfg.min_stages, s + 1))(k_num)
+            prio_u = lambda i: jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, i), (n,), minval=1e-6,
+                                                                     maxval=1.0))(k_cand)
+        else:
+            k_drop, k_num, k_cand = jax.random.split(rng, 3)
+            short_u = jax.random.uniform(k_drop, (b,))
+            short_n = jax.random.randint(k_num, (b,), cfg.min_stages, s + 1)
+            prio_u = lambda i: jax.random.uniform(jax.random.fold_in(k_cand, i), (b, n), minval=1e-6, maxval=1.0)
         num = jnp.full((b,), s, jnp.int32)
         if dropout and cfg.stage_dropout > 0:
-            short = jax.random.uniform(k_drop, (b,)) < cfg.stage_dropout
-            num = jnp.where(short, jax.random.randint(k_num, (b,), cfg.min_stages, s + 1), s)
-        n_cand = min(cfg.restart_candidates, b * n)
+            num = jnp.where(short_u < cfg.stage_dropout, short_n, s)
+        # always `restart_candidates` slots (priority -1 = empty when the batch has fewer vectors), so
+        # the statistics of m microbatches merge to exactly those of the whole batch
+        n_cand, pad = cfg.restart_candidates, max(cfg.restart_candidates - b * n, 0)
         residual = z.astype(jnp.float32)
         q_sum = jnp.zeros_like(residual)
         commit = jnp.zeros((), jnp.float32)
@@ -203,13 +216,12 @@ class AudioBridge(nn.Module):
             commit = commit + jnp.sum(w * jnp.sum(jnp.square(residual - q), axis=-1))
             q_sum = q_sum + q * w[..., None]
             flat_idx, flat_w = idx.reshape(-1), w.reshape(-1)
-            prio = jnp.where(keep, jax.random.uniform(jax.random.fold_in(k_cand, i), (b, n), minval=1e-6, maxval=1.0),
-                             -1.0).reshape(-1)
+            prio = jnp.pad(jnp.where(keep, prio_u(i), -1.0).reshape(-1), (0, pad), constant_values=-1.0)
             top_p, top_i = jax.lax.top_k(prio, n_cand)
             stats[cb.name] = dict(
                 counts=jax.ops.segment_sum(flat_w, flat_idx, num_segments=cb.size),
                 sums=jax.ops.segment_sum(r_sg.reshape(-1, dim) * flat_w[:, None], flat_idx, num_segments=cb.size),
-                candidates=r_sg.reshape(-1, dim)[top_i],
+                candidates=jnp.pad(r_sg.reshape(-1, dim), ((0, pad), (0, 0)))[top_i],
                 priority=top_p,
             )
             codes.append(jnp.where(valid, idx, 0))
@@ -362,7 +374,7 @@ class AudioTokenizer(nn.Module):
       train_forward(mel, mel_lengths, rng, quant_prob, mel_target_lengths, mel_frames) -> dict
           training: quantize_train (STE, commitment, EMA statistics, stage dropout), progressive
           replacement (each frame feeds the decoder its quantised vector with probability
-          quant_prob, else its continuous one), decoder outputs
+          quant_prob, else its continuous one), decoder outputs; rng as in AudioBridge.quantize_train
       __call__(mel, mel_lengths) -> decoder outputs of the encoded codes (the inference round trip)
     """
 
@@ -399,9 +411,14 @@ class AudioTokenizer(nn.Module):
     def train_forward(self, mel: Array, mel_lengths: Array, rng: Array, quant_prob: Array,
                       mel_target_lengths: Array | None = None, mel_frames: int | None = None) -> dict[str, Any]:
         z, lengths = self.features(mel, mel_lengths)
-        k_q, k_mix = jax.random.split(rng)
+        if rng.ndim == 2:  # one key per row: the same draws whatever the microbatch split
+            k_q, k_mix = jnp.moveaxis(jax.vmap(jax.random.split)(rng), 1, 0)
+            mix_u = jax.vmap(lambda k: jax.random.uniform(k, z.shape[1:2]))(k_mix)
+        else:
+            k_q, k_mix = jax.random.split(rng)
+            mix_u = jax.random.uniform(k_mix, z.shape[:2])
         q = self.audio_bridge.quantize_train(z, lengths, k_q)
-        use_q = jax.random.uniform(k_mix, z.shape[:2]) < jnp.asarray(quant_prob)[..., None]
+        use_q = mix_u < jnp.asarray(quant_prob)[..., None]
         mixed = jnp.where(use_q[..., None], q["quantized"], z)
         out = self.audio_decoder(self.audio_bridge.project(mixed, lengths), lengths, mel_target_lengths, mel_frames)
         return dict(out, mixed=mixed, continuous=z, lengths=lengths, codes=q["codes"], replaced=use_q,

@@ -21,7 +21,8 @@ The sine phases are accumulated per mel frame (modulo 1 at every step) instead o
 fp32 cumulative sum over all samples: identical in exact arithmetic; in fp32 the error stays
 at the rounding of the per-sample increment (~5e-4 cycles over 8 s), where a long fp32
 running sum (the reference's) loses the phase entirely (tests compare with float64).
-Randomness comes from the `rng` argument; `phase` / `noise` can be given explicitly.
+Randomness comes from the `rng` argument (one key, or one key per row: (B, 2)); `phase` / `noise`
+can be given explicitly.
 Weight norm exists only in the PyTorch checkpoint: conversion folds it (convert/speech.py).
 """
 
@@ -162,11 +163,18 @@ class SourceModule(nn.Module):
         if phase is None or noise is None:
             if rng is None:
                 raise ValueError("vocoder source: pass `rng` (or both `phase` and `noise`)")
-            k1, k2 = jax.random.split(rng)
+            if rng.ndim == 2:  # one key per row (omni_jax/train/rng.py row_keys): independent of the batch split
+                k1, k2 = jnp.moveaxis(jax.vmap(jax.random.split)(rng), 1, 0)
+                draw_phase = lambda: jax.vmap(lambda k: jax.random.uniform(k, (h,), jnp.float32, -jnp.pi, jnp.pi))(k1)
+                draw_noise = lambda: jax.vmap(lambda k: jax.random.normal(k, (length, h), jnp.float32))(k2)
+            else:
+                k1, k2 = jax.random.split(rng)
+                draw_phase = lambda: jax.random.uniform(k1, (b, h), jnp.float32, -jnp.pi, jnp.pi)
+                draw_noise = lambda: jax.random.normal(k2, (b, length, h), jnp.float32)
             if phase is None:
-                phase = jax.random.uniform(k1, (b, h), jnp.float32, -jnp.pi, jnp.pi)
+                phase = draw_phase()
             if noise is None:
-                noise = jax.random.normal(k2, (b, length, h), jnp.float32)
+                noise = draw_noise()
         phase = phase.at[:, 0].set(0.0)  # the fundamental starts at phase 0
         theta = 2.0 * jnp.pi * sine_phases(f0, cfg.hop, cfg.sampling_rate, h)
         sine = cfg.nsf_alpha * jnp.sin(theta + phase[:, None, :])

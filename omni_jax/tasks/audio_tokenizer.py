@@ -22,6 +22,9 @@ quantised features with probability ramping from `quant_prob_start` to 1 over
                   with the LLM's text space (Baichuan-Audio). The release feeds 1.5's LLM summed
                   code embeddings instead (audio_embed); those are trained in a later stage.
 
+Random draws (stage dropout, restart candidates, which frames are replaced) come from one key per
+global row (omni_jax/train/rng.py), so 1 or m microbatches draw the same numbers.
+
 After the gradient step `update_state` applies the EMA codebook update with dead-code restarts
 to the statistics of the whole batch (merged over microbatches); `loss.update_codebooks=False`
 keeps the codebooks fixed.
@@ -47,6 +50,7 @@ from omni_jax.models.qwen2 import Qwen2Config, Qwen2LM
 from omni_jax.ops import mel_jax
 from omni_jax.tasks.base import Task
 from omni_jax.tasks.losses import cross_entropy_sum
+from omni_jax.train.rng import ROW_IDS, row_keys
 
 ROWS = ("activation_batch",)
 AUDIO_MODULES = ("audio_encoder", "audio_bridge", "audio_decoder")
@@ -69,6 +73,8 @@ class AudioTextAdapter(nn.Module):
 
 
 class AudioTokenizerTask(Task):
+    row_rng = True  # stage dropout, restart candidates and feature replacement are drawn per global row
+
     def __init__(self, config: Any):
         super().__init__(config)
         m = config.model
@@ -172,6 +178,8 @@ class AudioTokenizerTask(Task):
     def loss_with_state(self, params, state, batch, rng, norms):
         c = self.loss_cfg
         k_fwd = jax.random.fold_in(rng, 1)
+        if ROW_IDS in batch:  # one key per global row: the same draws for any microbatch split
+            k_fwd = row_keys(k_fwd, batch[ROW_IDS])
         out = self.forward(params, state, batch, rng=k_fwd)
         target, t_len = out["target"], out["target_lengths"]
         valid = (jnp.arange(self.target_frames)[None] < t_len[:, None])[..., None].astype(jnp.float32)

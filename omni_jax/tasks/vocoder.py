@@ -23,6 +23,7 @@ from omni_jax.layers.spectral import hann_window, stft
 from omni_jax.models.hift import HiFTConfig, HiFTGenerator
 from omni_jax.ops.mel_jax import log_mel_24k
 from omni_jax.tasks.base import Task
+from omni_jax.train.rng import ROW_IDS, row_keys
 
 DEFAULT_RESOLUTIONS = ((512, 128), (1024, 256), (256, 64))
 
@@ -44,6 +45,8 @@ def multi_resolution_stft_per_row(pred: jax.Array, target: jax.Array, resolution
 
 
 class VocoderTask(Task):
+    row_rng = True  # the source's harmonic phases and noise are drawn per global row
+
     def __init__(self, config: Any):
         super().__init__(config)
         self.model_cfg = HiFTConfig.from_dict(config.model.vocoder.to_dict(), "config.model.vocoder")
@@ -79,6 +82,8 @@ class VocoderTask(Task):
 
     def loss_terms(self, params, batch, rng):
         """Sums (divide by norms) of the three terms, and the generated waveform."""
+        if ROW_IDS in batch:  # one key per global row: the same source phases and noise for any microbatch split
+            rng = row_keys(rng, batch[ROW_IDS])
         wav, f0 = self.model.apply({"params": params["vocoder"]}, batch["mel"], rng, return_f0=True)
         mel = log_mel_24k(wav)
         return {

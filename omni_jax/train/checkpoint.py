@@ -12,9 +12,9 @@ invisible. Before restoring, the saved tree is compared with what this config ex
 a mismatch raises `CheckpointMismatchError` naming every differing tensor. The directory is
 an `etils.epath` path (omni_jax/workdir.py), so gs:// checkpoints stay on GCS.
 
-Integrity (omni_jax/train/integrity.py): `meta` also records a sha256 of every array of the
-state (`hashes`), computed on the host from the values being saved; `restore` recomputes them
-from what it read and raises `CheckpointCorruptError` (also for a file that no longer reads),
+Integrity (omni_jax/train/integrity.py): `meta` also records a hash of every array of the
+state (`hashes`, scheme `hash_scheme`), each process hashing the shards it holds of the values
+being saved; `restore` recomputes them from what it read and raises `CheckpointCorruptError` (also for a file that no longer reads),
 so the trainer can fall back to the previous checkpoint (`quarantine` moves a corrupt step
 aside to <dir>/../checkpoints_corrupt/).
 
@@ -34,7 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
-from omni_jax.train.integrity import CheckpointCorruptError, _key_name, state_hashes, verify
+from omni_jax.train.integrity import HASH_SCHEME, LEGACY_SCHEME, CheckpointCorruptError, _key_name, state_hashes, verify
 from omni_jax.workdir import workdir_path
 
 
@@ -111,7 +111,8 @@ class Checkpointer:
             return False
         meta = dict(meta)
         if self.hashes:
-            meta["hashes"] = state_hashes(state)
+            meta["hashes"] = state_hashes(state)  # each process hashes its own shards
+            meta["hash_scheme"] = HASH_SCHEME
         return self._mgr.save(
             int(step),
             args=ocp.args.Composite(
@@ -171,7 +172,7 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001 - a truncated / altered file that no longer reads
             raise CheckpointCorruptError(f"checkpoint {where} does not read: {type(e).__name__}: {e}") from e
         if meta.get("hashes") is not None:
-            verify(meta["hashes"], out["state"], where)
+            verify(meta["hashes"], out["state"], where, meta.get("hash_scheme", LEGACY_SCHEME))
         return out["state"], dict(out["meta"]), dict(out["data"])
 
     def quarantine(self, step: int) -> str:

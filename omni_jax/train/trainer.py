@@ -230,8 +230,8 @@ def _plan_layouts(run: _Run) -> None:
 def _resume_verified(run: _Run, latest: int) -> _Progress | None:
     """The newest checkpoint that reads and matches its recorded hashes (omni_jax/train/integrity.py).
     A corrupt one is logged and moved aside to checkpoints_corrupt/, and the previous one is tried;
-    None when no checkpoint is left (the run starts fresh, and says so) or there was none."""
-    tried = latest is not None
+    None when no checkpoint is left (the run starts fresh, and says so)."""
+    had_checkpoints = latest is not None
     while latest is not None:
         try:
             return _resume(run, latest)
@@ -246,7 +246,7 @@ def _resume_verified(run: _Run, latest: int) -> _Progress | None:
             latest = max(steps) if steps else None
             if latest is not None:
                 log.warning("resuming from the previous complete checkpoint, step %d", latest)
-    if tried:
+    if had_checkpoints:  # a fresh workdir is not an error
         log.error("no readable checkpoint is left: starting from scratch")
     return None
 

@@ -1,16 +1,19 @@
 """omni_jax/train/integrity.py + checkpoint.py + trainer._resume_verified: every checkpoint records a
-sha256 per array; an altered or truncated file of the latest checkpoint is detected, the run says
+hash per array (each process hashes its own shards; the same for any sharding); an altered or truncated file of the latest checkpoint is detected, the run says
 so, moves it aside and resumes from the previous one, ending bit-identical to the uninterrupted run."""
 
 import logging
 import shutil
 
+import jax
+import ml_dtypes
 import numpy as np
 import pytest
 
 from configs import backbone_tiny
 from omni_jax.train.checkpoint import Checkpointer
-from omni_jax.train.integrity import CheckpointCorruptError, array_hash, state_hashes, tree_hash, verify
+from omni_jax.train.integrity import (LEGACY_SCHEME, CheckpointCorruptError, array_hash, bytes_hash, state_hashes,
+                                      tree_hash, verify)
 from omni_jax.train.trainer import train
 
 
@@ -45,6 +48,38 @@ def test_hashes_name_the_arrays_that_differ():
     with pytest.raises(CheckpointCorruptError, match=r"1 array\(s\) differ.*params/w"):
         verify(h, b, "X/3")
     assert tree_hash(h) != tree_hash(state_hashes(b)) and tree_hash(h) == tree_hash(dict(h))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16, np.int32, np.bool_, np.uint32])
+def test_the_hash_is_computed_per_shard_and_does_not_depend_on_the_sharding(dtype):
+    x = (np.arange(16 * 8).reshape(16, 8) * 0.37 % 3).astype(dtype)
+    want = array_hash(x)
+    mesh = jax.make_mesh((4, 2), ("a", "b"))
+    specs = [jax.P(), jax.P("a"), jax.P("a", "b"), jax.P(None, "b"), jax.P(("a", "b")), jax.P("b", "a")]
+    for spec in specs:  # replicated, split on one or both axes, in every order: one hash
+        y = jax.device_put(x, jax.NamedSharding(mesh, spec))
+        assert array_hash(y) == want, spec
+    assert state_hashes({"w": jax.device_put(x, jax.NamedSharding(mesh, jax.P("a", "b")))})["w"] == want
+    if dtype is not np.bool_:  # one element changed, or two swapped: a different hash
+        z = x.copy()
+        z[3, 4] = z[3, 4] + (z[3, 4] == 0) * 1 + 1
+        assert array_hash(z) != want
+    t = x.copy()
+    t[0, 0], t[15, 5] = x[15, 5], x[0, 0]
+    assert x[0, 0] == x[15, 5] or array_hash(t) != want
+    assert array_hash(np.float32(2.0)) != array_hash(np.float32(3.0))  # 0-d arrays
+    assert array_hash(x.reshape(8, 16)) != want  # the shape is part of the hash
+
+
+def test_checkpoints_written_with_whole_array_sha256_still_verify():
+    a = {"params": {"w": np.ones((2, 3), np.float32)}}
+    old = state_hashes(a, LEGACY_SCHEME)
+    assert old["params/w"] == bytes_hash(np.ones((2, 3), np.float32)) != state_hashes(a)["params/w"]
+    verify(old, a, "X/3", LEGACY_SCHEME)
+    with pytest.raises(CheckpointCorruptError, match="params/w"):
+        verify(old, a, "X/3")  # read with the wrong scheme: every array differs
+    with pytest.raises(ValueError, match="unknown checkpoint hash scheme 'v9'.*config.checkpoint.hashes=False"):
+        state_hashes(a, "v9")
 
 
 def _largest_state_file(step_dir):

@@ -1,13 +1,14 @@
 """omni_jax/train/rng.py: named streams. 1 vs 4 microbatches draw the same numbers and give the
-same update; adding a component leaves the others' initial values unchanged."""
+same update (flow matching, the audio tokenizer); adding a component leaves the others' initial values unchanged."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from configs import backbone_tiny, flow_matching_tiny
+from configs import audio_tokenizer_tiny, backbone_tiny, flow_matching_tiny, vocoder_tiny
 from omni_jax import sharding as shd
+from omni_jax.models.audio_tokenizer import AudioTokenizer
 from omni_jax.models.flow_matching import flow_matching_loss_sums
 from omni_jax.tasks import get_task
 from omni_jax.train import rng as rng_lib
@@ -64,6 +65,79 @@ def test_flow_matching_draws_per_row_so_one_or_four_microbatches_give_the_same_u
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(pf), jax.tree.leaves(pa)))
     print("max abs param diff after 2 steps:", diff)
     assert diff <= 1e-5  # fp32 sums reassociated over 4 microbatches
+
+
+def _tok_run(microbatches, steps=2):
+    """The audio tokenizer (stage dropout, restart candidates, progressive replacement all drawn)."""
+    c = audio_tokenizer_tiny.get_config("runlocal")  # batch 4, replacement probability < 1 for 4 steps
+    # SGD: the update is linear in the gradient, so it shows the accumulation's fp32 error as it is.
+    # (Adam divides by sqrt(nu): elements whose gradient is near 0 turn 1-ulp sums into up to lr-sized
+    # steps; with adamw the params differ by 8.5e-6 after 1 step and 3.1e-5 after 2.)
+    c.stages.tokenizer.groups.audio.update(optimizer="sgd")
+    mesh = shd.make_mesh(dict(data=1), jax.devices()[:1])
+    task = get_task(c)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
+        layout = step_lib.make_layout(task, mesh, c.train.batch_size)
+        stage = stage_from_config("tokenizer", c.stages.tokenizer)
+        opt = build_optimizer(stage, layout.abstract_params)
+        params = step_lib.init_params(task, layout, 0)
+        state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, step_lib.init_opt_state(opt, layout, params),
+                                    rng_lib.stream(0, "step"), step_lib.init_model_state(task, layout, 0))
+        fn = step_lib.make_train_step(task, opt, layout, microbatches=microbatches, donate=False)
+        data = task.make_data(stage, start_step=0, process_index=0, process_count=1)
+        metrics = []
+        for _ in range(steps):
+            state, m = fn(state, step_lib.global_batch_from_local(next(data), layout))
+            metrics.append({k: float(m[k]) for k in ("reconstruction", "commitment", "quantized_fraction")})
+        return metrics, jax.device_get(state.params), jax.device_get(state.model_state)
+
+
+def test_audio_tokenizer_draws_per_row_so_one_or_four_microbatches_give_the_same_update():
+    c = audio_tokenizer_tiny.get_config("runlocal")
+    task = get_task(c)
+    variables = jax.jit(lambda: nn.unbox(task.tokenizer.init(
+        jax.random.PRNGKey(0), jnp.zeros((1, task.cfg.encoder.num_mel_bins, task.mel_frames)), jnp.full((1,), task.mel_frames))))()
+    b = 8
+    mel = jax.random.normal(jax.random.PRNGKey(1), (b, task.cfg.encoder.num_mel_bins, task.mel_frames))
+    lengths = jnp.array([task.mel_frames, task.mel_frames // 2, task.mel_frames, 40] * 2)
+    fwd = jax.jit(lambda mel, lengths, keys: task.tokenizer.apply(
+        variables, mel, lengths, keys, jnp.full((mel.shape[0],), 0.5), method=AudioTokenizer.train_forward))
+    rng = jax.random.PRNGKey(5)
+    full = fwd(mel, lengths, rng_lib.row_keys(rng, jnp.arange(b)))
+    for k in range(4):  # the rows of microbatch k draw what they draw in the whole batch
+        part = fwd(mel[k::4], lengths[k::4], rng_lib.row_keys(rng, jnp.arange(k, b, 4)))
+        for name in ("replaced", "num_stages", "codes"):
+            np.testing.assert_array_equal(np.asarray(part[name]), np.asarray(full[name][k::4]), err_msg=name)
+    assert 0 < float(full["replaced"].mean()) < 1 and len(set(np.asarray(full["num_stages"]).tolist())) > 1
+
+    one, p1, s1 = _tok_run(1)
+    four, p4, s4 = _tok_run(4)
+    print("audio tokenizer metrics 1 vs 4 microbatches:", one, four)
+    for a, b_ in zip(one, four):  # reconstruction and replacement depend on the draws: equal means equal draws
+        np.testing.assert_allclose([b_[k] for k in a], [a[k] for k in a], rtol=1e-5)
+    diff = max(float(np.max(np.abs(a - b_))) for a, b_ in zip(jax.tree.leaves(p1), jax.tree.leaves(p4)))
+    state_diff = max(float(np.max(np.abs(a - b_))) for a, b_ in zip(jax.tree.leaves(s1), jax.tree.leaves(s4)))
+    print(f"max abs param diff after 2 steps: {diff:.3e}; codebook state diff: {state_diff:.3e}")
+    assert diff <= 1e-5 and state_diff <= 1e-5  # fp32 sums reassociated over 4 microbatches
+
+
+def test_vocoder_source_draws_per_row():
+    """The vocoder task's random harmonic phases and noise: one key per global row."""
+    from omni_jax.models.hift import SourceModule
+
+    task = get_task(vocoder_tiny.get_config("runlocal"))
+    assert task.row_rng
+    src = SourceModule(task.model_cfg)
+    f0 = jnp.tile(jnp.linspace(0.0, 300.0, task.frames)[None], (8, 1))  # unvoiced and voiced frames
+    variables = src.init(jax.random.PRNGKey(0), f0[:1], jax.random.PRNGKey(1))
+    fn = jax.jit(lambda f0, keys: src.apply(variables, f0, keys))
+    rng = jax.random.PRNGKey(5)
+    full = np.asarray(fn(f0, rng_lib.row_keys(rng, jnp.arange(8))))
+    for k in range(4):
+        part = np.asarray(fn(f0[k::4], rng_lib.row_keys(rng, jnp.arange(k, 8, 4))))
+        d = float(np.max(np.abs(part - full[k::4])))
+        assert d <= 1e-6, d  # the same draws (the output is elementwise per row)
+    assert float(np.max(np.abs(full[0] - full[4]))) > 1e-3  # same f0, different rows: different draws
 
 
 def test_one_key_and_per_row_keys_are_both_accepted_and_differ():
