@@ -74,7 +74,8 @@ def stage_base(size: str, task: str, model_preset, seq: dict, small_shapes: dict
         c.mesh.update(data=1, fsdp=-1)
     c.checkpoint.update(every=100, keep=2)
     # every_steps: the periodic evaluation (trainer `_PeriodicEval`; 0 = off), periodic_samples per set
-    c.evaluate = ml_collections.ConfigDict(dict(at_end=False, num_samples=16, max_new_tokens=48,
+    # num_samples: 30 = the smallest test split of the default dataset (videos, spoken QA), so no sample repeats
+    c.evaluate = ml_collections.ConfigDict(dict(at_end=False, num_samples=30, max_new_tokens=48,
                                                 dataset=dataset_config(size), speech_reply=speech_reply,
                                                 every_steps=0, periodic_samples=4))
     c.size = size
