@@ -32,3 +32,12 @@ def restore_params(config: Any, workdir: str | os.PathLike, step: int | None = N
         return jax.device_get(ckpt.restore_params(step, abstract))
     finally:
         ckpt.close()
+
+
+def latest_step(workdir: str | os.PathLike) -> int | None:
+    """The newest checkpoint step of a trained workdir (None when it has none)."""
+    ckpt = Checkpointer(workdir_path(workdir) / "checkpoints", async_save=False)
+    try:
+        return ckpt.latest_step()
+    finally:
+        ckpt.close()

@@ -173,17 +173,12 @@ class OmniV1Runner(OmniRunner):
 def boundary_stage_done(config, workdir: str, step: int | None = None) -> bool:
     """True when the run has the v1 stage `audio_boundary` and the checkpoint used (`step`, else
     the latest) is at or after that stage's end."""
-    from omni_jax.train.checkpoint import Checkpointer
-    from omni_jax.workdir import workdir_path
+    from omni_jax.convert.workdir import latest_step
 
     order = list(config.get("stage_order", ()) or ())
     if "audio_boundary" not in order:
         return False
     end = sum(int(config.stages[n].steps) for n in order[: order.index("audio_boundary") + 1])
     if step is None:
-        ckpt = Checkpointer(workdir_path(workdir) / "checkpoints", async_save=False)
-        try:
-            step = ckpt.latest_step()
-        finally:
-            ckpt.close()
+        step = latest_step(workdir)
     return step is not None and int(step) >= end
