@@ -35,25 +35,31 @@ def test_row_keys_do_not_depend_on_the_microbatch_split():
         np.testing.assert_array_equal(np.asarray(part), np.asarray(full[k::m]))
 
 
-def _fm_run(microbatches, steps=2):
-    c = flow_matching_tiny.get_config("runlocal")
-    c.train.batch_size = 8
+def _train(c, stage_name: str, microbatches: int, steps: int, read):
+    """`steps` train steps of config `c`'s stage on one device: [read(metrics) per step], final state."""
     mesh = shd.make_mesh(dict(data=1), jax.devices()[:1])
     task = get_task(c)
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
         layout = step_lib.make_layout(task, mesh, c.train.batch_size)
-        stage = stage_from_config("flow_matching", c.stages.flow_matching)
+        stage = stage_from_config(stage_name, c.stages[stage_name])
         opt = build_optimizer(stage, layout.abstract_params)
         params = step_lib.init_params(task, layout, 0)
         state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, step_lib.init_opt_state(opt, layout, params),
-                                    rng_lib.stream(0, "step"))
+                                    rng_lib.stream(0, "step"), step_lib.init_model_state(task, layout, 0))
         fn = step_lib.make_train_step(task, opt, layout, microbatches=microbatches, donate=False)
         data = task.make_data(stage, start_step=0, process_index=0, process_count=1)
-        losses = []
+        out = []
         for _ in range(steps):
             state, m = fn(state, step_lib.global_batch_from_local(next(data), layout))
-            losses.append(float(m["cfm_loss"]))
-        return losses, jax.device_get(state.params)
+            out.append(read(m))
+        return out, state
+
+
+def _fm_run(microbatches, steps=2):
+    c = flow_matching_tiny.get_config("runlocal")
+    c.train.batch_size = 8
+    losses, state = _train(c, "flow_matching", microbatches, steps, lambda m: float(m["cfm_loss"]))
+    return losses, jax.device_get(state.params)
 
 
 def test_flow_matching_draws_per_row_so_one_or_four_microbatches_give_the_same_update():
@@ -74,22 +80,9 @@ def _tok_run(microbatches, steps=2):
     # (Adam divides by sqrt(nu): elements whose gradient is near 0 turn 1-ulp sums into up to lr-sized
     # steps; with adamw the params differ by 8.5e-6 after 1 step and 3.1e-5 after 2.)
     c.stages.tokenizer.groups.audio.update(optimizer="sgd")
-    mesh = shd.make_mesh(dict(data=1), jax.devices()[:1])
-    task = get_task(c)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
-        layout = step_lib.make_layout(task, mesh, c.train.batch_size)
-        stage = stage_from_config("tokenizer", c.stages.tokenizer)
-        opt = build_optimizer(stage, layout.abstract_params)
-        params = step_lib.init_params(task, layout, 0)
-        state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, step_lib.init_opt_state(opt, layout, params),
-                                    rng_lib.stream(0, "step"), step_lib.init_model_state(task, layout, 0))
-        fn = step_lib.make_train_step(task, opt, layout, microbatches=microbatches, donate=False)
-        data = task.make_data(stage, start_step=0, process_index=0, process_count=1)
-        metrics = []
-        for _ in range(steps):
-            state, m = fn(state, step_lib.global_batch_from_local(next(data), layout))
-            metrics.append({k: float(m[k]) for k in ("reconstruction", "commitment", "quantized_fraction")})
-        return metrics, jax.device_get(state.params), jax.device_get(state.model_state)
+    keys = ("reconstruction", "commitment", "quantized_fraction")
+    metrics, state = _train(c, "tokenizer", microbatches, steps, lambda m: {k: float(m[k]) for k in keys})
+    return metrics, jax.device_get(state.params), jax.device_get(state.model_state)
 
 
 def test_audio_tokenizer_draws_per_row_so_one_or_four_microbatches_give_the_same_update():
