@@ -48,14 +48,14 @@ def matmul_gflops(n: int = 1024, reps: int = 10) -> tuple[float, float]:
     return flops / statistics.median(t) / 1e9, flops / statistics.median(tt) / 1e9
 
 
-def make_config(a, unroll="1") -> ml_collections.ConfigDict:
+def make_config(a, unroll="1", remat="none") -> ml_collections.ConfigDict:
     from configs import common
 
     c = common.base()
     c.model = ml_collections.ConfigDict(dict(llm=common.qwen2("tiny")))
     c.model.llm.update(vocab_size=a.vocab, hidden_size=a.hidden, num_layers=a.layers, num_heads=a.heads,
                        num_kv_heads=a.kv_heads, head_dim=a.hidden // a.heads, intermediate_size=a.mlp,
-                       remat_policy=a.remat, attention_impl=a.attention, scan_unroll=a.layers if unroll == "all" else int(unroll))
+                       remat_policy=remat, attention_impl=a.attention, scan_unroll=a.layers if unroll == "all" else int(unroll))
     c.data = common.text_data(seq_len=a.seq)
     c.train.batch_size = a.batch
     c.stages.s = dict(steps=1000, rules=[(".*", "all")],
@@ -128,7 +128,7 @@ def main():
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--remat", default="none")
+    p.add_argument("--remat", default="none", help="comma list of config.model.llm.remat_policy values to time")
     p.add_argument("--attention", default="xla")
     p.add_argument("--unroll", default="1,all",
                    help="comma list of config.model.llm.scan_unroll values to time ('all' = the number of layers)")
@@ -150,18 +150,18 @@ def main():
     flops_step = task.flops_per_token() * a.batch * a.seq
     params = task.model_cfg.num_params()
     mm_jax, mm_torch = matmul_gflops()
-    rows = [(f"omni_jax (jit, unroll {u})", statistics.median(bench_jax(make_config(a, u), a, batch)), mm_jax)
-            for u in a.unroll.split(",")]
+    rows = [(f"omni_jax (unroll {u}, remat {r})", statistics.median(bench_jax(make_config(a, u, r), a, batch)), mm_jax)
+            for r in a.remat.split(",") for u in a.unroll.split(",")]
     tt = statistics.median(bench_torch(a, batch))
     rows.append(("transformers (eager)", tt, mm_torch))
     tokens = a.batch * a.seq
     print(f"\nQwen2 train step, fp32 CPU ({jax.device_count()} jax devices, torch threads {torch.get_num_threads()}): "
           f"{params / 1e6:.1f}M params, batch {a.batch} x {a.seq}, {flops_step / 1e9:.1f} GFLOP/step")
     print(f"plain 1024^3 fp32 matmul: jnp {mm_jax:.1f} GFLOP/s, torch {mm_torch:.1f} GFLOP/s\n")
-    print(f"| {'framework':<26} | {'ms/step':>8} | {'tokens/s':>9} | {'GFLOP/s':>8} | {'of matmul':>9} |")
-    print(f"|{'-' * 28}|{'-' * 10}|{'-' * 11}|{'-' * 10}|{'-' * 11}|")
+    print(f"| {'framework':<34} | {'ms/step':>8} | {'tokens/s':>9} | {'GFLOP/s':>8} | {'of matmul':>9} |")
+    print(f"|{'-' * 36}|{'-' * 10}|{'-' * 11}|{'-' * 10}|{'-' * 11}|")
     for name, t, mm in rows:
-        print(f"| {name:<26} | {t * 1e3:8.1f} | {tokens / t:9.0f} | {flops_step / t / 1e9:8.1f} | {flops_step / t / 1e9 / mm:8.0%} |")
+        print(f"| {name:<34} | {t * 1e3:8.1f} | {tokens / t:9.0f} | {flops_step / t / 1e9:8.1f} | {flops_step / t / 1e9 / mm:8.0%} |")
     print()
     for name, t, _ in rows[:-1]:
         print(f"{name} / transformers throughput ratio: {tt / t:.2f}x")

@@ -7,6 +7,8 @@ the `torch` extra, so a missing reference library fails loudly instead of skippi
 
 import os
 
+import pytest
+
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 # XLA CPU aborts a collective whose 8 simulated participants do not all arrive within 40 s, which a
 # loaded 2-core machine can exceed inside a big step (launch/mesh_check.py): allow an hour
@@ -31,3 +33,42 @@ def read_tsv(name: str) -> list[tuple[str, tuple[int, ...]]]:
             n, s = line.rstrip("\n").split("\t")
             rows.append((n, tuple(ast.literal_eval(s))))
     return rows
+
+
+@pytest.fixture(scope="session")
+def eval_report_run(tmp_path_factory):
+    """image_text_1 then sft_2, 2 steps each, random init; periodic evaluation every step
+    (config.evaluate.every_steps=1) except in sft_2 (its eval_every=0). A 4-step model seldom
+    emits `<audiogen_start>`: rows of the final speech replies that have no speech get one fixed
+    chunk of codes, so the synthesis -> report -> TensorBoard audio path and the intelligibility
+    transcription (real: the model's ASR of the synthesised waveform) run."""
+    import numpy as np
+
+    from configs.omni15 import pipeline
+    from omni_jax.tasks import omni_eval
+    from omni_jax.train.trainer import train
+
+    c = pipeline.get_config("test")
+    c.stage_order = ("image_text_1", "sft_2")
+    c.evaluate.update(every_steps=1, periodic_samples=1)
+    c.stages.sft_2.eval_every = 0
+    workdir = tmp_path_factory.mktemp("report") / "run"
+    real = omni_eval.generate
+    calls = []
+
+    def generate(task, params, samples, tok, *, max_new, speech, **kw):
+        rows, ids = real(task, params, samples, tok, max_new=max_new, speech=speech, **kw)
+        calls.append((len(samples), speech))
+        if speech:
+            for k, r in enumerate(rows):
+                if not sum(len(ch) for ch in r.audio_chunks):
+                    r.audio_chunks = [np.random.RandomState(k).randint(0, 16, (20, 8)).astype(np.int32)]
+        return rows, ids
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(omni_eval, "generate", generate)
+    try:
+        result = train(c, str(workdir))
+    finally:
+        mp.undo()
+    return c, workdir, result, calls

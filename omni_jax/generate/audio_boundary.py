@@ -53,18 +53,31 @@ def decide(probs: np.ndarray, *, hang: int = 25, min_speech: int = 3, refine: in
     return start * FRAME_S, None
 
 
+_PROBS: dict[int, tuple[Any, Any]] = {}
+
+
+def _probs_fn(model: Any):
+    """One jitted head per model object, shared by its trackers (a tracker per stream must not
+    compile again: 16 streams were 16 compilations)."""
+    import jax
+
+    hit = _PROBS.get(id(model))
+    if hit is None or hit[0] is not model:
+        fn = jax.jit(lambda p, mel, n: jax.nn.sigmoid(model.boundary_logits(p, mel, n)[0][0]))
+        hit = _PROBS[id(model)] = (model, fn)
+    return hit[1]
+
+
 class BoundaryTracker:
     """The model's boundary head over a growing stream of 16 kHz audio."""
 
     def __init__(self, model: Any, params: Any, window: int, **rule):
-        import jax
-
         if "v1_boundary_head" not in params:
             raise ValueError("these v1 parameters have no v1_boundary_head: train the v1 stage audio_boundary "
                              "(configs/omni_v1/audio_boundary.py, or the pipeline's last stage)")
         self.window, self.rule = int(window), rule
         self.params = {k: params[k] for k in ("audio_encoder", "v1_boundary_head")}
-        self._probs = jax.jit(lambda p, mel, n: jax.nn.sigmoid(model.boundary_logits(p, mel, n)[0][0]))
+        self._probs = _probs_fn(model)
         self.track = np.zeros((0, 3), np.float32)
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:

@@ -52,8 +52,10 @@ def test_every_notebook_has_expected_outputs():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
-def test_notebook_runs(path, monkeypatch, capsys):
+def test_notebook_runs(path, monkeypatch, capsys, request):
     monkeypatch.setenv("QUICKSTART_STEPS", "3")
+    if os.path.basename(path) == "omni_tour.ipynb":  # the tour of a trained workdir: the report test's run
+        monkeypatch.setenv("OMNI_TOUR_WORKDIR", str(request.getfixturevalue("eval_report_run")[1]))
     monkeypatch.chdir(ROOT)
     nb = json.load(open(path))
     scope: dict = {}

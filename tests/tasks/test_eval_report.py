@@ -16,7 +16,6 @@ import pytest
 from configs.omni15 import pipeline
 from omni_jax.tasks import omni_eval
 from omni_jax.train.metrics import read_metrics
-from omni_jax.train.trainer import train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -39,36 +38,9 @@ def _tb_events(logdir):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """image_text_1 then sft_2, 2 steps each, random init; periodic evaluation every step
-    (config.evaluate.every_steps=1) except in sft_2 (its eval_every=0). A 4-step model seldom
-    emits `<audiogen_start>`: rows of the final speech replies that have no speech get one fixed
-    chunk of codes, so the synthesis -> report -> TensorBoard audio path and the intelligibility
-    transcription (real: the model's ASR of the synthesised waveform) run."""
-    c = pipeline.get_config("test")
-    c.stage_order = ("image_text_1", "sft_2")
-    c.evaluate.update(every_steps=1, periodic_samples=1)
-    c.stages.sft_2.eval_every = 0
-    workdir = tmp_path_factory.mktemp("report") / "run"
-    real = omni_eval.generate
-    calls = []
-
-    def generate(task, params, samples, tok, *, max_new, speech, **kw):
-        rows, ids = real(task, params, samples, tok, max_new=max_new, speech=speech, **kw)
-        calls.append((len(samples), speech))
-        if speech:
-            for k, r in enumerate(rows):
-                if not sum(len(ch) for ch in r.audio_chunks):
-                    r.audio_chunks = [np.random.RandomState(k).randint(0, 16, (20, 8)).astype(np.int32)]
-        return rows, ids
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(omni_eval, "generate", generate)
-    try:
-        result = train(c, str(workdir))
-    finally:
-        mp.undo()
-    return c, workdir, result, calls
+def run(eval_report_run):
+    """tests/conftest.py `eval_report_run` (session-wide: notebooks/omni_tour.ipynb loads the same run)."""
+    return eval_report_run
 
 
 def test_report_has_the_table_examples_and_plots(run):
