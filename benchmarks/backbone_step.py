@@ -2,11 +2,13 @@ r"""Train-step throughput: omni_jax's Qwen2.5 backbone vs transformers' Qwen2 (P
 
     python benchmarks/backbone_step.py                       # the calibration config of MEASURED.md
     python benchmarks/backbone_step.py --hidden 256 --layers 4 --vocab 4096 --batch 4 --seq 128
+    python benchmarks/backbone_step.py --unroll 1,all --remat none,dots_no_batch   # one row per pair
 
 Same config, batch, sequence length and optimizer (AdamW) on both sides, fp32 on CPU.
 Prints a table: tokens/s, ms per step, achieved GFLOP/s (6 * params * tokens + causal
 attention, the same formula for both), that as a fraction of a plain 1024^3 fp32 matmul
-measured in this process (jnp and torch), and the JAX / PyTorch throughput ratio.
+measured in this process (jnp and torch), and the JAX / PyTorch throughput ratio, for every
+`--unroll` (config.model.llm.scan_unroll) x `--remat` (remat_policy) pair.
 """
 
 from __future__ import annotations
