@@ -112,7 +112,7 @@ def dot_product_attention(
                                          impl="xla" if decoding else "blockwise", block_size=block_size)
         qs = q_segment_ids if q_segment_ids is not None else jnp.ones((b, t), jnp.int32)
         ks = kv_segment_ids if kv_segment_ids is not None else jnp.ones((b, s), jnp.int32)
-        return ring_attention(q, k, v, qs, ks, causal=causal, scale=scale)
+        return ring_attention(q, k, v, qs, ks, causal=causal, scale=scale, block=block_size, skip=block_skip)
     if impl in ("splash", "splash_interpret", "cudnn"):
         from omni_jax.layers import attention_kernels as kernels
 
@@ -268,11 +268,25 @@ def _blockwise_fwd_impl(q, k, v, qs, ks, q_idx, causal, scale, bq, bk, skip):
         (o, m, l), _ = jax.lax.scan(body, init, kvb)
         seen = l > 0  # rows with no key at all (every block skipped) give 0, never NaN
         o = jnp.where(seen[..., None], o / jnp.where(seen, l, 1.0)[..., None], 0.0)
-        return o, jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), 0.0)
+        return o, jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), 0.0), seen
 
-    o, lse = jax.lax.map(one_q_block, (qb, qsb, qib))  # (nq, b, g, r, bq, d), (nq, b, g, r, bq)
+    # (nq, b, g, r, bq, d), (nq, b, g, r, bq) twice; lse is 0 on unseen rows (the backward's
+    # exp(score - lse) is then exp(_NEG) = 0 on their masked scores)
+    o, lse, seen = jax.lax.map(one_q_block, (qb, qsb, qib))
     o = jnp.moveaxis(o, 0, 3).reshape(b, g, h // g, -1, v.shape[-1])[:, :, :, :t]
-    return o.transpose(0, 3, 1, 2, 4).reshape(b, t, h, v.shape[-1]).astype(q.dtype), lse
+    return o.transpose(0, 3, 1, 2, 4).reshape(b, t, h, v.shape[-1]).astype(q.dtype), lse, seen
+
+
+def _unblock_rows(x, t):
+    """Per-row stats (nq, b, g, r, bq) -> (b, t, heads)."""
+    nq, b, g, r, bq = x.shape
+    return jnp.moveaxis(x, 0, 3).reshape(b, g, r, nq * bq)[..., :t].transpose(0, 3, 1, 2).reshape(b, t, g * r)
+
+
+def _block_rows(x, g, bq):
+    """(b, t, heads) -> (nq, b, g, r, bq), the inverse of `_unblock_rows` (padding rows give 0)."""
+    b, t, h = x.shape
+    return jnp.moveaxis(_split_blocks(x.reshape(b, t, g, h // g), bq), 2, -1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
@@ -281,11 +295,17 @@ def _blockwise(q, k, v, qs, ks, q_idx, causal, scale, bq, bk, skip):
 
 
 def _blockwise_fwd(q, k, v, qs, ks, q_idx, causal, scale, bq, bk, skip):
-    out, lse = _blockwise_fwd_impl(q, k, v, qs, ks, q_idx, causal, scale, bq, bk, skip)
+    out, lse, _ = _blockwise_fwd_impl(q, k, v, qs, ks, q_idx, causal, scale, bq, bk, skip)
     return out, (q, k, v, qs, ks, q_idx, out, lse)
 
 
 def _blockwise_bwd(causal, scale, bq, bk, skip, res, dout):
+    return _blockwise_grads(causal, scale, bq, bk, skip, res, dout, None)
+
+
+def _blockwise_grads(causal, scale, bq, bk, skip, res, dout, dlse):
+    """Gradients of out (and of the log-sum-exp, cotangent `dlse` (b, t, heads) or None): with
+    p = softmax(s), dL/ds = p * (dp - rowsum(dO * O) + dlse)."""
     q, k, v, qs, ks, q_idx, out, lse = res
     b, t, h, d = q.shape
     s, g = k.shape[1], k.shape[2]
@@ -294,6 +314,8 @@ def _blockwise_bwd(causal, scale, bq, bk, skip, res, dout):
     (ob, _, _), _ = _blocks(out, k, v, qs, ks, q_idx, bq, bk)
     dob = dob.astype(jnp.float32)
     delta = jnp.sum(dob * ob.astype(jnp.float32), axis=-1)  # rowsum(dO * O), (nq, b, g, r, bq)
+    if dlse is not None:
+        delta = delta - _block_rows(dlse.astype(jnp.float32), g, bq)
 
     def one_kv_block(dq, kv):
         kj, vj, ksj, idxj = kv
@@ -331,3 +353,40 @@ def _blockwise_bwd(causal, scale, bq, bk, skip, res, dout):
 
 
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
+def blockwise_attention_lse(q, k, v, qs, ks, q_idx, causal, scale, bq, bk, skip):
+    """Blockwise attention that also returns each row's log-sum-exp of its scores, (b, t, heads)
+    fp32, and _NEG for a row with no allowed key (its output is 0). Two such partial results over
+    disjoint key sets merge exactly (`merge_partials`): ring attention folds one per ring step.
+    Keys are indexed 0..s-1 for `causal`; shift `q_idx` to place the queries relative to them."""
+    o, lse, seen = _blockwise_fwd_impl(q, k, v, qs, ks, q_idx, causal, scale, bq, bk, skip)
+    return o, _lse_out(lse, seen, q.shape[1])
+
+
+def _lse_out(lse, seen, t):
+    return _unblock_rows(jnp.where(seen, lse, _NEG), t)
+
+
+def _blockwise_lse_fwd(q, k, v, qs, ks, q_idx, causal, scale, bq, bk, skip):
+    o, lse, seen = _blockwise_fwd_impl(q, k, v, qs, ks, q_idx, causal, scale, bq, bk, skip)
+    return (o, _lse_out(lse, seen, q.shape[1])), (q, k, v, qs, ks, q_idx, o, lse)
+
+
+def _blockwise_lse_bwd(causal, scale, bq, bk, skip, res, cts):
+    dout, dlse = cts
+    return _blockwise_grads(causal, scale, bq, bk, skip, res, dout, dlse)
+
+
+blockwise_attention_lse.defvjp(_blockwise_lse_fwd, _blockwise_lse_bwd)
+
+
+def merge_partials(acc, part):
+    """Merges two normalised partial attentions (o (b, t, h, d) fp32, lse (b, t, h)) over disjoint
+    key sets into the attention over their union."""
+    o1, l1 = acc
+    o2, l2 = part
+    lse = jnp.logaddexp(l1, l2)
+    o = o1 * jnp.exp(l1 - lse)[..., None] + o2.astype(jnp.float32) * jnp.exp(l2 - lse)[..., None]
+    return o, lse

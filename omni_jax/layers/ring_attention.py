@@ -8,6 +8,12 @@ entirely in its future (`lax.cond`), so no fully masked block is computed. Segme
 with their keys, so packed samples stay block-diagonal. Each ring step is rematerialised in
 the backward pass (the gradient flows back through the reversed permutations).
 
+Inside a ring step the local attention is blockwise too (`attention.blockwise_attention_lse`:
+(block x block) score tiles, an online softmax, a recomputing backward, fully masked tiles
+skipped), and the steps' partial results merge through their log-sum-exps. So a device never
+holds a (local length x local length) score matrix: at 64k tokens over context 4 that matrix
+alone was 16k x 16k x 28 heads, about 28 GiB per row in fp32.
+
 Numerically this is the same softmax as the XLA reference up to fp32 summation order
 (tests/layers/test_ring_attention.py: forward and gradients within 1e-5 on 2 and 4 devices).
 Rows of the batch shard over the batch axes and heads over `tensor` exactly as the
@@ -19,7 +25,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from omni_jax.layers.attention import _NEG, online_softmax_fold
+from omni_jax.layers.attention import _NEG, blockwise_attention_lse, merge_partials
+
 CONTEXT_AXIS = "context"
 
 
@@ -37,40 +44,33 @@ def fit(axes, n: int, mesh):
     return axes if n % size == 0 else None
 
 
-def _ring_body(q, k, v, qs, ks, *, causal: bool, scale: float, ring: int):
+def _ring_body(q, k, v, qs, ks, *, causal: bool, scale: float, ring: int, block: int, skip: bool):
     b, tl, h, d = q.shape
-    g = k.shape[2]
     me = jax.lax.axis_index(CONTEXT_AXIS)
-    qg = q.reshape(b, tl, g, h // g, d).transpose(0, 2, 3, 1, 4)  # (b, g, r, tl, d)
-    q_idx = me * tl + jnp.arange(tl)
+    q_pos = jnp.broadcast_to(me * tl + jnp.arange(tl), (b, tl))
     perm = [(i, (i + 1) % ring) for i in range(ring)]
+    bq = bk = min(block, tl)
 
     @jax.checkpoint
     def step(carry, i):
-        o, m, l, k, v, ks = carry
+        o, lse, k, v, ks = carry
         src = (me - i) % ring  # whose keys this device holds at step i
 
-        def fold(acc):
-            s = jnp.einsum("bgrqd,bkgd->bgrqk", qg, k, preferred_element_type=jnp.float32) * scale
-            allowed = qs[:, :, None] == ks[:, None, :]
-            if causal:
-                allowed &= q_idx[None, :, None] >= (src * tl + jnp.arange(tl))[None, None, :]
-            return online_softmax_fold(acc, jnp.where(allowed[:, None, None], s, _NEG), v)
+        def fold(acc):  # the held slice's keys are positions src * tl + 0..tl-1
+            part = blockwise_attention_lse(q, k, v, qs, ks, q_pos - src * tl, causal, scale, bq, bk, skip)
+            return merge_partials(acc, part)
 
-        acc = jax.lax.cond(src <= me, fold, lambda a: a, (o, m, l)) if causal else fold((o, m, l))
+        acc = jax.lax.cond(src <= me, fold, lambda a: a, (o, lse)) if causal else fold((o, lse))
         k, v, ks = jax.lax.ppermute((k, v, ks), CONTEXT_AXIS, perm)
         return (*acc, k, v, ks), None
 
-    shape = (b, g, h // g, tl)
-    init = (jnp.zeros(shape + (v.shape[-1],), jnp.float32), jnp.full(shape, _NEG, jnp.float32),
-            jnp.zeros(shape, jnp.float32), k, v, ks)
-    (o, _, l, *_), _ = jax.lax.scan(step, init, jnp.arange(ring))
-    seen = l > 0
-    o = jnp.where(seen[..., None], o / jnp.where(seen, l, 1.0)[..., None], 0.0)
-    return o.transpose(0, 3, 1, 2, 4).reshape(b, tl, h, v.shape[-1]).astype(q.dtype)
+    init = (jnp.zeros((b, tl, h, v.shape[-1]), jnp.float32), jnp.full((b, tl, h), _NEG, jnp.float32), k, v, ks)
+    (o, lse, *_), _ = jax.lax.scan(step, init, jnp.arange(ring))
+    return jnp.where((lse > 0.5 * _NEG)[..., None], o, 0.0).astype(q.dtype)
 
 
-def ring_attention(q, k, v, q_segment_ids, kv_segment_ids, *, causal: bool, scale: float):
+def ring_attention(q, k, v, q_segment_ids, kv_segment_ids, *, causal: bool, scale: float, block: int = 512,
+                   skip: bool = True):
     """q (b, t, h, d), k/v (b, t, kv_heads, d) self-attention split over `context`."""
     from flax import linen as nn
 
@@ -92,6 +92,6 @@ def ring_attention(q, k, v, q_segment_ids, kv_segment_ids, *, causal: bool, scal
     q_spec = jax.P(batch, CONTEXT_AXIS, heads, None)
     kv_spec = jax.P(batch, CONTEXT_AXIS, kv_heads, None)
     seg_spec = jax.P(batch, CONTEXT_AXIS)
-    body = lambda *a: _ring_body(*a, causal=causal, scale=scale, ring=ring)
+    body = lambda *a: _ring_body(*a, causal=causal, scale=scale, ring=ring, block=block, skip=skip)
     return jax.shard_map(body, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec, seg_spec),
                          out_specs=q_spec, check_vma=False)(q, k, v, q_segment_ids, kv_segment_ids)

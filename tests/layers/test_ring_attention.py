@@ -21,27 +21,32 @@ def _inputs():
     return f(B, T, H, D), f(B, T, KVH, D), f(B, T, KVH, D), f(B, T, H, D)
 
 
-def _out_and_grads(impl, causal):
+def _out_and_grads(impl, causal, block=512):
     q, k, v, w = _inputs()
 
     def loss(q, k, v):
-        o = dot_product_attention(q, k, v, q_segment_ids=SEG, kv_segment_ids=SEG, causal=causal, impl=impl)
+        o = dot_product_attention(q, k, v, q_segment_ids=SEG, kv_segment_ids=SEG, causal=causal, impl=impl,
+                                  block_size=block)
         return (o * w).sum(), o
 
     (_, o), g = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
     return (o, *g)
 
 
-@pytest.mark.parametrize("mesh_cfg,causal", [(dict(context=2), True), (dict(context=4), True), (dict(context=4), False),
-                                             (dict(data=2, context=2, tensor=2), True)])
-def test_ring_attention_matches_the_single_device_reference(mesh_cfg, causal):
+@pytest.mark.parametrize("mesh_cfg,causal,block", [(dict(context=2), True, 512), (dict(context=4), True, 512),
+                                                   (dict(context=4), False, 512),
+                                                   (dict(data=2, context=2, tensor=2), True, 512),
+                                                   (dict(context=2), True, 4), (dict(context=4), False, 3)])
+def test_ring_attention_matches_the_single_device_reference(mesh_cfg, causal, block):
+    """block < the local length (16 or 8): every ring step folds several (block x block) tiles, and a
+    block that does not divide it (3) pads the last tile."""
     ref = _out_and_grads("xla", causal)
     n = int(np.prod(list(mesh_cfg.values())))
     mesh = shd.make_mesh(mesh_cfg, jax.devices()[:n])
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
-        ring = _out_and_grads("ring", causal)
+        ring = _out_and_grads("ring", causal, block)
     d = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(ring, ref))
-    print(f"ring attention {mesh_cfg} causal={causal} vs single device: output+grads max abs diff {d:.3e}")
+    print(f"ring attention {mesh_cfg} causal={causal} block={block} vs single device: output+grads max abs diff {d:.3e}")
     assert d <= 1e-5
 
 
