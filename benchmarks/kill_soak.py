@@ -1,7 +1,7 @@
 r"""Kill soak (issue 13 item 4): random kill -9 over the tiny Baichuan-Omni-1.5 pipeline, not a test.
 
     python benchmarks/kill_soak.py [--config=configs/omni15/pipeline.py:test] [--kills=20] [--workdir=DIR] \
-        [--meshes=data=1,fsdp=2 --processes=1,2]
+        [--meshes=data=1,fsdp=2 --processes=1,2] [--resume]
 
 A `launch.certify` run without other meshes: two runs from scratch, then --kills kill -9 of one
 resumed run (the first during a held async save, then one held mid-write at EVERY stage
@@ -33,6 +33,7 @@ flags.DEFINE_string("workdir", None, "Where to run (default: a fresh temporary d
 flags.DEFINE_multi_string("meshes", [], "Other meshes of the same device count, e.g. data=1,fsdp=2.")
 flags.DEFINE_list("processes", ["1"], "Process counts, e.g. 1,2.")
 flags.DEFINE_integer("timeout_s", 3600, "Limit of one launch.train process.")
+flags.DEFINE_bool("resume", False, "Reuse the variants an interrupted soak in --workdir finished.")
 FLAGS = flags.FLAGS
 
 
@@ -47,7 +48,8 @@ def main(argv):
     workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="kill_soak_")
     print(f"{FLAGS.config}: {len(config.stage_order)} stages, {steps} steps, {kills} kills, workdir {workdir}", flush=True)
     cert = cert_lib.certify(FLAGS.config, config, workdir, kills=kills, meshes=FLAGS.meshes,
-                            processes=[int(p) for p in FLAGS.processes], timeout_s=FLAGS.timeout_s)
+                            processes=[int(p) for p in FLAGS.processes], timeout_s=FLAGS.timeout_s,
+                            resume=FLAGS.resume)
     print(cert_lib.markdown(cert))
     ev = cert["variants"]["kills"]["events"]
     boundaries = [int(b) for b in np.cumsum([config.stages[s].steps for s in config.stage_order])]

@@ -22,6 +22,9 @@ scratch_1 fills jax's persistent compilation cache (DIR/compile_cache) and the l
 executables they share with it (the restarts of (b) and (c) above all; not the multi-process runs)
 instead of recompiling: the certificate is about the run (state, data, resume), not about XLA
 compiling the same program twice the same way; `--nocompile_cache` compiles every run on its own.
+A workdir that already holds runs is refused (they would resume instead of starting from scratch)
+unless `--resume`: then the variants an interrupted certify finished (DIR/progress.json, same config
+and steps) are read back and the rest run from scratch.
 
 The certificate records the versions of jax, jaxlib, flax, optax, orbax, grain, numpy and python,
 the platform, XLA_FLAGS, the config hash, the git commit and every hash, so another machine can
@@ -35,6 +38,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,6 +49,8 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
+
+from launch.mesh_check import COLLECTIVE_FLAGS
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,6 +108,29 @@ def check_workdir(workdir: str, cfg_hash: str) -> None:
                                f"use a fresh --workdir")
 
 
+def previous_variants(workdir: str, cfg_hash: str, steps: int, resume: bool) -> dict:
+    """The variants an interrupted certify of this config finished (its progress.json), for --resume.
+
+    Without --resume a workdir that already holds runs is refused: its runs would resume from
+    their checkpoints instead of starting from scratch, and certify nothing."""
+    runs = os.path.join(workdir, "runs")
+    if not resume:
+        if os.path.isdir(runs) and os.listdir(runs):
+            raise CertifyError(f"{workdir} already holds the runs of an earlier certify: pass --resume to reuse "
+                               f"the variants it finished (same config), or use a fresh --workdir")
+        return {}
+    path = os.path.join(workdir, "progress.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        prev = json.load(f)
+    if prev.get("config_hash") != cfg_hash or prev.get("steps") != steps:
+        raise CertifyError(f"--resume: {path} is of another config or step count (config_hash "
+                           f"{prev.get('config_hash')}, {prev.get('steps')} steps; this one {cfg_hash}, {steps} steps): "
+                           f"use a fresh --workdir")
+    return {k: v for k, v in prev["variants"].items() if os.path.isdir(os.path.join(runs, k))}
+
+
 def parse_mesh(spec: str) -> dict[str, int]:
     out = {}
     for part in filter(None, spec.split(",")):
@@ -126,6 +155,10 @@ class Runner:
         env = dict(os.environ)
         flags_ = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
         flags_.append(f"--xla_force_host_platform_device_count={devices or self.devices}")
+        # A loaded machine with fewer cores than simulated devices can leave one device thread more
+        # than XLA CPU's 40 s behind at a collective, which aborts the run (seen in the soak's
+        # data 1 x fsdp 2 run); the runner's own timeout bounds every run instead.
+        flags_ += [f for f in COLLECTIVE_FLAGS.split() if f.split("=")[0] not in " ".join(flags_)]
         env["XLA_FLAGS"] = " ".join(flags_)
         env["OMNI_JAX_RECORD_BATCH_HASHES"] = "1"
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
@@ -264,7 +297,7 @@ def _bits(x) -> str:
 
 def certify(config_arg: str, config, workdir: str, *, steps: int | None = None, kills: int = 3,
             meshes: list[str] = (), processes: list[int] = (1,), seed: int = 0, devices: int = 2,
-            timeout_s: float = 600.0, compile_cache: bool = True) -> dict:
+            timeout_s: float = 600.0, compile_cache: bool = True, resume: bool = False) -> dict:
     from omni_jax.workdir import config_hash
 
     total = int(sum(config.stages[s].steps for s in config.stage_order))
@@ -286,6 +319,7 @@ def certify(config_arg: str, config, workdir: str, *, steps: int | None = None, 
     check_schedule(kills, steps)
     cfg_hash = config_hash(config)
     check_workdir(workdir, cfg_hash)
+    finished = previous_variants(workdir, cfg_hash, steps, resume)
     os.makedirs(workdir, exist_ok=True)
     rnd = random.Random(seed)
     # scratch_1 fills jax's persistent compilation cache; every later run loads the executables it
@@ -305,11 +339,24 @@ def certify(config_arg: str, config, workdir: str, *, steps: int | None = None, 
             json.dump({"config_path": config_arg, "config_hash": cfg_hash, "steps": steps, "variants": variants,
                        "elapsed_s": round(time.monotonic() - t_start, 1)}, f, indent=1, sort_keys=True)
 
+    def reuse(name) -> bool:
+        """--resume: a variant the interrupted certify finished is read back, not run again; an
+        unfinished one starts from scratch (its partial run is removed)."""
+        wd = os.path.join(runs, name)
+        if name in finished:
+            raw[name] = read_run(wd, steps)
+            variants[name] = finished[name]
+            return True
+        if os.path.exists(wd):
+            shutil.rmtree(wd)
+        return False
+
     for name in ("scratch_1", "scratch_2"):
         t_variant = time.monotonic()
         wd = os.path.join(runs, name)
-        runner.run(wd, cache=True)
-        record(name, wd)
+        if not reuse(name):
+            runner.run(wd, cache=True)
+            record(name, wd)
     ref = raw["scratch_1"]
 
     # (b) kill -9 schedule: a held async save, the stage boundary, then random steps
@@ -330,7 +377,7 @@ def certify(config_arg: str, config, workdir: str, *, steps: int | None = None, 
     t_variant = time.monotonic()
     wd = os.path.join(runs, "kills")
     events = []
-    for kind, at in schedule:
+    for kind, at in ([] if reuse("kills") else schedule):
         gate = os.path.join(workdir, "gate")
         os.makedirs(gate, exist_ok=True)
         for f in ("writing", "release"):
@@ -350,20 +397,22 @@ def certify(config_arg: str, config, workdir: str, *, steps: int | None = None, 
         proc.wait()
         events.append({"kind": kind, "at_step": at, "resumed_from": resume, "batch_taken_at_kill": _started_step(wd, since),
                        "stage_boundary": at in boundaries})
-    runner.run(wd, cache=True)  # the final resume
-    record("kills", wd, events=events)
+    if "kills" not in finished:
+        runner.run(wd, cache=True)  # the final resume
+        record("kills", wd, events=events)
 
     # (c) SIGTERM then resume
     t_variant = time.monotonic()
     wd = os.path.join(runs, "sigterm")
     at = rnd.randint(1, steps - 1) if steps > 1 else 1
-    proc = runner.start(wd, cache=True)
-    _wait_for(lambda: _started_step(wd, 0) >= at, proc, f"step {at}", timeout_s)
-    proc.send_signal(signal.SIGTERM)
-    runner.finish(proc, wd)
-    stopped = _latest_checkpoint(wd)
-    runner.run(wd, cache=True)
-    record("sigterm", wd, events=[{"kind": "sigterm", "at_step": at, "stopped_at": stopped}])
+    if not reuse("sigterm"):
+        proc = runner.start(wd, cache=True)
+        _wait_for(lambda: _started_step(wd, 0) >= at, proc, f"step {at}", timeout_s)
+        proc.send_signal(signal.SIGTERM)
+        runner.finish(proc, wd)
+        stopped = _latest_checkpoint(wd)
+        runner.run(wd, cache=True)
+        record("sigterm", wd, events=[{"kind": "sigterm", "at_step": at, "stopped_at": stopped}])
 
     # (d) other meshes of the same device count
     for spec in meshes:
@@ -371,8 +420,9 @@ def certify(config_arg: str, config, workdir: str, *, steps: int | None = None, 
         name = "mesh_" + "_".join(f"{k}{v}" for k, v in mesh.items())
         t_variant = time.monotonic()
         wd = os.path.join(runs, name)
-        runner.run(wd, [f"--config.mesh.{k}={v}" for k, v in mesh.items()], cache=True)
-        record(name, wd, mesh=mesh)
+        if not reuse(name):
+            runner.run(wd, [f"--config.mesh.{k}={v}" for k, v in mesh.items()], cache=True)
+            record(name, wd, mesh=mesh)
 
     # (e) other process counts
     skipped = {}
@@ -386,6 +436,8 @@ def certify(config_arg: str, config, workdir: str, *, steps: int | None = None, 
             raise CertifyError(f"--processes={n} does not divide the {devices} devices")
         t_variant = time.monotonic()
         wd = os.path.join(runs, f"processes_{n}")
+        if reuse(f"processes_{n}"):
+            continue
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -519,6 +571,7 @@ def _define_flags() -> None:
     flags.DEFINE_list("processes", ["1"], "Process counts, e.g. 1,2.")
     flags.DEFINE_integer("devices", 2, "Host devices of every run (XLA_FLAGS device count).")
     flags.DEFINE_integer("seed", 0, "Seed of the kill schedule.")
+    flags.DEFINE_bool("resume", False, "Reuse the variants an interrupted certify in --workdir finished.")
     flags.DEFINE_bool("compile_cache", True, "Later runs load scratch_1's executables (jax's persistent cache).")
     flags.DEFINE_multi_string("compare", None, "Two certificate.json files: say what differs.")
 
@@ -552,7 +605,8 @@ def _main(argv):
     try:
         cert = certify(_config_arg(), FLAGS.config, FLAGS.workdir, steps=FLAGS.steps,
                        kills=FLAGS.kills, meshes=FLAGS.meshes, processes=[int(p) for p in FLAGS.processes],
-                       seed=FLAGS.seed, devices=FLAGS.devices, compile_cache=FLAGS.compile_cache)
+                       seed=FLAGS.seed, devices=FLAGS.devices, compile_cache=FLAGS.compile_cache,
+                       resume=FLAGS.resume)
     except CertifyError as e:
         raise app.UsageError(str(e)) from None
     print(markdown(cert))

@@ -83,3 +83,11 @@ def test_small_certificate_of_the_tiny_backbone(tmp_path):
         assert os.path.getsize(tmp_path / f) > 0
     # a second certificate of the same config in its own workdir compares equal
     assert cert_lib.compare(c, json.load(open(tmp_path / "certificate.json"))) == []
+    # the same workdir again: refused without --resume (its runs would resume, not start from
+    # scratch); with it every finished variant is read back, nothing runs, the same certificate
+    with pytest.raises(cert_lib.CertifyError, match=r"already holds the runs of an earlier certify: pass --resume"):
+        cert_lib.certify("configs/backbone_tiny.py:runlocal", backbone_tiny.get_config("runlocal"), str(tmp_path),
+                         kills=3, meshes=["data=1,fsdp=2"], processes=[1, 2], timeout_s=300)
+    again = cert_lib.certify("configs/backbone_tiny.py:runlocal", backbone_tiny.get_config("runlocal"), str(tmp_path),
+                             kills=3, meshes=["data=1,fsdp=2"], processes=[1, 2], timeout_s=300, resume=True)
+    assert again["wall_s"] < 60 and cert_lib.compare(c, again) == [] and again["passed"]
