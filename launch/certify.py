@@ -50,7 +50,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from launch.mesh_check import COLLECTIVE_FLAGS
+from omni_jax import cpu_simulation
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -155,11 +155,11 @@ class Runner:
         env = dict(os.environ)
         flags_ = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
         flags_.append(f"--xla_force_host_platform_device_count={devices or self.devices}")
-        # A loaded machine with fewer cores than simulated devices can leave one device thread more
-        # than XLA CPU's 40 s behind at a collective, which aborts the run (seen in the soak's
-        # data 1 x fsdp 2 run); the runner's own timeout bounds every run instead.
-        flags_ += [f for f in COLLECTIVE_FLAGS.split() if f.split("=")[0] not in " ".join(flags_)]
         env["XLA_FLAGS"] = " ".join(flags_)
+        # every run gets the same CPU thread pool, sized for the most devices of any run (the
+        # pipeline's data 1 x fsdp 2 run hung without it: omni_jax/cpu_simulation.py), and the
+        # raised collective timeouts (the runner's own timeout bounds every run)
+        cpu_simulation.apply(env, devices=max(self.devices, 2))
         env["OMNI_JAX_RECORD_BATCH_HASHES"] = "1"
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
         env.pop("JAX_COMPILATION_CACHE_DIR", None)

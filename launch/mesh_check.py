@@ -13,7 +13,8 @@ collective whose participants do not all arrive within
 `--xla_cpu_collective_call_terminate_timeout_seconds` (40 s by default). On a machine with
 fewer cores than simulated devices, under load, one device thread can fall that far behind
 the others inside a big step (what stopped the data 4 x tensor 2 omni step): this command and
-the tests raise that timeout (COLLECTIVE_FLAGS below).
+the tests raise that timeout; this command also sizes the CPU thread pool so that simulated
+devices blocked in different collectives cannot take all of it (omni_jax/cpu_simulation.py).
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ import os
 import sys
 import time
 
-COLLECTIVE_FLAGS = ("--xla_cpu_collective_call_warn_stuck_timeout_seconds=600 "
-                    "--xla_cpu_collective_call_terminate_timeout_seconds=3600")
+from omni_jax import cpu_simulation  # noqa: E402
 
 
 def factorisations(n: int) -> list[tuple[int, int, int, int]]:
@@ -147,8 +147,7 @@ def main(argv=None) -> int:
     p.add_argument("--tolerance", type=float, default=1e-5)
     p.add_argument("--out", default="", help="write the results as JSON lines here")
     a = p.parse_args(argv)
-    if "collective_call_terminate" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + COLLECTIVE_FLAGS).strip()
+    cpu_simulation.apply(os.environ)  # before jax starts
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 
