@@ -64,7 +64,9 @@ class CertifyError(ValueError):
 
 # ----------------------------------------------------------------- environment and inputs
 
-def environment() -> dict:
+def environment(run_env: dict | None = None) -> dict:
+    """Versions, platform and git state; XLA_FLAGS and PJRT_NPROC as the runs got them (`run_env`,
+    the Runner's environment), else as this process has them."""
     from importlib import metadata
 
     versions = {}
@@ -82,7 +84,8 @@ def environment() -> dict:
     except (OSError, subprocess.TimeoutExpired):
         commit, dirty = None, None
     return {"versions": versions, "platform": f"{platform.system()} {platform.machine()}",
-            "python_platform": platform.platform(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "python_platform": platform.platform(), "xla_flags": (run_env or os.environ).get("XLA_FLAGS", ""),
+            "pjrt_nproc": (run_env or os.environ).get("PJRT_NPROC", ""),
             "jax_platforms": os.environ.get("JAX_PLATFORMS", ""), "git_commit": commit, "git_dirty": dirty}
 
 
@@ -447,7 +450,7 @@ def certify(config_arg: str, config, workdir: str, *, steps: int | None = None, 
             runner.finish(p, wd)
         record(f"processes_{n}", wd, processes=n)
 
-    cert = assemble(config_arg, cfg_hash, steps, variants, raw, skipped)
+    cert = assemble(config_arg, cfg_hash, steps, variants, raw, skipped, runner.env())
     cert["wall_s"] = round(time.monotonic() - t_start, 1)
     write(workdir, cert)
     return cert
@@ -457,7 +460,7 @@ def _max_diff(a: dict, b: dict) -> float:
     return max((float(np.max(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)))) for k in a), default=0.0)
 
 
-def assemble(config_arg, cfg_hash, steps, variants, raw, skipped) -> dict:
+def assemble(config_arg, cfg_hash, steps, variants, raw, skipped, run_env: dict | None = None) -> dict:
     ref = variants["scratch_1"]
     checks = {}
     same = lambda v: ([_bits(x) for x in v["losses"]] == [_bits(x) for x in ref["losses"]]
@@ -474,7 +477,7 @@ def assemble(config_arg, cfg_hash, steps, variants, raw, skipped) -> dict:
     checks["f_batches_equal"] = all(v["batch_hashes"] == ref["batch_hashes"] and None not in v["batch_hashes"]
                                     for v in variants.values())
     return {"kind": "omni_jax reproducibility certificate", "config_path": config_arg, "config_hash": cfg_hash,
-            "steps": steps, "environment": environment(), "variants": variants, "skipped": skipped,
+            "steps": steps, "environment": environment(run_env), "variants": variants, "skipped": skipped,
             "checks": checks, "passed": all(checks.values())}
 
 
@@ -490,7 +493,8 @@ def markdown(cert: dict) -> str:
     env = cert["environment"]
     lines = [f"# Reproducibility certificate: {cert['config_path']}", "",
              f"config hash `{cert['config_hash']}`, {cert['steps']} steps, git `{env['git_commit']}`"
-             f"{' (dirty)' if env['git_dirty'] else ''}, {env['platform']}, XLA_FLAGS `{env['xla_flags']}`", "",
+             f"{' (dirty)' if env['git_dirty'] else ''}, {env['platform']}, XLA_FLAGS `{env['xla_flags']}`"
+             + (f", PJRT_NPROC {env['pjrt_nproc']}" if env.get("pjrt_nproc") else ""), "",
              "versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), "",
              *([f"wall time {cert['wall_s']:.0f} s"
                 + (" (per variant: " + ", ".join(f"{n} {v['wall_s']:.0f} s" for n, v in cert["variants"].items()
@@ -542,7 +546,7 @@ def compare(a: dict, b: dict) -> list[str]:
         va, vb = a["environment"]["versions"].get(k), b["environment"]["versions"].get(k)
         if va != vb:
             out.append(f"version of {k}: {va} vs {vb}")
-    for k in ("platform", "xla_flags", "git_commit"):
+    for k in ("platform", "xla_flags", "pjrt_nproc", "git_commit"):
         if a["environment"].get(k) != b["environment"].get(k):
             out.append(f"{k}: {a['environment'].get(k)!r} vs {b['environment'].get(k)!r}")
     ra, rb = a["variants"]["scratch_1"], b["variants"]["scratch_1"]
