@@ -159,10 +159,10 @@ class Runner:
         flags_ = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
         flags_.append(f"--xla_force_host_platform_device_count={devices or self.devices}")
         env["XLA_FLAGS"] = " ".join(flags_)
-        # every run gets the same CPU thread pool, sized for the most devices of any run (the
+        # every run gets the same CPU thread pool, sized for all the certificate's devices (the
         # pipeline's data 1 x fsdp 2 run hung without it: omni_jax/cpu_simulation.py), and the
         # raised collective timeouts (the runner's own timeout bounds every run)
-        cpu_simulation.apply(env, devices=max(self.devices, 2))
+        cpu_simulation.apply(env, devices=self.devices)
         env["OMNI_JAX_RECORD_BATCH_HASHES"] = "1"
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
         env.pop("JAX_COMPILATION_CACHE_DIR", None)
@@ -379,28 +379,28 @@ def certify(config_arg: str, config, workdir: str, *, steps: int | None = None, 
     schedule.sort(key=lambda e: (e[1], e[0] == "held_save"))
     t_variant = time.monotonic()
     wd = os.path.join(runs, "kills")
-    events = []
-    for kind, at in ([] if reuse("kills") else schedule):
-        gate = os.path.join(workdir, "gate")
-        os.makedirs(gate, exist_ok=True)
-        for f in ("writing", "release"):
-            if os.path.exists(os.path.join(gate, f)):
-                os.remove(os.path.join(gate, f))
-        resume = _latest_checkpoint(wd)
-        if at <= resume:  # that moment has passed for good: the next step after the resume point
-            kind, at = "step", min(resume + 1, steps)
-        since = len(_batch_lines(wd))
-        env_extra = {"OMNI_JAX_TEST_HOLD_SAVE": f"{at}:{gate}"} if kind == "held_save" else {}
-        proc = runner.start(wd, env_extra=env_extra, cache=True)
-        if kind == "held_save":
-            _wait_for(lambda: os.path.exists(os.path.join(gate, "writing")), proc, f"the held save of step {at}", timeout_s)
-        else:
-            _wait_for(lambda: _started_step(wd, since) >= at, proc, f"step {at}", timeout_s)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        events.append({"kind": kind, "at_step": at, "resumed_from": resume, "batch_taken_at_kill": _started_step(wd, since),
-                       "stage_boundary": at in boundaries})
-    if "kills" not in finished:
+    if not reuse("kills"):
+        events = []
+        for kind, at in schedule:
+            gate = os.path.join(workdir, "gate")
+            os.makedirs(gate, exist_ok=True)
+            for f in ("writing", "release"):
+                if os.path.exists(os.path.join(gate, f)):
+                    os.remove(os.path.join(gate, f))
+            resumed_from = _latest_checkpoint(wd)
+            if at <= resumed_from:  # that moment has passed for good: the next step after the resume point
+                kind, at = "step", min(resumed_from + 1, steps)
+            since = len(_batch_lines(wd))
+            env_extra = {"OMNI_JAX_TEST_HOLD_SAVE": f"{at}:{gate}"} if kind == "held_save" else {}
+            proc = runner.start(wd, env_extra=env_extra, cache=True)
+            if kind == "held_save":
+                _wait_for(lambda: os.path.exists(os.path.join(gate, "writing")), proc, f"the held save of step {at}", timeout_s)
+            else:
+                _wait_for(lambda: _started_step(wd, since) >= at, proc, f"step {at}", timeout_s)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            events.append({"kind": kind, "at_step": at, "resumed_from": resumed_from, "batch_taken_at_kill": _started_step(wd, since),
+                           "stage_boundary": at in boundaries})
         runner.run(wd, cache=True)  # the final resume
         record("kills", wd, events=events)
 

@@ -26,7 +26,7 @@ import os
 import sys
 import time
 
-from omni_jax import cpu_simulation  # noqa: E402
+from omni_jax import cpu_simulation
 
 
 def factorisations(n: int) -> list[tuple[int, int, int, int]]:
