@@ -156,9 +156,7 @@ class Runner:
 
     def env(self, devices: int | None = None, extra: dict | None = None, cache: bool = False) -> dict:
         env = dict(os.environ)
-        flags_ = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-        flags_.append(f"--xla_force_host_platform_device_count={devices or self.devices}")
-        env["XLA_FLAGS"] = " ".join(flags_)
+        env["XLA_FLAGS"] = cpu_simulation.set_devices(env.get("XLA_FLAGS", ""), devices or self.devices)
         # every run gets the same CPU thread pool, sized for all the certificate's devices (the
         # pipeline's data 1 x fsdp 2 run hung without it: omni_jax/cpu_simulation.py), and the
         # raised collective timeouts (the runner's own timeout bounds every run)

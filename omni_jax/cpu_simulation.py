@@ -26,14 +26,23 @@ import os
 import re
 
 # a device thread that is merely slow on a loaded machine may wait (callers bound their runs)
-FLAGS = ("--xla_cpu_collective_call_warn_stuck_timeout_seconds=600 "
-         "--xla_cpu_collective_call_terminate_timeout_seconds=3600")
+TERMINATE_TIMEOUT = "--xla_cpu_collective_call_terminate_timeout_seconds=3600"  # XLA's default: 40 s
+FLAGS = "--xla_cpu_collective_call_warn_stuck_timeout_seconds=600 " + TERMINATE_TIMEOUT
+
+
+DEVICE_FLAG = "--xla_force_host_platform_device_count"
 
 
 def simulated_devices(xla_flags: str) -> int:
     """The device count `--xla_force_host_platform_device_count=N` asks for (1 without it)."""
-    m = re.findall(r"--xla_force_host_platform_device_count=(\d+)", xla_flags or "")
+    m = re.findall(DEVICE_FLAG + r"=(\d+)", xla_flags or "")
     return int(m[-1]) if m else 1
+
+
+def set_devices(xla_flags: str, devices: int) -> str:
+    """`xla_flags` asking for `devices` simulated CPU devices (any count it had is replaced)."""
+    rest = [f for f in (xla_flags or "").split() if f.split("=")[0] != DEVICE_FLAG]
+    return " ".join([*rest, f"{DEVICE_FLAG}={devices}"])
 
 
 def threads(devices: int) -> int:

@@ -9,10 +9,12 @@ import os
 
 import pytest
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+from omni_jax import cpu_simulation  # sets no jax state: jax is imported below
+
 # XLA CPU aborts a collective whose 8 simulated participants do not all arrive within 40 s, which a
 # loaded 2-core machine can exceed inside a big step (launch/mesh_check.py): allow an hour
-os.environ["XLA_FLAGS"] += " --xla_cpu_collective_call_terminate_timeout_seconds=3600"
+os.environ["XLA_FLAGS"] = cpu_simulation.set_devices(
+    os.environ.get("XLA_FLAGS", "") + " " + cpu_simulation.TERMINATE_TIMEOUT, 8)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+from omni_jax import cpu_simulation
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -22,8 +24,7 @@ def free_port() -> int:
 
 def env(local_devices: int, cache_dir: str | None = None) -> dict:
     e = dict(os.environ)
-    e["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={local_devices} "
-                      "--xla_cpu_collective_call_terminate_timeout_seconds=3600")  # see tests/conftest.py
+    e["XLA_FLAGS"] = cpu_simulation.set_devices(cpu_simulation.TERMINATE_TIMEOUT, local_devices)  # tests/conftest.py
     e["JAX_PLATFORMS"] = "cpu"
     e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
     e["PYTHONUNBUFFERED"] = "1"

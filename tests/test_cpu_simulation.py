@@ -29,3 +29,11 @@ def test_a_users_own_values_win():
     assert out[:2] == flags.split() and "--xla_cpu_collective_call_terminate_timeout_seconds=3600" not in out
     assert "--xla_cpu_collective_call_warn_stuck_timeout_seconds=600" in out and "PJRT_NPROC" not in env
     assert cpu_simulation.simulated_devices(flags) == 8 and cpu_simulation.simulated_devices("") == 1
+
+
+def test_set_devices_replaces_the_count_and_keeps_the_rest():
+    flags = "--xla_force_host_platform_device_count=8 --xla_cpu_use_thunk_runtime=true"
+    out = cpu_simulation.set_devices(flags, 2)
+    assert out.split() == ["--xla_cpu_use_thunk_runtime=true", "--xla_force_host_platform_device_count=2"]
+    assert cpu_simulation.simulated_devices(out) == 2 and cpu_simulation.set_devices("", 3).split() == [
+        "--xla_force_host_platform_device_count=3"]
