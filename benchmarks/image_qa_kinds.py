@@ -1,0 +1,68 @@
+"""Image QA accuracy per question kind: which visual skill does a trained omni run lack? (issue #14)
+
+  python benchmarks/image_qa_kinds.py --workdir=runs/omni15_tiny [--splits=test,train --limit=100]
+
+The embedded image set asks one of five kinds of question per picture (omni_jax/data/
+default_dataset.py `_scene`): the colour of a named shape, the shape of a named colour, how many
+shapes, big or small, and where one shape is relative to the other. The main job's evaluation
+reports one accuracy over all of them; this asks the run (OmniRunner, greedy, the evaluation's
+prompt, greedy) every question of the first `limit` records of each split and prints the accuracy per kind
+(colour and shape words replaced by C and S) and the most frequent colour confusions. Train-split
+accuracy next to test-split accuracy separates not learnt (both low) from not generalised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def kind(question: str) -> str:
+    from omni_jax.data.text_corpus import COLOURS, SHAPES
+
+    q = re.sub(r"\b(" + "|".join(COLOURS) + r")\b", "C", question)
+    return re.sub(r"\b(" + "|".join(SHAPES) + r")\b", "S", q)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", required=True, help="a trained omni_jax omni workdir (1.5 or v1)")
+    p.add_argument("--splits", default="test,train")
+    p.add_argument("--limit", type=int, default=100, help="records per split (the test split has 100)")
+    a = p.parse_args(argv)
+
+    from omni_jax.data import default_dataset
+    from omni_jax.generate.omni_infer import OmniRunner, Prompt
+    from omni_jax.generate.sampling import SamplingParams
+
+    runner = OmniRunner.load(a.workdir)
+    right = collections.defaultdict(lambda: [0, 0])
+    confusions = collections.Counter()
+    for split in a.splits.split(","):
+        for n, (_, ex) in enumerate(default_dataset.generate("images", split)):
+            if n == a.limit:
+                break
+            reply = runner.respond(Prompt(text=ex["question"], images=[ex["image"]]), max_new_tokens=12,
+                                    text=SamplingParams(do_sample=False)).text.strip()
+            k, ok = kind(ex["question"]), reply == ex["answer"]
+            right[(k, split)][0] += ok
+            right[(k, split)][1] += 1
+            if not ok and k.startswith("what colour"):
+                confusions[(ex["answer"], reply)] += 1
+    splits = a.splits.split(",")
+    print("| question kind | " + " | ".join(splits) + " |")
+    print("|---|" + "---|" * len(splits))
+    for k in sorted({k for k, _ in right}):
+        cells = [f"{right[(k, s)][0]}/{right[(k, s)][1]} = {right[(k, s)][0] / max(right[(k, s)][1], 1):.2f}"
+                 for s in splits]
+        print(f"| {k} | " + " | ".join(cells) + " |")
+    print("colour confusions (reference -> reply):", ", ".join(f"{r} -> {h} x{c}" for (r, h), c in confusions.most_common(8)))
+
+
+if __name__ == "__main__":
+    main()
