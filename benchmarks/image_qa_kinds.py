@@ -9,6 +9,12 @@ reports one accuracy over all of them; this asks the run (OmniRunner, greedy, th
 prompt, greedy) every question of the first `limit` records of each split and prints the accuracy per kind
 (colour and shape words replaced by C and S) and the most frequent colour confusions. Train-split
 accuracy next to test-split accuracy separates not learnt (both low) from not generalised.
+
+`--probe` also asks whether the vision tokens hold what the answers lack: a linear softmax probe
+(benchmarks/audio_code_probe.py `linear_probe`) of the colour and of the shape of one-shape
+pictures from the bridge output (the LLM-width vision tokens, mean over the picture), against the
+same probe on the raw patches' mean, fitted on up to 600 train records and scored on the test
+split's one-shape pictures.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/audio_code_probe.py
 
 
 def kind(question: str) -> str:
@@ -29,11 +36,51 @@ def kind(question: str) -> str:
     return re.sub(r"\b(" + "|".join(SHAPES) + r")\b", "S", q)
 
 
+def probe_vision_tokens(runner, n_train: int = 600, n_test: int = 100) -> None:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from audio_code_probe import linear_probe
+    from omni_jax.data import default_dataset
+    from omni_jax.data.text_corpus import COLOURS, SHAPES
+    from omni_jax.generate.omni_infer import Prompt
+
+    tokens = jax.jit(runner.task.model.vision_tokens)
+
+    def one_shape(split, count):
+        x, raw, colour, shape = [], [], [], []
+        for n, (_, ex) in enumerate(default_dataset.generate("images", split)):
+            if n == count:
+                break
+            if not ex["caption"].startswith("there is one shape. it is a "):
+                continue
+            b = runner.prompt_batch(Prompt(text="x", images=[ex["image"]]), speech=False)
+            vt = tokens(runner.params, *(jnp.asarray(b[k]) for k in ("vision_patches", "vision_positions",
+                                                                      "vision_segment_ids")))
+            x.append(np.asarray(vt[0]).mean(0))
+            raw.append(np.asarray(b["vision_patches"][0]).mean(0))
+            _, c, s = ex["caption"].split("it is a ")[1].split(".")[0].split()
+            colour.append(COLOURS.index(c))
+            shape.append(SHAPES.index(s))
+        return np.stack(x), np.stack(raw), {"colour": np.array(colour), "shape": np.array(shape)}
+
+    tr, te = one_shape("train", n_train), one_shape("test", n_test)
+    print(f"linear probes on one-shape pictures ({len(tr[0])} train / {len(te[0])} test), held-out (train):")
+    for name, k in (("colour", len(COLOURS)), ("shape", len(SHAPES))):
+        cells = []
+        for what, i in (("vision tokens", 0), ("raw patch mean", 1)):
+            a, b = linear_probe(tr[i], tr[2][name], te[i], te[2][name], k)
+            cells.append(f"{what} {a:.2f} ({b:.2f})")
+        print(f"  {name}: " + ", ".join(cells) + f"; chance {1 / k:.2f}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", required=True, help="a trained omni_jax omni workdir (1.5 or v1)")
     p.add_argument("--splits", default="test,train")
     p.add_argument("--limit", type=int, default=100, help="records per split (the test split has 100)")
+    p.add_argument("--probe", action="store_true", help="also probe the vision tokens for colour and shape")
     a = p.parse_args(argv)
 
     from omni_jax.data import default_dataset
@@ -62,6 +109,8 @@ def main(argv=None) -> None:
                  for s in splits]
         print(f"| {k} | " + " | ".join(cells) + " |")
     print("colour confusions (reference -> reply):", ", ".join(f"{r} -> {h} x{c}" for (r, h), c in confusions.most_common(8)))
+    if a.probe:
+        probe_vision_tokens(runner)
 
 
 if __name__ == "__main__":
