@@ -51,16 +51,16 @@ def encode(runner, mels: list[np.ndarray], batch: int = 16) -> tuple[list[np.nda
     import jax
     import jax.numpy as jnp
 
-    from omni_jax.models.audio_tokenizer import AudioTokenizer
-
     model = runner.task.model
     variables = model.tokenizer_variables(runner.params, runner.state)
 
+    def features_and_codes(tok, mel, lengths):  # AudioTokenizer.encode, keeping its features
+        z, zl = tok.features(mel, lengths)
+        return z, tok.audio_bridge.quantize(z, zl)[0], zl
+
     @jax.jit
     def run(mel, lengths):
-        z, zl = model.tokenizer.apply(variables, mel, lengths, method=AudioTokenizer.features)
-        codes, _ = model.tokenizer.apply(variables, mel, lengths, method=AudioTokenizer.encode)
-        return z, codes, zl
+        return model.tokenizer.apply(variables, mel, lengths, method=features_and_codes)
 
     frames = -(-max(m.shape[1] for m in mels) // 8) * 8  # one padded width: one compile
     feats, codes = [], []

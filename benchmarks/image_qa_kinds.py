@@ -6,8 +6,8 @@ The embedded image set asks one of five kinds of question per picture (omni_jax/
 default_dataset.py `_scene`): the colour of a named shape, the shape of a named colour, how many
 shapes, big or small, and where one shape is relative to the other. The main job's evaluation
 reports one accuracy over all of them; this asks the run (OmniRunner, greedy, the evaluation's
-prompt, greedy) every question of the first `limit` records of each split and prints the accuracy per kind
-(colour and shape words replaced by C and S) and the most frequent colour confusions. Train-split
+prompt) every question of the first `limit` records of each split and prints the accuracy per
+kind (colour and shape words replaced by C and S) and the most frequent colour confusions. Train-split
 accuracy next to test-split accuracy separates not learnt (both low) from not generalised.
 
 `--probe` also asks whether the vision tokens hold what the answers lack: a linear softmax probe
