@@ -22,7 +22,7 @@ ORDER = ("text_pretrain", "audio_tokenizer", "flow_matching", "vocoder", "image_
 STEPS = {
     "test": dict.fromkeys(ORDER, 2),
     "tiny": dict(text_pretrain=200, audio_tokenizer=800, flow_matching=80, vocoder=60, image_text_1=40,
-                 image_text_2=150, image_audio_text_1=100, image_audio_text_2=100, omni_pretrain=100, sft_1=150,
+                 image_text_2=450, image_audio_text_1=100, image_audio_text_2=100, omni_pretrain=100, sft_1=150,
                  sft_2=100),
     "small": dict(text_pretrain=4000, audio_tokenizer=3000, flow_matching=2000, vocoder=2000, image_text_1=500,
                   image_text_2=3000, image_audio_text_1=2000, image_audio_text_2=2000, omni_pretrain=2000,

@@ -89,8 +89,8 @@ def _expected_lr(name, group, size):
     lr = GROUPS[name][group][1]
     if size == "7b":
         return lr
-    if (name, group) == ("image_text_2", "vision"):
-        lr = 1e-5  # from random weights the vision encoder trains at the LLM's rate
+    if name == "image_text_2":
+        return 2e-3  # tiny: the rate at which the LLM learns to read the picture (stages.TINY_IMAGE_TEXT_2)
     return min(lr * 30.0, 3e-3)  # tiny: LR_SCALE 30, LR_CAP 3e-3
 
 
