@@ -36,15 +36,27 @@ def kind(question: str) -> str:
     return re.sub(r"\b(" + "|".join(SHAPES) + r")\b", "S", q)
 
 
+def picture_tokens(runner, tokens_fn, image):
+    """(vision tokens (rows incl. padding, hidden), raw patches (rows, patch dim)) of one picture, prompted
+    as the runner prompts it; `tokens_fn` is the jitted `runner.task.model.vision_tokens`."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from omni_jax.generate.omni_infer import Prompt
+
+    b = runner.prompt_batch(Prompt(text="x", images=[image]), speech=False)
+    vt = tokens_fn(runner.params, *(jnp.asarray(b[k]) for k in ("vision_patches", "vision_positions",
+                                                                "vision_segment_ids")))
+    return np.asarray(vt[0]), np.asarray(b["vision_patches"][0])
+
+
 def probe_vision_tokens(runner, n_train: int = 600, n_test: int = 100) -> None:
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from audio_code_probe import linear_probe
     from omni_jax.data import default_dataset
     from omni_jax.data.text_corpus import COLOURS, SHAPES
-    from omni_jax.generate.omni_infer import Prompt
 
     tokens = jax.jit(runner.task.model.vision_tokens)
 
@@ -55,11 +67,9 @@ def probe_vision_tokens(runner, n_train: int = 600, n_test: int = 100) -> None:
                 break
             if not ex["caption"].startswith("there is one shape. it is a "):
                 continue
-            b = runner.prompt_batch(Prompt(text="x", images=[ex["image"]]), speech=False)
-            vt = tokens(runner.params, *(jnp.asarray(b[k]) for k in ("vision_patches", "vision_positions",
-                                                                      "vision_segment_ids")))
-            x.append(np.asarray(vt[0]).mean(0))
-            raw.append(np.asarray(b["vision_patches"][0]).mean(0))
+            vt, patches = picture_tokens(runner, tokens, ex["image"])
+            x.append(vt.mean(0))
+            raw.append(patches.mean(0))
             _, c, s = ex["caption"].split("it is a ")[1].split(".")[0].split()
             colour.append(COLOURS.index(c))
             shape.append(SHAPES.index(s))

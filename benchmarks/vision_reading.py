@@ -41,19 +41,12 @@ class Reader:
         import numpy as np
 
         from configs.omni15 import pipeline
-        from omni_jax.data import formats
-        from omni_jax.data.media_io import MediaConfig
-        from omni_jax.data.omni_batch import OmniShapes
-        from omni_jax.data.omni_pipeline import data_tokenizer
+        from omni_jax.data.omni_pipeline import sample_context
         from omni_jax.generate.omni_infer import OmniRunner
 
         self.np = np
         self.runner = OmniRunner.load(workdir, step=step)
-        c = pipeline.get_config()
-        self.shapes = OmniShapes.from_config(c.data)
-        self.tok = data_tokenizer(c, c.data)
-        self.ctx = formats.FormatContext(tokenizer=self.tok, media=MediaConfig.from_dict(c.data.get("media")),
-                                         chunk_samples=self.shapes.chunk_samples, tts=None)
+        self.shapes, self.ctx = sample_context(pipeline.get_config(), tts=False)
         self.task = self.runner.task
         self._hidden = jax.jit(self.task.model.hidden)
         self._tokens = jax.jit(self.task.model.vision_tokens)
@@ -62,13 +55,11 @@ class Reader:
         """(batch of len(records) rows, one sample each)."""
         import jax.numpy as jnp
 
-        from omni_jax.data import formats, omni_batch
-        from omni_jax.data.omni_pipeline import RowCursor, load_media, write_sample
+        from omni_jax.data import formats
+        from omni_jax.data.omni_pipeline import single_sample_rows
 
-        out = omni_batch.empty_rows(self.shapes, len(records))
-        for i, r in enumerate(records):
-            s = formats.FORMATS[fmt].fn(r, self.ctx, self.np.random.default_rng(0), fmt)
-            write_sample(out, i, RowCursor(), s, load_media(s, self.ctx, 0), self.shapes, 0)
+        samples = [formats.FORMATS[fmt].fn(r, self.ctx, self.np.random.default_rng(0), fmt) for r in records]
+        out = single_sample_rows(samples, self.ctx, self.shapes)
         return out, {k: jnp.asarray(v) for k, v in out.items() if k in self.task.fields}
 
     def logits(self, records, fmt: str):
@@ -78,14 +69,10 @@ class Reader:
         return out, self.np.asarray(h @ self.runner.params["llm"]["lm_head"]["kernel"])
 
     def vision_tokens(self, record):
-        import jax.numpy as jnp
+        """The picture's LLM-width vision tokens (padding rows dropped)."""
+        from image_qa_kinds import picture_tokens
 
-        from omni_jax.generate.omni_infer import Prompt
-
-        b = self.runner.prompt_batch(Prompt(text="x", images=[record["image"]]), speech=False)
-        vt = self._tokens(self.runner.params, *(jnp.asarray(b[k]) for k in
-                                                ("vision_patches", "vision_positions", "vision_segment_ids")))
-        vt = self.np.asarray(vt[0])
+        vt, _ = picture_tokens(self.runner, self._tokens, record["image"])
         return vt[self.np.abs(vt).sum(-1) > 0]
 
 

@@ -209,6 +209,30 @@ def data_tokenizer(config: Any, d: Any):
     return make_tokenizer(t.get("kind", "byte"), int(vocab), t.get("path") or None)
 
 
+def sample_context(config: Any, tts: bool = True) -> tuple[OmniShapes, formats_lib.FormatContext]:
+    """(row shapes, format context) of `config.data` for formatting records one at a time, outside a
+    mixture (tests, benchmarks): no system prompt, the configured TTS only when `tts`."""
+    d = config.data
+    shapes = OmniShapes.from_config(d)
+    return shapes, formats_lib.FormatContext(
+        tokenizer=data_tokenizer(config, d), media=MediaConfig.from_dict(d.get("media")),
+        chunk_samples=shapes.chunk_samples, tts=make_tts(d.get("tts")) if tts else None)
+
+
+def single_sample_rows(samples: Sequence[Sample], ctx: formats_lib.FormatContext,
+                       shapes: OmniShapes) -> dict[str, np.ndarray]:
+    """Host rows holding one formatted sample each (decoded and verified by `load_media`), written by the
+    trainer's own row code: what the model sees of a sample that is packed alone."""
+    out = omni_batch.empty_rows(shapes, len(samples))
+    for i, s in enumerate(samples):
+        if len(s.ids) - 1 > shapes.seq_len:
+            raise ValueError(f"sample {i} has {len(s.ids) - 1} tokens but a row holds config.data.seq_len="
+                             f"{shapes.seq_len}: raise it")
+        loaded = load_media(s, ctx, shapes.speech_wave_rate) if (s.vision or s.audio or s.speech) else None
+        write_sample(out, i, RowCursor(), s, loaded, shapes, 0)
+    return out
+
+
 class OmniPipeline:
     """Plans (once) and builds global rows of omni batches for one data config."""
 

@@ -13,19 +13,14 @@ import numpy as np
 from configs.omni15 import stages
 from omni_jax import sharding as shd
 from omni_jax.data import default_dataset, formats, omni_batch
-from omni_jax.data.media_io import MediaConfig
-from omni_jax.data.omni_batch import OmniShapes
-from omni_jax.data.omni_pipeline import RowCursor, data_tokenizer, load_media, write_sample
+from omni_jax.data.omni_pipeline import RowCursor, load_media, sample_context, write_sample
 from omni_jax.tasks import get_task
 from tests.reference_models import random_params
 
 
 def test_packed_image_samples_equal_each_sample_alone():
     config = stages.base("test")
-    d = config.data
-    shapes, media = OmniShapes.from_config(d), MediaConfig.from_dict(d.get("media"))
-    ctx = formats.FormatContext(tokenizer=data_tokenizer(config, d), media=media, chunk_samples=shapes.chunk_samples,
-                                tts=None)
+    shapes, ctx = sample_context(config, tts=False)
     records = [r for _, r in itertools.islice(default_dataset.generate("images", "test", "tiny"), 3)]
     samples = []
     for r in records:

@@ -20,10 +20,8 @@ import pytest
 from configs.omni15 import stages as stages15
 from configs.omni_v1 import stages as stages_v1
 from omni_jax import sharding as shd
-from omni_jax.data import default_dataset, formats, omni_batch
-from omni_jax.data.media_io import MediaConfig
-from omni_jax.data.omni_batch import OmniShapes
-from omni_jax.data.omni_pipeline import RowCursor, data_tokenizer, load_media, make_tts, write_sample
+from omni_jax.data import default_dataset, formats
+from omni_jax.data.omni_pipeline import sample_context, single_sample_rows
 from omni_jax.tasks import get_task
 from tests.reference_models import random_params
 
@@ -57,19 +55,10 @@ def _record(subset: str) -> dict:
 
 def _batch(config, fmts):
     """One row per format, written by the pipeline's own format / media / row code."""
-    d = config.data
-    shapes, media = OmniShapes.from_config(d), MediaConfig.from_dict(d.get("media"))
-    ctx = formats.FormatContext(tokenizer=data_tokenizer(config, d), media=media, chunk_samples=shapes.chunk_samples,
-                                tts=make_tts(d.get("tts")))
-    out = omni_batch.empty_rows(shapes, len(fmts))
+    shapes, ctx = sample_context(config)
     records = {s: _record(s) for s in sorted({SUBSET[f] for f in fmts})}
-    for i, f in enumerate(fmts):
-        sample = formats.FORMATS[f].fn(records[SUBSET[f]], ctx, np.random.default_rng(0), f)
-        loaded = load_media(sample, ctx, 0) if (sample.vision or sample.audio or sample.speech) else None
-        if len(sample.ids) - 1 > shapes.seq_len:
-            raise ValueError(f"the {f} sample has {len(sample.ids) - 1} tokens: raise config.data.seq_len in _config")
-        write_sample(out, i, RowCursor(), sample, loaded, shapes, 0)
-    return out
+    samples = [formats.FORMATS[f].fn(records[SUBSET[f]], ctx, np.random.default_rng(0), f) for f in fmts]
+    return single_sample_rows(samples, ctx, shapes)
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
