@@ -110,9 +110,9 @@ def teacher_forced(r: Reader, records) -> dict:
                 trained = np.flatnonzero(out["loss_mask"][i] > 0)
                 t = trained[0]
                 if fmt == "caption":
-                    reply = r.tok.decode([int(v) for v in out["targets"][i, trained]])
+                    reply = r.ctx.tokenizer.decode([int(v) for v in out["targets"][i, trained]])
                     t = trained[reply.index(" " + _colour(x) + " ", reply.index("it is a")) + 1]
-                    assert r.tok.decode([int(out["targets"][i, t])]) == _colour(x)[0], "one byte per character"
+                    assert r.ctx.tokenizer.decode([int(out["targets"][i, t])]) == _colour(x)[0], "one byte per character"
                 key = "caption colour" if fmt == "caption" else kind(x["question"])
                 hits[key].append(int(lg[i, t].argmax()) == int(out["targets"][i, t]))
     return {k: (float(np.mean(v)), len(v)) for k, v in sorted(hits.items())}
