@@ -7,7 +7,8 @@ default_dataset.py `_scene`): the colour of a named shape, the shape of a named 
 shapes, big or small, and where one shape is relative to the other. The main job's evaluation
 reports one accuracy over all of them; this asks the run (OmniRunner, greedy, the evaluation's
 prompt) every question of the first `limit` records of each split and prints the accuracy per
-kind (colour and shape words replaced by C and S) and the most frequent colour confusions. Train-split
+kind (colour and shape words replaced by C and S), the same per kind on one-shape and on two-shape
+pictures, and the most frequent colour confusions. Train-split
 accuracy next to test-split accuracy separates not learnt (both low) from not generalised.
 
 `--probe` also asks whether the vision tokens hold what the answers lack: a linear softmax probe
@@ -107,17 +108,19 @@ def main(argv=None) -> None:
             reply = runner.respond(Prompt(text=ex["question"], images=[ex["image"]]), max_new_tokens=12,
                                     text=SamplingParams(do_sample=False)).text.strip()
             k, ok = kind(ex["question"]), reply == ex["answer"]
-            right[(k, split)][0] += ok
-            right[(k, split)][1] += 1
+            shapes = "one shape" if ex["caption"].startswith("there is one shape") else "two shapes"
+            for key in ((k, split), ((k, shapes), split)):
+                right[key][0] += ok
+                right[key][1] += 1
             if not ok and k.startswith("what colour"):
                 confusions[(ex["answer"], reply)] += 1
     splits = a.splits.split(",")
     print("| question kind | " + " | ".join(splits) + " |")
     print("|---|" + "---|" * len(splits))
-    for k in sorted({k for k, _ in right}):
+    for k in sorted({k for k, _ in right}, key=lambda k: (not isinstance(k, str), str(k))):
         cells = [f"{right[(k, s)][0]}/{right[(k, s)][1]} = {right[(k, s)][0] / max(right[(k, s)][1], 1):.2f}"
                  for s in splits]
-        print(f"| {k} | " + " | ".join(cells) + " |")
+        print(f"| {k if isinstance(k, str) else ', '.join(k)} | " + " | ".join(cells) + " |")
     print("colour confusions (reference -> reply):", ", ".join(f"{r} -> {h} x{c}" for (r, h), c in confusions.most_common(8)))
     if a.probe:
         probe_vision_tokens(runner)

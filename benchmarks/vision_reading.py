@@ -13,8 +13,8 @@ on the embedded image set's one-shape pictures (omni_jax/data/default_dataset.py
   mean, over sqrt(hidden)); and the raw token norm next to the text embeddings' norm;
 * teacher-forced accuracy (rows built by the training formats, one sample per row, greedy
   argmax): the first character of the colour word in a caption ("it is a big r|ed circle") and
-  the first answer character per question kind (the byte tokenizer makes it one character:
-  'b' for both blue and black);
+  the first answer character per question kind after its article ('a |cross.'; the byte tokenizer
+  makes it one character: 'b' for both blue and black);
 * picture swap: the colour question asked about another picture of the same size whose answer
   differs: how much the answer's distribution moves (max |delta logit|, and p(true character)
   with the real vs the swapped picture).
@@ -108,9 +108,10 @@ def teacher_forced(r: Reader, records) -> dict:
             out, lg = r.logits(chunk, fmt)
             for i, x in enumerate(chunk):
                 trained = np.flatnonzero(out["loss_mask"][i] > 0)
-                t = trained[0]
+                reply = r.ctx.tokenizer.decode([int(v) for v in out["targets"][i, trained]])
+                # the answer's first character after its article ('a cross.': 'c', not the 'a' every shape has)
+                t = trained[len(reply) - len(reply.removeprefix("an ").removeprefix("a "))]
                 if fmt == "caption":
-                    reply = r.ctx.tokenizer.decode([int(v) for v in out["targets"][i, trained]])
                     t = trained[reply.index(" " + _colour(x) + " ", reply.index("it is a")) + 1]
                     assert r.ctx.tokenizer.decode([int(out["targets"][i, t])]) == _colour(x)[0], "one byte per character"
                 key = "caption colour" if fmt == "caption" else kind(x["question"])
