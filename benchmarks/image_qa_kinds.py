@@ -37,6 +37,11 @@ def kind(question: str) -> str:
     return re.sub(r"\b(" + "|".join(SHAPES) + r")\b", "S", q)
 
 
+def one_shape(record) -> bool:
+    """Whether an embedded image record shows one shape (else two)."""
+    return record["caption"].startswith("there is one shape. it is a ")
+
+
 def picture_tokens(runner, tokens_fn, image):
     """(vision tokens (rows incl. padding, hidden), raw patches (rows, patch dim)) of one picture, prompted
     as the runner prompts it; `tokens_fn` is the jitted `runner.task.model.vision_tokens`."""
@@ -66,7 +71,7 @@ def probe_vision_tokens(runner, n_train: int = 600, n_test: int = 100) -> None:
         for n, (_, ex) in enumerate(default_dataset.generate("images", split)):
             if n == count:
                 break
-            if not ex["caption"].startswith("there is one shape. it is a "):
+            if not one_shape(ex):
                 continue
             vt, patches = picture_tokens(runner, tokens, ex["image"])
             x.append(vt.mean(0))
@@ -108,7 +113,7 @@ def main(argv=None) -> None:
             reply = runner.respond(Prompt(text=ex["question"], images=[ex["image"]]), max_new_tokens=12,
                                     text=SamplingParams(do_sample=False)).text.strip()
             k, ok = kind(ex["question"]), reply == ex["answer"]
-            shapes = "one shape" if ex["caption"].startswith("there is one shape") else "two shapes"
+            shapes = "one shape" if one_shape(ex) else "two shapes"
             for key in ((k, split), ((k, shapes), split)):
                 right[key][0] += ok
                 right[key][1] += 1

@@ -109,11 +109,11 @@ def teacher_forced(r: Reader, records) -> dict:
             for i, x in enumerate(chunk):
                 trained = np.flatnonzero(out["loss_mask"][i] > 0)
                 reply = r.ctx.tokenizer.decode([int(v) for v in out["targets"][i, trained]])
-                # the answer's first character after its article ('a cross.': 'c', not the 'a' every shape has)
-                t = trained[len(reply) - len(reply.removeprefix("an ").removeprefix("a "))]
                 if fmt == "caption":
                     t = trained[reply.index(" " + _colour(x) + " ", reply.index("it is a")) + 1]
                     assert r.ctx.tokenizer.decode([int(out["targets"][i, t])]) == _colour(x)[0], "one byte per character"
+                else:  # the answer's first character after its article ('a cross.': 'c', not the 'a' every shape has)
+                    t = trained[len(reply) - len(reply.removeprefix("an ").removeprefix("a "))]
                 key = "caption colour" if fmt == "caption" else kind(x["question"])
                 hits[key].append(int(lg[i, t].argmax()) == int(out["targets"][i, t]))
     return {k: (float(np.mean(v)), len(v)) for k, v in sorted(hits.items())}
@@ -149,11 +149,11 @@ def main(argv=None) -> None:
     p.add_argument("--limit", type=int, default=200, help="train-split records read (one-shape pictures kept)")
     p.add_argument("--split", default="train")
     a = p.parse_args(argv)
+    from image_qa_kinds import one_shape
     from omni_jax.convert.workdir import latest_step
     from omni_jax.data import default_dataset
 
-    records = [x for _, x in itertools.islice(default_dataset.generate("images", a.split), a.limit)
-               if x["caption"].startswith("there is one shape. it is a ")]
+    records = [x for _, x in itertools.islice(default_dataset.generate("images", a.split), a.limit) if one_shape(x)]
     steps = [int(s) for s in a.steps.split(",") if s] or [latest_step(a.workdir)]
     print(f"{len(records)} one-shape pictures of the {a.split} split; chance: colour 1/8 words, 7 first characters")
     for step in steps:
