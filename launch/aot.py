@@ -94,8 +94,11 @@ def stage_step(config, mesh, stage_name: str = ""):
     return stage, task, layout, fn, state, batch
 
 
-def plan(config, topology: str, stage_name: str = "", num_slices: int = 1, hlo_out: str = "") -> dict:
-    """The report of one compile (module docstring); `hlo_out`: also write the compiled HLO text there (gzip)."""
+def plan(config, topology: str, stage_name: str = "", num_slices: int = 1, hlo_out: str = "",
+         dump_dir: str = "") -> dict:
+    """The report of one compile (module docstring); `hlo_out`: also write the compiled HLO text there
+    (gzip); `dump_dir`: XLA's dump of this one compile goes there (buffer assignment, memory-usage
+    report; passed as per-compile options because libtpu refuses `--xla_dump_to` in LIBTPU_INIT_ARGS)."""
     import jax
     import numpy as np
     from flax import linen as nn
@@ -107,7 +110,7 @@ def plan(config, topology: str, stage_name: str = "", num_slices: int = 1, hlo_o
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
         stage, task, layout, fn, state, batch = stage_step(config, mesh, stage_name)
         t0, c0 = time.perf_counter(), time.process_time()
-        compiled = fn.lower(state, batch).compile()
+        compiled = fn.lower(state, batch).compile(compiler_options={"xla_dump_to": dump_dir} if dump_dir else None)
         compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     granule = np.vectorize(lambda d: getattr(d, "slice_index", getattr(d, "process_index", 0)))(mesh.devices)
     crossing = [a for i, a in enumerate(shd.MESH_AXES) if (np.diff(granule, axis=i) != 0).any()]

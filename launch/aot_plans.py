@@ -38,8 +38,10 @@ import datetime
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
@@ -185,9 +187,16 @@ def run_plan(p: Plan) -> dict:
 
     c = build_config(p)
     t0 = time.perf_counter()
-    r = aot.plan(c, p.topology, "" if p.stage == "backbone" else p.stage,
-                 hlo_out=os.path.join(FLAGS.out, f"{p.name}.hlo.txt.gz") if FLAGS.hlo else "")
-    r["wall_s"] = round(time.perf_counter() - t0, 1)
+    dump = tempfile.mkdtemp(prefix=f"xla_dump_{p.name}_") if FLAGS.memory_report else ""
+    try:
+        r = aot.plan(c, p.topology, "" if p.stage == "backbone" else p.stage,
+                     hlo_out=os.path.join(FLAGS.out, f"{p.name}.hlo.txt.gz") if FLAGS.hlo else "", dump_dir=dump)
+        r["wall_s"] = round(time.perf_counter() - t0, 1)
+        if dump:
+            r["largest_buffers"] = keep_memory_report(dump, os.path.join(FLAGS.out, f"{p.name}.memory.txt"))
+    finally:
+        if dump:
+            shutil.rmtree(dump, ignore_errors=True)
     r.update(plan=p.name, what=p.what, note=p.note, set={k: v for k, v in p.set.items()},
              microbatches=int(c.train.microbatches), batch_rows=int(c.train.batch_size),
              seq_len=int(c.data.seq_len), jax=jax.__version__, date=datetime.datetime.utcnow().isoformat(" ", "seconds"),
@@ -197,6 +206,23 @@ def run_plan(p: Plan) -> dict:
         add_hlo_costs(r, os.path.join(FLAGS.out, f"{p.name}.hlo.txt.gz"))
     r["roofline"] = roofline(r, p.topology.split(":")[0])
     return r
+
+
+def keep_memory_report(dump_dir: str, out_path: str, lines: int = 40, top: int = 5) -> list[str]:
+    """XLA's memory-usage report of the step (the dump's largest one): its device-memory section
+    (HBM, `Memory Space: default`) cut to `lines` lines goes to `out_path`; returns its `top`
+    largest chunks ("size; offset; values; shapes"). The chunks are regions of the temporaries'
+    arena with the values that share them over the step, so the shapes say what fills HBM."""
+    reports = [os.path.join(dump_dir, f) for f in os.listdir(dump_dir) if f.endswith("memory-usage-report.txt")]
+    if not reports:
+        raise RuntimeError(f"no XLA memory-usage report in {dump_dir}: the compiler ignored xla_dump_to")
+    with open(max(reports, key=os.path.getsize)) as fh:
+        text = fh.read()
+    section = text.split("Memory Space: ")[1].splitlines()[:lines]  # the first space is HBM (color 0)
+    with open(out_path, "w") as fh:
+        fh.write("Memory Space: " + "\n".join(section) + "\n")
+    chunks = [ln.strip() for ln in section if ln.strip()[:1].isdigit()]
+    return [ln.split(";", 1)[1].strip() for ln in chunks[:top]]
 
 
 def add_model_flops(r: dict, c) -> None:
@@ -344,6 +370,8 @@ def main():
     flags.DEFINE_string("out", "benchmarks/aot_plans", "Folder of the per-plan JSON reports and table.md.")
     flags.DEFINE_bool("force", False, "Compile plans that already have a report.")
     flags.DEFINE_bool("hlo", True, "Also keep each plan's compiled HLO text (<plan>.hlo.txt.gz).")
+    flags.DEFINE_bool("memory_report", True, "Also keep XLA's memory-usage report of each plan (<plan>.memory.txt: "
+                      "the largest HBM chunks and the shapes that fill them).")
     flags.DEFINE_bool("recost", False, "Recount the HLO costs and the roofline of finished plans from their kept HLO.")
     flags.DEFINE_bool("table", False, "Only write the table from the existing reports.")
     app.run(_main)

@@ -195,7 +195,15 @@ def _blocks(q, k, v, qs, ks, q_idx, bq, bk):
     """Query and key/value blocks plus the per-block facts that decide which pairs to skip.
 
     q (b, t, h, d) -> (nq, b, g, r, bq, d) (query heads grouped by kv head); keys (nk, b, bk, g, d).
-    Padded queries get segment id -2 and padded keys -1, so they never meet a real entry."""
+    Padded queries get segment id -2 and padded keys -1, so they never meet a real entry.
+
+    The barrier ties the segment ids and positions to q, k and v. Without it the per-pair masks
+    depend only on values that are constant across a scanned layer stack, and differentiating
+    the layer scan hoists them out of it: JAX's scan partial evaluation computes loop-invariant
+    values once, before the loop, which here stacks every (query block, key block) mask and
+    score fill, a (nq, nk, b, heads, bq, bk) array (18 GiB f32 per chip for the 7B vision
+    tower in sft_1_8k_v5p64; tests/layers/test_attention.py pins its absence)."""
+    q, k, v, qs, ks, q_idx = jax.lax.optimization_barrier((q, k, v, qs, ks, q_idx))
     b, t, h, d = q.shape
     g = k.shape[2]
     qg = q.reshape(b, t, g, h // g, d)

@@ -14,6 +14,7 @@ from flax import linen as nn
 
 from configs import backbone_tiny
 from launch.aot import plan, stage_step
+from launch.aot_plans import keep_memory_report
 from omni_jax import sharding as shd
 from omni_jax.models.audio_head import AudioHead
 
@@ -33,10 +34,14 @@ def _stage_params(family: str, names) -> list:
         reason="set OMNI_JAX_TEST_ALL_7B=1 to trace every 7B stage (CI traces one per path)")) for n in names]
 
 
-def test_plan_on_a_cpu_mesh_reports_memory_and_flops():
+def test_plan_on_a_cpu_mesh_reports_memory_and_flops(tmp_path):
     c = backbone_tiny.get_config("runlocal")
     c.mesh.update(data=2, fsdp=2, tensor=2)
-    r = plan(c, "cpu")
+    r = plan(c, "cpu", dump_dir=str(tmp_path / "dump"))
+    # XLA's memory-usage report of this compile (per-compile dump options), cut to its HBM section
+    largest = keep_memory_report(str(tmp_path / "dump"), str(tmp_path / "memory.txt"))
+    assert largest and all(";" in chunk and "[" in chunk for chunk in largest), largest
+    assert (tmp_path / "memory.txt").read_text().startswith("Memory Space: default")
     assert r["devices"] == 8 and r["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2, "context": 1}
     m = r["per_device_bytes"]
     assert m["arguments"] > 0 and m["total"] >= m["arguments"] - m["aliased"]
