@@ -48,6 +48,16 @@ def test_7b_uses_the_published_learning_rates():
     assert c.data.media.tokens_per_tile == 182 and c.data.media.video_tokens_per_frame == 546
 
 
+def test_tiny_image_language_3_reads_pictures_and_7b_keeps_the_published_mixture():
+    """tiny: 2e-3 on captions + image QA + 10% text (stages.TINY_IMAGE_LANGUAGE_3, measured in the
+    README); 7b: the published 1e-5 over interleaved, captions, QA and 40% text."""
+    tiny, big = pipeline.get_config("tiny").stages.image_language_3, pipeline.get_config("7b").stages.image_language_3
+    assert tiny.groups.all.lr == 2e-3 and big.groups.all.lr == 1e-5
+    assert {k: v.weight for k, v in tiny.data.mixture.items()} == {"caption": 0.45, "image_qa": 0.45, "text": 0.1}
+    assert "interleaved_image_text" in big.data.mixture and big.data.mixture.text.weight == 0.4
+    assert tiny.data.mixture.caption.dataset == big.data.mixture.caption.dataset  # same records, reweighted
+
+
 @pytest.mark.parametrize("name", sorted(n for n in stages.STAGES if n != "text_pretrain"))
 def test_single_stage_configs_build(name):
     c = importlib.import_module(f"configs.omni_v1.{name}").get_config("tiny")
