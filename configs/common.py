@@ -108,6 +108,24 @@ def stage_group(lr: float, size: str, **kw) -> dict:
                 weight_decay=0.0, min_lr_ratio=0.1, **kw)
 
 
+def from_scratch_mixture(c, mixture_name: str, weights: dict[str, float]) -> dict | None:
+    """tiny / test (trained from scratch): the stage's published mixture components `weights` names,
+    reweighted (a stage may drop components); None at the other sizes, which keep the published
+    mixture. With `set_stage_lr`, how a pipeline gives a from-scratch stage its own rate and data."""
+    if c.size not in ("tiny", "test"):
+        return None
+    from omni_jax.data.stage_mixtures import mixture
+
+    full = mixture(mixture_name, dataset_config(c.size))
+    return {k: dict(full[k], weight=w) for k, w in weights.items()}
+
+
+def set_stage_lr(stage: ml_collections.ConfigDict, lr: float) -> None:
+    """Every group of `stage` at learning rate `lr`."""
+    for group in stage.groups.values():
+        group.lr = lr
+
+
 def stage_entry(c, steps: int, groups: dict, rates: dict, mix: dict, components: tuple[str, ...]) -> ml_collections.ConfigDict:
     """A stage of an omni task: its regex groups and rates, its data mixture, and (task_config)
     the modalities its batches carry, so the step skips the encoders of media the stage lacks."""

@@ -115,15 +115,11 @@ TINY_IMAGE_TEXT_2 = dict(lr=2e-3, mixture={"caption": 0.5, "image_qa": 0.5})
 def image_text_2(c, steps):
     """LLM + bridge (1e-5) and the vision encoder (1e-6); interleaved, captions, QA, 40% text.
     tiny / test: both groups at 2e-3 on captions and image QA only (TINY_IMAGE_TEXT_2)."""
-    mix = None
-    if c.size in ("tiny", "test"):
-        full = mixture("image_text_2", common.dataset_config(c.size))
-        mix = {k: dict(full[k], weight=w) for k, w in TINY_IMAGE_TEXT_2["mixture"].items()}
+    mix = common.from_scratch_mixture(c, "image_text_2", TINY_IMAGE_TEXT_2["mixture"])
     _omni_stage(c, "image_text_2", steps, {"llm": ("llm", "visual_bridge"), "vision": ("visual",)},
                 {"llm": 1e-5, "vision": 1e-6 if c.size == "7b" else 1e-5}, mix)
     if mix is not None:
-        for group in c.stages.image_text_2.groups.values():
-            group.lr = TINY_IMAGE_TEXT_2["lr"]
+        common.set_stage_lr(c.stages.image_text_2, TINY_IMAGE_TEXT_2["lr"])
 
 
 def image_audio_text_1(c, steps):

@@ -76,13 +76,10 @@ TINY_IMAGE_LANGUAGE_3 = dict(lr=2e-3, mixture={"caption": 0.45, "image_qa": 0.45
 def image_language_3(c, steps):
     """SigLIP, projector and LLM (lr 1e-5), adding interleaved and pure text.
     tiny / test: 2e-3 on captions, image QA and 10% text (TINY_IMAGE_LANGUAGE_3)."""
-    mix = None
-    if c.size in ("tiny", "test"):
-        full = mixture("v1_image_language_3", common.dataset_config(c.size))
-        mix = {k: dict(full[k], weight=w) for k, w in TINY_IMAGE_LANGUAGE_3["mixture"].items()}
+    mix = common.from_scratch_mixture(c, "v1_image_language_3", TINY_IMAGE_LANGUAGE_3["mixture"])
     _stage(c, "image_language_3", steps, {"all": ("llm", "siglip", "v1_projector")}, {"all": 1e-5}, mix)
     if mix is not None:
-        c.stages.image_language_3.groups.all.lr = TINY_IMAGE_LANGUAGE_3["lr"]
+        common.set_stage_lr(c.stages.image_language_3, TINY_IMAGE_LANGUAGE_3["lr"])
 
 
 def video_language(c, steps):
