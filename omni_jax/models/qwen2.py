@@ -178,6 +178,7 @@ class Qwen2LM(nn.Module):
         self.embed_tokens = Embed(
             cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=pdtype,
             embedding_init=nn.initializers.normal(cfg.initializer_range), padding_idx=cfg.padding_idx,
+            shard_lookup=True,
         )
         layer = nn.remat(DecoderLayer, policy=remat_policy(cfg.remat_policy), prevent_cse=False) \
             if cfg.remat_policy != "none" else DecoderLayer
