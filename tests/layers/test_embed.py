@@ -81,10 +81,9 @@ def _tpu_devices():
 
 @pytest.mark.parametrize("shard_lookup", [False, True])
 def test_tpu_compile_of_7b_lookup_holds_no_whole_fp32_table(shard_lookup):
-    """v5p-128 (4x4x4: 64 chips), fsdp 8 x context 8, the 7B table (152064 x 3584, fp32 params,
-    bf16 compute), 8 rows x 32k tokens. Measured (libtpu 0.0.42.1): the plain lookup 7 whole-table
-    values and 6.2 GiB of temporaries per chip at fsdp 8 x context 16 on 128 chips; per shard, 0
-    and 0.99 GiB."""
+    """v5p-64 (4x4x4, 64 chips), fsdp 8 x context 8, the 7B table (152064 x 3584, fp32 params,
+    bf16 compute), 8 rows x 32k tokens. Measured (libtpu 0.0.42.1): the plain lookup's gradient
+    holds 9 whole-table fp32 values and 6.1 GiB of temporaries per chip; per shard, 0 and 0.22 GiB."""
     devices = _tpu_devices()
     module = Embed(152064, 3584, dtype=jnp.bfloat16, shard_lookup=shard_lookup)
     boxed = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"]
