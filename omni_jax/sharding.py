@@ -202,6 +202,16 @@ def logical_sharding(names: Sequence[str | None] | None, mesh: Mesh) -> NamedSha
     return NamedSharding(mesh, logical_to_spec(names))
 
 
+def spec_axes(entry: Any) -> tuple[str, ...]:
+    """The mesh axis names of one PartitionSpec entry (a name, a tuple of names, or None)."""
+    return tuple(entry) if isinstance(entry, (tuple, list)) else (entry,) if entry else ()
+
+
+def axes_size(entry: Any, mesh: Mesh) -> int:
+    """How many shards one PartitionSpec entry makes on `mesh` (1 for None)."""
+    return math.prod(int(mesh.shape[a]) for a in spec_axes(entry))
+
+
 def unbox(tree: Any) -> Any:
     """Strips nn.LogicallyPartitioned boxes without applying sharding constraints
     (flax's nn.unbox constrains eagerly when a mesh is active)."""
@@ -237,10 +247,9 @@ def _indivisible(shape: Sequence[int], names: Sequence[str | None], mesh: Mesh) 
     for dim, (size, axes) in enumerate(zip(shape, tuple(spec) + (None,) * len(shape))):
         if axes is None:
             continue
-        axes = (axes,) if isinstance(axes, str) else tuple(axes)
-        n = math.prod(mesh.shape[a] for a in axes)
+        n = axes_size(axes, mesh)
         if size % n:
-            out.append(f"dim {dim} ({names[dim]}={size}) is not divisible by mesh {'x'.join(axes)}={n}")
+            out.append(f"dim {dim} ({names[dim]}={size}) is not divisible by mesh {'x'.join(spec_axes(axes))}={n}")
     return out
 
 

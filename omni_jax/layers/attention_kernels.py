@@ -75,8 +75,10 @@ def splash_attention(q, k, v, q_segment_ids, kv_segment_ids, *, causal: bool, sc
         return body(q, k, v, q_segment_ids, kv_segment_ids)
     q_spec = nn.logical_to_mesh_axes(SPLASH_QKV_AXES)
     kv_spec = nn.logical_to_mesh_axes(SPLASH_KV_AXES)
-    split = q_spec[1] if isinstance(q_spec[1], tuple) else (q_spec[1],)
-    if any(a is not None and mesh.shape[a] > 1 for a in split):
+    from omni_jax import sharding as shd
+
+    split = shd.spec_axes(q_spec[1])
+    if any(mesh.shape[a] > 1 for a in split):
         raise ValueError(f"splash attention does not split the sequence, but the mesh splits it over {split}: "
                          "use attention_impl='blockwise' with a context axis, or set the context axis to 1")
     from omni_jax.layers.ring_attention import fit

@@ -24,30 +24,24 @@ from flax import linen as nn
 IDS_AXES = ("activation_batch", "activation_length")
 
 
-def _names(axes) -> tuple[str, ...]:
-    return axes if isinstance(axes, tuple) else (axes,) if axes else ()
-
-
 def sharded_take(table: jax.Array, ids: jax.Array, table_axes: tuple[str, str], dtype: Any) -> jax.Array:
     """table[ids] (ids (b, t) -> (b, t, features) in `dtype`) computed per shard of the mesh in
     context; the plain lookup when no mesh axis splits the table."""
+    from omni_jax import sharding as shd
     from omni_jax.layers.ring_attention import fit
 
     mesh = jax.sharding.get_abstract_mesh()
     plain = lambda: jnp.take(table, ids, axis=0).astype(dtype)
     if mesh.empty or ids.ndim != 2:
         return plain()
-    vocab_axes, feat_axes = (tuple(a for a in _names(ax) if mesh.shape[a] > 1)
+    vocab_axes, feat_axes = (tuple(a for a in shd.spec_axes(ax) if mesh.shape[a] > 1)
                              for ax in nn.logical_to_mesh_axes(table_axes))
     if not vocab_axes and not feat_axes:
         return plain()
-    v_shards = 1
-    for a in vocab_axes:
-        v_shards *= int(mesh.shape[a])
     ids_spec = nn.logical_to_mesh_axes(IDS_AXES)
     ids_spec = jax.P(fit(ids_spec[0], ids.shape[0], mesh), fit(ids_spec[1], ids.shape[1], mesh))
     table_spec = jax.P(vocab_axes or None, feat_axes or None)
-    rows_per_shard = table.shape[0] // v_shards
+    rows_per_shard = table.shape[0] // shd.axes_size(vocab_axes, mesh)
 
     def body(tab, ids):
         b, t = ids.shape

@@ -25,6 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from omni_jax import sharding as shd
 from omni_jax.layers.attention import _NEG, blockwise_attention_lse, merge_partials
 
 CONTEXT_AXIS = "context"
@@ -37,11 +38,7 @@ def context_size() -> int:
 
 def fit(axes, n: int, mesh):
     """`axes` (a mesh axis name, a tuple of them, or None) if they split n evenly, else None."""
-    names = axes if isinstance(axes, tuple) else (axes,) if axes else ()
-    size = 1
-    for a in names:
-        size *= int(mesh.shape[a])
-    return axes if n % size == 0 else None
+    return axes if n % shd.axes_size(axes, mesh) == 0 else None
 
 
 def _ring_body(q, k, v, qs, ks, *, causal: bool, scale: float, ring: int, block: int, skip: bool):
