@@ -24,6 +24,17 @@ jax.config.update("jax_default_matmul_precision", "highest")
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under `-n 2 --dist loadgroup` (.ci/run) each test file is one xdist group, so a file's
+    module fixtures are built once, as with --dist loadfile. Files whose tests share an expensive
+    session fixture (a training run) mark themselves `pytestmark = pytest.mark.xdist_group(<fixture>)`
+    and so run in the same worker: the run is made once instead of once per worker."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
 def read_tsv(name: str) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) rows of a reference state-dict listing in tests/fixtures/."""
     import ast

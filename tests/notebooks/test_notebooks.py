@@ -8,6 +8,9 @@ import re
 
 import pytest
 
+# omni_tour.ipynb tours tests/conftest.py `eval_report_run`: this file runs in the worker that builds it
+pytestmark = pytest.mark.xdist_group("eval_report_run")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
 # notebook -> one regex per code cell, searched (multi-line) in what that cell prints (QUICKSTART_STEPS=3)

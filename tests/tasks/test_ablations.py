@@ -15,10 +15,13 @@ that carries the answer drops the skill to chance.
 """
 
 import numpy as np
+import pytest
 
 from omni_jax.data import colour_probe
 from omni_jax.tasks import probe_eval
 from tests.tasks.test_quality_bar import MARGIN
+
+pytestmark = pytest.mark.xdist_group("probe_run")  # tests/conftest.py: one worker builds the run
 
 
 def test_silencing_the_audio_drops_asr_to_chance(probe_run, probe_replies):

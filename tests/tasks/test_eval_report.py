@@ -17,6 +17,8 @@ from configs.omni15 import pipeline
 from omni_jax.tasks import omni_eval
 from omni_jax.train.metrics import read_metrics
 
+pytestmark = pytest.mark.xdist_group("eval_report_run")  # tests/conftest.py: one worker builds the run
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

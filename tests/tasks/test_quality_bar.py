@@ -19,8 +19,12 @@ are misspelt colour words ('gelllo', 'yellll'), i.e. the 2-layer LLM's spelling 
 not the audio path (silenced audio gives chance, tests/tasks/test_ablations.py).
 """
 
+import pytest
+
 from omni_jax.data import colour_probe
 from omni_jax.tasks import probe_eval
+
+pytestmark = pytest.mark.xdist_group("probe_run")  # tests/conftest.py: one worker builds the run
 
 MARGIN = {"colour_images": 0.625, "colour_words": 0.25}
 
