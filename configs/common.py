@@ -170,7 +170,7 @@ def qwen2(size: str) -> ml_collections.ConfigDict:
     if size not in presets:
         raise ValueError(f"unknown backbone size {size!r}; use one of {sorted(presets)}")
     return ml_collections.ConfigDict(dict(
-        dict(loss_token_chunk=0, loss_vocab_chunk=0, z_loss=0.0),  # omni_jax/tasks/losses.py tiling
+        dict(loss_token_chunk=0, loss_vocab_chunk=0, z_loss=0.0, loss_per_shard=True),  # omni_jax/tasks/losses.py
         **presets[size], rms_norm_eps=1e-6, rope_theta=1e6, qkv_bias=True, padding_idx=0,
         initializer_range=0.02, dtype="float32", param_dtype="float32", remat_policy="none",
         scan_unroll=1, attention_impl="xla", attention_block_size=512,

@@ -99,7 +99,10 @@ def _plans() -> list[Plan]:
     # (a) the released weights' SFT stages on v5e-32: the stage's own 4096-token rows and media budget,
     # 256 rows/step as the other 7B stages, 8 microbatches: 1 row per chip at a time
     for st in ("sft_1", "sft_2"):
-        out.append(Plan(f"{st}_v5e32", st, "v5e:4x8", {"mesh.fsdp": -1, "train.microbatches": 8, **_SPLASH},
+        # loss_per_shard off: the gathered LM-head kernel and its fp32 gradient accumulator took sft_1 from
+        # 12.0 to 18.5 GiB per 16 GiB chip (benchmarks/README.md)
+        out.append(Plan(f"{st}_v5e32", st, "v5e:4x8", {"mesh.fsdp": -1, "train.microbatches": 8,
+                                                       "model.llm.loss_per_shard": False, **_SPLASH},
                         "stage default: <= 4096 patches / 32 items, 4 x 30 s audio in, 4 x 30 s speech out"))
     # (b) omni pre-training at 64k tokens on v5p-128 (128 chips), context parallelism. The same row in three
     # ways: ring attention over 4 chips (each ring step attends a 16k x 16k slice pair densely), ring over
@@ -238,7 +241,8 @@ def add_model_flops(r: dict, c) -> None:
 
 
 def add_hlo_costs(r: dict, hlo_path: str) -> None:
-    """Loop-aware matmul flops and HBM bytes per chip from the compiled HLO (launch/hlo_cost.py)."""
+    """Loop-aware matmul flops, HBM bytes and collective result bytes (per op) per chip from the
+    compiled HLO (launch/hlo_cost.py)."""
     import gzip
 
     from launch import hlo_cost
@@ -246,7 +250,8 @@ def add_hlo_costs(r: dict, hlo_path: str) -> None:
     with gzip.open(hlo_path, "rt") as fh:
         c = hlo_cost.costs(fh.read())
     r.update(hlo_matmul_flops_per_device=c["flops"], hlo_bytes_per_device=c["bytes"], hlo_loops=c["loops"],
-             hlo_loops_unknown_trip_count=c["loops_unknown_trip_count"])
+             hlo_loops_unknown_trip_count=c["loops_unknown_trip_count"],
+             hlo_collective_bytes_per_device=c["collective_bytes"])
 
 
 def _commit() -> str:

@@ -30,6 +30,7 @@ _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16
 _SHAPE = re.compile(r"\b([a-z]\w*?)\[([\d,]*)\]")
 _COMP = re.compile(r"^(ENTRY )?%([^\s(]+) \(.*\{\s*$")
 _INST = re.compile(r"^\s*(?:ROOT )?%([^\s=]+) = (.*?) ([a-z][\w-]*)\((.*)$")
+_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _FREE = {"parameter", "tuple", "get-tuple-element", "constant", "bitcast", "while", "call", "conditional",
          "after-all", "partition-id", "replica-id", "opt-barrier", "iota"}
 
@@ -120,7 +121,9 @@ def _conv_contracted(attrs: str, lhs: tuple[int, ...], kernel: tuple[int, ...]) 
 
 
 def costs(hlo: str) -> dict:
-    """{"flops", "bytes", "loops", "loops_unknown_trip_count"} of one device's compiled program."""
+    """{"flops", "bytes", "loops", "loops_unknown_trip_count", "collective_bytes"} of one device's
+    compiled program; collective_bytes: {op: result bytes of every all-reduce / all-gather /
+    reduce-scatter / all-to-all / collective-permute, times the trips of the loops around it}."""
     comps, entry = parse(hlo)
     # constant values (scalars) per computation, from the raw text
     values = {}
@@ -181,6 +184,7 @@ def costs(hlo: str) -> dict:
     memo = {}
     fusion_io = {f: _fusion_io(comps, f, shape_of, memo) for f in fused if f in comps}
     flops = bytes_ = 0.0
+    collective = collections.Counter()
     for comp, insts in comps.items():
         m = mult.get(comp, 0)
         if not m:
@@ -197,6 +201,9 @@ def costs(hlo: str) -> dict:
                 elif op == "convolution" and rhs:
                     k = _conv_contracted(attrs, lhs[0][1] if lhs else (), rhs[0][1])
                 flops += m * 2.0 * out * k
+            kind = op[:-5] if op.endswith("-done") else op
+            if kind in _COLLECTIVES and comp not in fused:  # the result of a sync op or of an async -done
+                collective[kind] += m * _nbytes(typ)
             if comp in fused or op in _FREE or op.endswith("-done"):
                 continue
             if op == "fusion":
@@ -211,7 +218,8 @@ def costs(hlo: str) -> dict:
             else:
                 b = _nbytes(typ) + sum(_nbytes(shape_of.get(o, "")) for o in ops)
             bytes_ += m * b
-    return {"flops": flops, "bytes": bytes_, "loops": loops, "loops_unknown_trip_count": unknown}
+    return {"flops": flops, "bytes": bytes_, "loops": loops, "loops_unknown_trip_count": unknown,
+            "collective_bytes": dict(collective)}
 
 
 def _fusion_io(comps: dict, f: str, shape_of: dict, memo: dict | None = None) -> tuple[dict[int, float], float | None]:

@@ -58,6 +58,10 @@ class Qwen2Config(LayerStackConfig):
     loss_token_chunk: int = 0
     loss_vocab_chunk: int = 0
     z_loss: float = 0.0
+    # under a mesh, the loss per shard (gather the kernel once, reduce its gradient once; losses.py)
+    # instead of leaving the tiled loss to the SPMD partitioner; False saves the gathered kernel and
+    # its gradient accumulator (2-3 GiB per chip at 7B) where HBM is tight (the v5e-32 plans)
+    loss_per_shard: bool = True
 
     def validate(self) -> None:
         if self.num_heads % self.num_kv_heads:

@@ -10,6 +10,18 @@ logits drops from B*T*V to B*token_chunk*V (or B*token_chunk*vocab_chunk) floats
 the sequence-tiled loss MaxText calls vocabulary tiling, plus a vocabulary split.
 
 Optional z-loss (PaLM): z_loss * log(Z)^2 per weighted target, returned as its own sum.
+
+`sharded_lm_head_cross_entropy_sum` (what the tasks call) computes the same loss per shard
+under a mesh (`jax.shard_map`): each device gathers the kernel's feature shards once (in the
+compute dtype), runs the tiled loss on its own tokens over its own vocabulary rows (combining
+log-sum-exp, target logit and argmax over `tensor` when the vocabulary is split), and the sums
+are added over the token-sharding axes. Its gradient is the transpose of that: every device
+accumulates the whole kernel's gradient of its tokens locally across the pieces and one
+reduce-scatter returns it to the fsdp shards. Left to the SPMD partitioner, the tiled loss's
+backward all-reduced the whole bf16 (3584 x 152064) partial gradient over every chip once per
+piece (the 7B 64k TPU plans' HLO, benchmarks/README.md). The price is a whole gathered kernel
+and its gradient accumulator per device (2 x 1.1 GB in bf16 at 7B), accumulated in the compute
+dtype. Without a mesh, or when no mesh axis splits the kernel, it is the plain tiled loss.
 """
 
 from __future__ import annotations
@@ -105,10 +117,14 @@ def lm_head_cross_entropy_sum(h: Array, kernel: Array, targets: Array, weights: 
     like the LM head's Dense); targets, weights (B, T). Equal to
     `cross_entropy_sum((h @ kernel).astype(f32), ...)` (+ z-loss) with no chunking.
     """
-    b, t = targets.shape
-    chunking.check(t, kernel.shape[-1])
-    tc = chunking.token_chunk
+    chunking.check(targets.shape[1], kernel.shape[-1])
     piece = lambda hh, tt, ww: _piece_sums(hh, kernel, tt, ww, dtype, chunking.vocab_chunk, chunking.z_loss)
+    return _tiled(piece, h, targets, weights, chunking.token_chunk)
+
+
+def _tiled(piece, h: Array, targets: Array, weights: Array, tc: int) -> tuple[Array, Array, Array]:
+    """The sums of `piece` over `tc`-long sequence pieces (a rematerialised scan; 0 = one piece)."""
+    b, t = targets.shape
     if not tc or tc >= t:
         return piece(h, targets, weights)
     n = t // tc
@@ -124,11 +140,116 @@ def lm_head_cross_entropy_sum(h: Array, kernel: Array, targets: Array, weights: 
     return nll, correct, z
 
 
+def _local_stats(x: Array, kernel: Array, targets: Array, dtype: Any, vocab_chunk: int, offset: Array
+                 ) -> tuple[Array, Array, Array, Array, Array]:
+    """(max, sum of exp(logit - max), target logit (0 where the target is not in these rows),
+    best logit, its global index) over the vocabulary rows [offset, offset + V_local) that
+    `kernel` (D, V_local) holds, for x (..., D) already in the compute dtype."""
+    vocab = kernel.shape[-1]
+    vc = vocab_chunk if vocab_chunk and vocab_chunk < vocab else vocab
+    n = vocab // vc
+    slices = jnp.moveaxis(kernel.reshape(kernel.shape[0], n, vc), 1, 0)  # (n, D, vc)
+    lead = targets.shape
+    neg = jnp.full(lead, -jnp.inf, jnp.float32)
+
+    def body(carry, xs):
+        m, s, tgt, bval, bidx = carry
+        w, i = xs
+        lg = jnp.einsum("...d,dv->...v", x, w.astype(dtype)).astype(jnp.float32)
+        cmax = lg.max(axis=-1)
+        new_m = jnp.maximum(m, jax.lax.stop_gradient(cmax))  # log-sum-exp does not depend on it
+        s = s * jnp.exp(m - new_m) + jnp.exp(lg - new_m[..., None]).sum(axis=-1)
+        local = targets - offset - i * vc
+        inside = (local >= 0) & (local < vc)
+        t = jnp.take_along_axis(lg, jnp.clip(local, 0, vc - 1)[..., None], axis=-1)[..., 0]
+        tgt = jnp.where(inside, t, tgt)
+        better = cmax > bval  # strict: the earlier slice keeps ties (jnp.argmax semantics)
+        bidx = jnp.where(better, jnp.argmax(lg, axis=-1) + offset + i * vc, bidx)
+        bval = jnp.where(better, cmax, bval)
+        return (new_m, s, tgt, bval, bidx), None
+
+    init = (neg, jnp.zeros(lead, jnp.float32), jnp.zeros(lead, jnp.float32), neg, jnp.zeros(lead, jnp.int32))
+    if n == 1:
+        return body(init, (slices[0], 0))[0]
+    return jax.lax.scan(jax.checkpoint(body), init, (slices, jnp.arange(n)))[0]
+
+
+def _sharded_piece_sums(x: Array, kernel: Array, targets: Array, weights: Array, dtype: Any, vocab_chunk: int,
+                        z_loss: float, vocab_axes: tuple[str, ...], offset: Array) -> tuple[Array, Array, Array]:
+    """`_piece_sums` inside shard_map: this device's vocabulary rows, combined over `vocab_axes`."""
+    m, s, tgt, bval, bidx = _local_stats(x.astype(dtype), kernel, targets, dtype, vocab_chunk, offset)
+    if vocab_axes:
+        top = jax.lax.pmax(jax.lax.stop_gradient(m), vocab_axes)  # pmax has no derivative; lse needs none
+        s = jax.lax.psum(s * jnp.exp(m - top), vocab_axes)
+        m = top
+        tgt = jax.lax.psum(tgt, vocab_axes)  # the one shard holding the target contributes its logit
+        bval = jax.lax.stop_gradient(bval)
+        best_val = jax.lax.pmax(bval, vocab_axes)
+        # the lowest index among the shards holding the best logit (jnp.argmax's first maximum)
+        bidx = jax.lax.pmin(jnp.where(bval == best_val, bidx, jnp.iinfo(jnp.int32).max), vocab_axes)
+    lse = m + jnp.log(s)
+    nll = ((lse - tgt) * weights).sum()
+    correct = ((bidx == targets) * (weights > 0)).sum().astype(jnp.float32)
+    z = (z_loss * jnp.square(lse) * weights).sum() if z_loss else jnp.zeros((), jnp.float32)
+    return nll, correct, z
+
+
+def sharded_lm_head_cross_entropy_sum(h: Array, kernel: Array, targets: Array, weights: Array, *,
+                                      dtype: Any = jnp.float32, chunking: LossChunking = LossChunking(),
+                                      kernel_axes: tuple[str, str] = ("embed", "vocab"),
+                                      ) -> tuple[Array, Array, Array]:
+    """`lm_head_cross_entropy_sum` computed per shard of the mesh in context (module docstring);
+    the plain tiled loss when there is no mesh or no mesh axis splits the kernel."""
+    from flax import linen as nn
+
+    from omni_jax import sharding as shd
+    from omni_jax.layers.ring_attention import fit
+
+    b, t = targets.shape
+    chunking.check(t, kernel.shape[-1])
+    mesh = jax.sharding.get_abstract_mesh()
+    plain = lambda: lm_head_cross_entropy_sum(h, kernel, targets, weights, dtype=dtype, chunking=chunking)
+    if mesh.empty:
+        return plain()
+    feat_axes, vocab_axes = (tuple(a for a in shd.spec_axes(ax) if mesh.shape[a] > 1)
+                             for ax in nn.logical_to_mesh_axes(kernel_axes))
+    if not feat_axes and not vocab_axes:
+        return plain()
+    tok = nn.logical_to_mesh_axes(("activation_batch", "activation_length"))
+    tok = jax.P(fit(tok[0], b, mesh), fit(tok[1], t, mesh))
+    token_axes = tuple(a for e in tok for a in shd.spec_axes(e) if mesh.shape[a] > 1)
+    t_local = t // shd.axes_size(tok[1], mesh)
+    tc = chunking.token_chunk
+    if tc and tc < t_local and t_local % tc:
+        raise ValueError(f"config.model.llm.loss_token_chunk={tc} does not divide the {t_local} positions each "
+                         f"device holds (sequence {t} over the mesh's `context` axis): choose a divisor of {t_local}")
+    rows = kernel.shape[-1] // shd.axes_size(vocab_axes, mesh)
+    vc = chunking.vocab_chunk
+    if vc and vc < rows and rows % vc:
+        raise ValueError(f"config.model.llm.loss_vocab_chunk={vc} does not divide the {rows} vocabulary rows each "
+                         f"device holds (vocabulary {kernel.shape[-1]} over the mesh's `tensor` axis): choose a "
+                         f"divisor of {rows}")
+
+    def body(h, k, tg, w):
+        k = k.astype(dtype)  # gathered in the compute dtype: half the bytes in bf16
+        if feat_axes:
+            k = jax.lax.all_gather(k, feat_axes, axis=0, tiled=True)
+        offset = jax.lax.axis_index(vocab_axes) * rows if vocab_axes else jnp.zeros((), jnp.int32)
+        piece = lambda hh, tt, ww: _sharded_piece_sums(hh, k, tt, ww, dtype, chunking.vocab_chunk,
+                                                       chunking.z_loss, vocab_axes, offset)
+        sums = _tiled(piece, h, tg, w, tc)
+        return tuple(jax.lax.psum(x, token_axes) if token_axes else x for x in sums)
+
+    return jax.shard_map(body, mesh=mesh, in_specs=(jax.P(tok[0], tok[1], None), jax.P(feat_axes or None,
+                         vocab_axes or None), tok, tok), out_specs=(jax.P(), jax.P(), jax.P()),
+                         check_vma=False)(h, kernel, targets, weights)
+
+
 def llm_loss_sums(cfg: Any, llm_params: Any, h: Array, targets: Array, weights: Array) -> tuple[Array, Array, Array]:
     """(nll, correct, z) sums of the Qwen2 LM head's loss on final hidden states `h`, tiled as
-    `cfg` (a Qwen2Config: loss_token_chunk, loss_vocab_chunk, z_loss) says."""
+    `cfg` (a Qwen2Config: loss_token_chunk, loss_vocab_chunk, z_loss, loss_per_shard) says."""
     from omni_jax.layers import dtype_of
 
     chunking = LossChunking(cfg.loss_token_chunk, cfg.loss_vocab_chunk, cfg.z_loss)
-    return lm_head_cross_entropy_sum(h, llm_params["lm_head"]["kernel"], targets, weights,
-                                     dtype=dtype_of(cfg.dtype), chunking=chunking)
+    loss = sharded_lm_head_cross_entropy_sum if cfg.loss_per_shard else lm_head_cross_entropy_sum
+    return loss(h, llm_params["lm_head"]["kernel"], targets, weights, dtype=dtype_of(cfg.dtype), chunking=chunking)

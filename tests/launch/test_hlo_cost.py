@@ -26,3 +26,21 @@ def test_a_scan_of_matmuls_counts_every_iteration():
     reported = reported[0] if isinstance(reported, (list, tuple)) else reported
     assert reported["flops"] < 2 * 3 * one  # what the loop-aware count is for: the body counted once
     assert c["bytes"] > layers * m * m * 4  # every layer's weights are read
+
+
+def test_collective_bytes_count_every_trip_of_the_loop_around_them():
+    """A (64, 64) fp32 psum over 8 devices in each of 5 scan steps: 5 x 16 KiB of all-reduce results
+    per device (what launch/aot_plans.py records per plan as hlo_collective_bytes_per_device)."""
+    import numpy as np
+
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:8]), ("x",))
+    steps, m = 5, 64
+
+    def per_device(w):
+        def body(acc, _):
+            return acc + jax.lax.psum(jnp.tanh(acc @ w), "x"), None
+        return jax.lax.scan(body, w, None, length=steps)[0]
+
+    fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=jax.P(), out_specs=jax.P(), check_vma=False))
+    c = hlo_cost.costs(fn.lower(jnp.ones((m, m), jnp.float32)).compile().as_text())
+    assert c["collective_bytes"] == {"all-reduce": steps * m * m * 4}, c["collective_bytes"]
