@@ -20,7 +20,11 @@ reports one), so its flops and bytes are far below the step's. The table shows t
 `launch/hlo_cost.py`'s count from the compiled HLO with every loop body times its trip count
 (matmul flops; HBM bytes of the unfused instructions). The step-time bound per chip is
 
-    t >= max(F / peak, B / hbm_bw)      F, B = the loop-aware HLO matmul flops and bytes per chip
+    t >= max(F / peak, B / hbm_bw, C / ici_bw)   F, B = the loop-aware HLO matmul flops and bytes per chip,
+                                                 C = its collectives' result bytes (all-reduce twice)
+
+(C / ici_bw, when the plan kept its HLO: every chip's links at once, overlapped with compute, so
+it too is a lower bound.)
 
 and the MFU bound is model flops / (chips * peak * t): the MFU this program could reach if it ran
 at the roofline (what it computes beyond the model flops, e.g. rematerialisation, encoders and
@@ -50,7 +54,9 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 
 # per chip: bf16 peak FLOP/s, HBM bandwidth, HBM capacity (Cloud TPU docs)
-PEAKS = {"v5p": dict(flops=459e12, hbm_bw=2765e9, hbm_gib=95), "v5e": dict(flops=197e12, hbm_bw=819e9, hbm_gib=16)}
+# ici_bw: Google's published inter-chip interconnect bandwidth per chip (v5p 4800 Gbps, v5e 1600 Gbps)
+PEAKS = {"v5p": dict(flops=459e12, hbm_bw=2765e9, hbm_gib=95, ici_bw=600e9),
+         "v5e": dict(flops=197e12, hbm_bw=819e9, hbm_gib=16, ici_bw=200e9)}
 
 # per-row media budgets (config.data.shapes). 448x448 image = 32x32 = 1024 patches (256 LLM tokens);
 # video frames at 224x224 = 256 patches (64 tokens; 32 of 448x448 frames would be the whole 8k row);
@@ -176,11 +182,17 @@ def roofline(report: dict, kind: str) -> dict:
     else:
         f = max(report["compiler_flops_per_device"], mf / chips)
         b = report["compiler_bytes_per_device"]
-    t = max(f / pk["flops"], b / pk["hbm_bw"])
-    return dict(peak_flops=pk["flops"], hbm_bw=pk["hbm_bw"], hbm_gib=pk["hbm_gib"],
-                flops_s=f / pk["flops"], bytes_s=b / pk["hbm_bw"],
-                bound_s=t, bound_by="flops" if f / pk["flops"] >= b / pk["hbm_bw"] else "bytes",
-                mfu_bound=mf / (chips * pk["flops"] * t))
+    parts = {"flops": f / pk["flops"], "bytes": b / pk["hbm_bw"]}
+    coll = report.get("hlo_collective_bytes_per_device")
+    if coll is not None:  # a ring all-reduce moves about twice its result through each chip
+        parts["ici"] = sum(v * (2 if k == "all-reduce" else 1) for k, v in coll.items()) / pk["ici_bw"]
+    t = max(parts.values())
+    out = dict(peak_flops=pk["flops"], hbm_bw=pk["hbm_bw"], hbm_gib=pk["hbm_gib"], ici_bw=pk["ici_bw"],
+               flops_s=parts["flops"], bytes_s=parts["bytes"], bound_s=t, bound_by=max(parts, key=parts.get),
+               mfu_bound=mf / (chips * pk["flops"] * t))
+    if "ici" in parts:
+        out["ici_s"] = parts["ici"]
+    return out
 
 
 def run_plan(p: Plan) -> dict:
@@ -302,7 +314,8 @@ def table(out_dir: str) -> str:
             f"({rf['hbm_gib']}) | {r['compile_s']:.0f} s "
             f"| {r['compiler_flops_per_device']:.2e} / {r['compiler_bytes_per_device']:.2e} "
             f"| {_hlo(r)} | {r['model_flops_per_step']:.2e} "
-            f"| {rf['bound_s']:.3g} s (flops {rf.get('flops_s', float('nan')):.3g} s, bytes {rf.get('bytes_s', float('nan')):.3g} s) "
+            f"| {rf['bound_s']:.3g} s (flops {rf.get('flops_s', float('nan')):.3g} s, bytes {rf.get('bytes_s', float('nan')):.3g} s"
+            f"{', ici %.3g s' % rf['ici_s'] if 'ici_s' in rf else ''}) "
             f"| {rf['mfu_bound']:.0%} |")
     return "\n".join(rows) + "\n"
 

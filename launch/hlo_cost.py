@@ -12,7 +12,14 @@
   multiplicity of the computation it sits in (elementwise work is not counted);
 * bytes = output + operand bytes of every instruction outside fused computations (a fusion reads
   its operands from and writes its outputs to HBM; what happens inside it stays on chip), times the
-  multiplicity; tuples, parameters, bitcasts and other aliasing ops count nothing.
+  multiplicity; tuples, parameters, bitcasts and other aliasing ops count nothing; an async
+  `copy-start` counts its source once, and its destination only when that is not on-chip memory
+  (a TPU prefetch into VMEM, layout `S(1)`: before 4 Dec 2026 its (destination, source) tuple
+  and operand were counted, 3x the HBM traffic);
+* collective_bytes: the result bytes of each collective, times the multiplicity.
+
+Conditionals count every branch (an upper bound): the blockwise attention's skip of fully masked
+key blocks is a `cond`, so its skipped blocks are counted as if computed.
 
 An estimate, not XLA's cost model: checked on a scan of 8 matmuls (forward and backward), where it
 counts exactly 24 matmuls on CPU (tests/launch/test_hlo_cost.py)
@@ -120,10 +127,11 @@ def _conv_contracted(attrs: str, lhs: tuple[int, ...], kernel: tuple[int, ...]) 
     return k
 
 
-def costs(hlo: str) -> dict:
+def costs(hlo: str, top: int = 0) -> dict:
     """{"flops", "bytes", "loops", "loops_unknown_trip_count", "collective_bytes"} of one device's
     compiled program; collective_bytes: {op: result bytes of every all-reduce / all-gather /
-    reduce-scatter / all-to-all / collective-permute, times the trips of the loops around it}."""
+    reduce-scatter / all-to-all / collective-permute, times the trips of the loops around it}; with
+    `top`, also "top_bytes": the `top` JAX op names (metadata op_name) with the most bytes."""
     comps, entry = parse(hlo)
     # constant values (scalars) per computation, from the raw text
     values = {}
@@ -185,6 +193,7 @@ def costs(hlo: str) -> dict:
     fusion_io = {f: _fusion_io(comps, f, shape_of, memo) for f in fused if f in comps}
     flops = bytes_ = 0.0
     collective = collections.Counter()
+    by_op = collections.Counter() if top else None
     for comp, insts in comps.items():
         m = mult.get(comp, 0)
         if not m:
@@ -215,11 +224,21 @@ def costs(hlo: str) -> dict:
                 b = 2 * _nbytes(typ)
             elif op == "dynamic-update-slice":
                 b = 2 * _nbytes(shape_of.get(ops[1], ""))
+            elif op == "copy-start":  # (destination, source, context): read the source; write the
+                # destination unless it is on-chip memory (layout S(1): a prefetch into VMEM)
+                dest = typ.split("}", 1)[0]
+                b = _nbytes(shape_of.get(ops[0], "")) + (0 if "S(1)" in dest else _nbytes(shape_of.get(ops[0], "")))
             else:
                 b = _nbytes(typ) + sum(_nbytes(shape_of.get(o, "")) for o in ops)
             bytes_ += m * b
-    return {"flops": flops, "bytes": bytes_, "loops": loops, "loops_unknown_trip_count": unknown,
-            "collective_bytes": dict(collective)}
+            if by_op is not None:
+                where = re.search(r'op_name="([^"]*)"', attrs)
+                by_op[where.group(1) if where else f"{op} {name}"] += m * b
+    out = {"flops": flops, "bytes": bytes_, "loops": loops, "loops_unknown_trip_count": unknown,
+           "collective_bytes": dict(collective)}
+    if top:
+        out["top_bytes"] = by_op.most_common(top)
+    return out
 
 
 def _fusion_io(comps: dict, f: str, shape_of: dict, memo: dict | None = None) -> tuple[dict[int, float], float | None]:
@@ -287,3 +306,17 @@ def _fusion_io(comps: dict, f: str, shape_of: dict, memo: dict | None = None) ->
         written = update(root)
     memo[f] = (reads, written)
     return memo[f]
+
+
+if __name__ == "__main__":  # python -m launch.hlo_cost <plan>.hlo.txt.gz [top]: the totals and the byte-heaviest ops
+    import gzip
+    import sys
+
+    path = sys.argv[1]
+    with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as fh:
+        c = costs(fh.read(), top=int(sys.argv[2]) if len(sys.argv) > 2 else 20)
+    print(f"matmul flops {c['flops']:.3e}, bytes {c['bytes']:.3e}, loops {c['loops']} "
+          f"({c['loops_unknown_trip_count']} without a trip count), collectives "
+          + ", ".join(f"{k} {v:.3e}" for k, v in c["collective_bytes"].items()))
+    for name, b in c["top_bytes"]:
+        print(f"{b:10.3e} {b / c['bytes']:6.1%}  {name[:160]}")

@@ -102,6 +102,12 @@ def _piece_sums(h: Array, kernel: Array, targets: Array, weights: Array, dtype: 
         init = (neg, jnp.zeros(lead, jnp.float32), jnp.zeros(lead, jnp.float32), neg, jnp.zeros(lead, jnp.int32))
         (m, s, tgt, _, best), _ = jax.lax.scan(body, init, (slices, jnp.arange(n)))
         lse = m + jnp.log(s)
+    return _sums(lse, tgt, best, targets, weights, z_loss)
+
+
+def _sums(lse: Array, tgt: Array, best: Array, targets: Array, weights: Array, z_loss: float
+          ) -> tuple[Array, Array, Array]:
+    """(nll, correct, z) sums from per-position log-sum-exp, target logit and argmax."""
     nll = ((lse - tgt) * weights).sum()
     correct = ((best == targets) * (weights > 0)).sum().astype(jnp.float32)
     z = (z_loss * jnp.square(lse) * weights).sum() if z_loss else jnp.zeros((), jnp.float32)
@@ -187,11 +193,7 @@ def _sharded_piece_sums(x: Array, kernel: Array, targets: Array, weights: Array,
         best_val = jax.lax.pmax(bval, vocab_axes)
         # the lowest index among the shards holding the best logit (jnp.argmax's first maximum)
         bidx = jax.lax.pmin(jnp.where(bval == best_val, bidx, jnp.iinfo(jnp.int32).max), vocab_axes)
-    lse = m + jnp.log(s)
-    nll = ((lse - tgt) * weights).sum()
-    correct = ((bidx == targets) * (weights > 0)).sum().astype(jnp.float32)
-    z = (z_loss * jnp.square(lse) * weights).sum() if z_loss else jnp.zeros((), jnp.float32)
-    return nll, correct, z
+    return _sums(m + jnp.log(s), tgt, bidx, targets, weights, z_loss)
 
 
 def sharded_lm_head_cross_entropy_sum(h: Array, kernel: Array, targets: Array, weights: Array, *,

@@ -14,7 +14,7 @@ from flax import linen as nn
 
 from configs import backbone_tiny
 from launch.aot import plan, stage_step
-from launch.aot_plans import keep_memory_report
+from launch.aot_plans import keep_memory_report, roofline
 from omni_jax import sharding as shd
 from omni_jax.models.audio_head import AudioHead
 
@@ -32,6 +32,19 @@ ALL_7B = os.environ.get("OMNI_JAX_TEST_ALL_7B", "") == "1"
 def _stage_params(family: str, names) -> list:
     return [pytest.param(f"configs.{family}.{n}", marks=() if ALL_7B or n in EVERY_PATH else pytest.mark.skip(
         reason="set OMNI_JAX_TEST_ALL_7B=1 to trace every 7B stage (CI traces one per path)")) for n in names]
+
+
+def test_roofline_is_the_largest_of_flops_hbm_and_ici_time():
+    """1 s of v5p flops, 1 s of HBM bytes and 3 s of interconnect (an all-reduce moves twice its
+    result): the ICI bound sets the step; without collective counts the bound is flops/bytes."""
+    r = dict(devices=4, model_flops_per_step=4 * 459e12, hlo_matmul_flops_per_device=459e12,
+             hlo_bytes_per_device=2765e9, hlo_collective_bytes_per_device={"all-reduce": 600e9, "all-gather": 600e9})
+    rf = roofline(r, "v5p")
+    assert (rf["flops_s"], rf["bytes_s"], rf["ici_s"], rf["bound_s"], rf["bound_by"]) == (1.0, 1.0, 3.0, 3.0, "ici")
+    assert rf["mfu_bound"] == pytest.approx(1 / 3)
+    del r["hlo_collective_bytes_per_device"]
+    rf = roofline(r, "v5p")
+    assert "ici_s" not in rf and rf["bound_s"] == 1.0 and rf["mfu_bound"] == 1.0
 
 
 def test_plan_on_a_cpu_mesh_reports_memory_and_flops(tmp_path):

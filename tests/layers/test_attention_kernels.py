@@ -69,15 +69,9 @@ def test_kernels_on_the_wrong_platform_and_bad_blocks_name_the_fix():
 
 def test_splash_compiles_for_a_tpu_topology():
     """The real TPU compiler (libtpu, the `tpu` extra) builds the sharded splash forward+backward."""
-    import os
+    from tests.tpu_topology import tpu_devices
 
-    from jax.experimental import topologies
-
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # another process may hold libtpu's lock file
-    try:
-        devices = topologies.get_topology_desc(platform="tpu", topology_name="v5e:2x2").devices
-    except Exception as e:  # pragma: no cover - the test command installs libtpu
-        pytest.fail(f"libtpu is needed for the TPU AOT check (pip install -e '.[tpu]'): {e}")
+    devices = tpu_devices("v5e:2x2")
     mesh = shd.make_mesh(dict(data=2, tensor=2), devices)
     bf = jnp.bfloat16
     # the suite's "highest" matmul precision asks Mosaic for fp32 contractions of bf16 operands,

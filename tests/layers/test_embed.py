@@ -18,6 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from omni_jax import sharding as shd
 from omni_jax.layers.embed import Embed
+from tests.tpu_topology import tpu_devices
 
 VOCAB, FEATURES = 1024, 64
 
@@ -70,21 +71,12 @@ def test_lookup_without_a_mesh_is_the_plain_take():
     np.testing.assert_array_equal(module.apply(params, ids), shd.unbox(params)["params"]["embedding"][ids])
 
 
-def _tpu_devices():
-    try:
-        from jax.experimental import topologies
-
-        return topologies.get_topology_desc(platform="tpu", topology_name="v5p:4x4x4").devices
-    except Exception as e:  # libtpu is the optional [tpu] extra
-        pytest.skip(f"no TPU topology to compile for: {e}")
-
-
 @pytest.mark.parametrize("shard_lookup", [False, True])
 def test_tpu_compile_of_7b_lookup_holds_no_whole_fp32_table(shard_lookup):
     """v5p-64 (4x4x4, 64 chips), fsdp 8 x context 8, the 7B table (152064 x 3584, fp32 params,
     bf16 compute), 8 rows x 32k tokens. Measured (libtpu 0.0.42.1): the plain lookup's gradient
     holds 9 whole-table fp32 values and 6.1 GiB of temporaries per chip; per shard, 0 and 0.22 GiB."""
-    devices = _tpu_devices()
+    devices = tpu_devices("v5p:4x4x4")
     module = Embed(152064, 3584, dtype=jnp.bfloat16, shard_lookup=shard_lookup)
     boxed = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"]
     params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), shd.unbox(boxed))

@@ -18,6 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from omni_jax import sharding as shd
 from omni_jax.tasks.losses import LossChunking, lm_head_cross_entropy_sum, sharded_lm_head_cross_entropy_sum
+from tests.tpu_topology import tpu_devices
 
 B, T, D, V = 8, 32, 16, 128
 
@@ -117,15 +118,6 @@ def test_chunks_that_do_not_divide_a_shard_name_the_key():
                            h, kernel[:, :96], targets % 96, weights)
 
 
-def _tpu_devices():
-    try:
-        from jax.experimental import topologies
-
-        return topologies.get_topology_desc(platform="tpu", topology_name="v5p:4x4x4").devices
-    except Exception as e:  # libtpu is the optional [tpu] extra
-        pytest.skip(f"no TPU topology to compile for: {e}")
-
-
 @pytest.mark.parametrize("per_shard", [False, True])
 def test_tpu_compile_of_the_7b_loss_reduces_the_kernel_gradient_once(per_shard):
     """v5p-64 (4x4x4), fsdp 8 x context 8, the 7B LM head (3584 x 152064 fp32 kernel, bf16
@@ -136,7 +128,7 @@ def test_tpu_compile_of_the_7b_loss_reduces_the_kernel_gradient_once(per_shard):
     x 2 x 4096 local tokens x 3584 x 152064."""
     from launch.hlo_cost import costs
 
-    devices = _tpu_devices()
+    devices = tpu_devices("v5p:4x4x4")
     d, v, rows, seq = 3584, 152064, 8, 32768
     fn = sharded_lm_head_cross_entropy_sum if per_shard else lm_head_cross_entropy_sum
     args = (jax.ShapeDtypeStruct((rows, seq, d), jnp.bfloat16), jax.ShapeDtypeStruct((d, v), jnp.float32),
