@@ -21,7 +21,8 @@ Implementations (`impl`):
            recomputes scores blockwise (flash-attention algorithm in plain JAX): memory
            O(block^2) per step instead of O(q_len * kv_len), and block pairs that the causal or
            segment mask removes entirely are skipped (`lax.cond`), forward and backward. Use it
-           for long sequences on CPU/XLA.
+           for long sequences on CPU/XLA. Under a `context` mesh axis that splits the sequence it
+           all-gathers keys/values once per call (`ring_attention.gathered_attention`).
   "splash" / "splash_interpret" / "cudnn"  the TPU Pallas and GPU cuDNN kernels
            (omni_jax/layers/attention_kernels.py); segment ids and causal only.
   "ring"   context parallelism: keys/values circulate over the `context` mesh axis
@@ -98,6 +99,13 @@ def dot_product_attention(
             raise ValueError("attention impl 'blockwise' takes segment ids and causal only, not `mask`")
         qs = q_segment_ids if q_segment_ids is not None else jnp.ones((b, t), jnp.int32)
         ks = kv_segment_ids if kv_segment_ids is not None else jnp.ones((b, s), jnp.int32)
+        if isinstance(q_offset, int) and q_offset == 0 and t == s:
+            from omni_jax.layers.ring_attention import context_size, gathered_attention
+
+            ring = context_size()
+            if ring > 1 and t % ring == 0:  # keys/values gathered once over `context`, per shard
+                return gathered_attention(q, k, v, qs, ks, causal=causal, scale=scale, block=block_size,
+                                          skip=block_skip)
         q_idx = jnp.broadcast_to(jnp.arange(t)[None] + jnp.reshape(jnp.asarray(q_offset), (-1, 1)), (b, t))
         return _blockwise(q, k, v, qs, ks, q_idx, causal, scale, min(block_size, t), min(block_size, s), block_skip)
     if impl == "ring":

@@ -66,8 +66,30 @@ def _ring_body(q, k, v, qs, ks, *, causal: bool, scale: float, ring: int, block:
     return jnp.where((lse > 0.5 * _NEG)[..., None], o, 0.0).astype(q.dtype)
 
 
+def _gathered_body(q, k, v, qs, ks, *, causal: bool, scale: float, block: int, skip: bool):
+    from omni_jax.layers.attention import _blockwise
+
+    b, tl = q.shape[:2]
+    k, v, ks = (jax.lax.all_gather(x, CONTEXT_AXIS, axis=1, tiled=True) for x in (k, v, ks))
+    q_idx = jnp.broadcast_to(jax.lax.axis_index(CONTEXT_AXIS) * tl + jnp.arange(tl), (b, tl))
+    return _blockwise(q, k, v, qs, ks, q_idx, causal, scale, min(block, tl), min(block, k.shape[1]), skip)
+
+
+def gathered_attention(q, k, v, q_segment_ids, kv_segment_ids, *, causal: bool, scale: float, block: int = 512,
+                       skip: bool = True):
+    """Blockwise self-attention split over `context` by gathering keys/values once (MaxText's
+    all-gather context parallelism; impl "blockwise" under a context axis): every device keeps
+    its query slice, all-gathers the keys, values and their segment ids inside `jax.shard_map`,
+    and runs the blockwise kernel with its global query positions; the gather's transpose
+    reduce-scatters the key/value gradients once. Left to the SPMD partitioner, the TPU compile
+    of the 64k plan re-gathered keys/values inside the backward's block loops (8.7e14 all-gather
+    bytes per chip, benchmarks/README.md)."""
+    return ring_attention(q, k, v, q_segment_ids, kv_segment_ids, causal=causal, scale=scale, block=block,
+                          skip=skip, body=_gathered_body)
+
+
 def ring_attention(q, k, v, q_segment_ids, kv_segment_ids, *, causal: bool, scale: float, block: int = 512,
-                   skip: bool = True):
+                   skip: bool = True, body=None):
     """q (b, t, h, d), k/v (b, t, kv_heads, d) self-attention split over `context`."""
     from flax import linen as nn
 
@@ -89,6 +111,9 @@ def ring_attention(q, k, v, q_segment_ids, kv_segment_ids, *, causal: bool, scal
     q_spec = jax.P(batch, CONTEXT_AXIS, heads, None)
     kv_spec = jax.P(batch, CONTEXT_AXIS, kv_heads, None)
     seg_spec = jax.P(batch, CONTEXT_AXIS)
-    body = lambda *a: _ring_body(*a, causal=causal, scale=scale, ring=ring, block=block, skip=skip)
-    return jax.shard_map(body, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec, seg_spec),
+    if body is None:
+        fn = lambda *a: _ring_body(*a, causal=causal, scale=scale, ring=ring, block=block, skip=skip)
+    else:
+        fn = lambda *a: body(*a, causal=causal, scale=scale, block=block, skip=skip)
+    return jax.shard_map(fn, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec, seg_spec),
                          out_specs=q_spec, check_vma=False)(q, k, v, q_segment_ids, kv_segment_ids)
