@@ -1,4 +1,5 @@
-"""Ring attention over the `context` mesh axis (impl "ring" of `dot_product_attention`).
+"""Ring attention over the `context` mesh axis (impl "ring" of `dot_product_attention`), and the
+all-gather variant that impl "blockwise" uses under that axis (`gathered_attention`).
 
 Context parallelism that scales with the sequence: every device keeps its slice of the
 queries, keys and values (nothing is all-gathered); the key/value slices travel around the
