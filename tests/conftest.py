@@ -33,6 +33,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    # the longest groups (a training run each, 5-10 minutes) go first, so the other worker is not left
+    # idle at the end while one of them runs (xdist hands out groups in collection order); stable sort
+    first = ("eval_report_run", "probe_run")
+    group = lambda item: item.get_closest_marker("xdist_group").args[0]
+    items.sort(key=lambda item: first.index(group(item)) if group(item) in first else len(first))
 
 
 def read_tsv(name: str) -> list[tuple[str, tuple[int, ...]]]:
