@@ -1,4 +1,5 @@
-"""Test setup: 8 simulated CPU devices (set before jax is imported), fp32 matmuls.
+"""Test setup: 8 simulated CPU devices (set before jax is imported), fp32 matmuls, the suite's
+XLA compile flags (tests/compile_flags.py).
 
 Tests mirror the package layout (tests/models/test_qwen2.py pins omni_jax/models/qwen2.py).
 PyTorch-based parity tests import torch/transformers directly: the test command installs
@@ -10,11 +11,13 @@ import os
 import pytest
 
 from omni_jax import cpu_simulation  # sets no jax state: jax is imported below
+from tests import compile_flags
 
 # XLA CPU aborts a collective whose 8 simulated participants do not all arrive within 40 s, which a
 # loaded 2-core machine can exceed inside a big step (launch/mesh_check.py): allow an hour
+# (plus the suite's compile flags, tests/compile_flags.py)
 os.environ["XLA_FLAGS"] = cpu_simulation.set_devices(
-    os.environ.get("XLA_FLAGS", "") + " " + cpu_simulation.TERMINATE_TIMEOUT, 8)
+    compile_flags.add(os.environ.get("XLA_FLAGS", "") + " " + cpu_simulation.TERMINATE_TIMEOUT), 8)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

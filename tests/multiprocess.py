@@ -12,6 +12,7 @@ import sys
 import time
 
 from omni_jax import cpu_simulation
+from tests import compile_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,7 +25,7 @@ def free_port() -> int:
 
 def env(local_devices: int, cache_dir: str | None = None) -> dict:
     e = dict(os.environ)
-    e["XLA_FLAGS"] = cpu_simulation.set_devices(cpu_simulation.TERMINATE_TIMEOUT, local_devices)  # tests/conftest.py
+    e["XLA_FLAGS"] = cpu_simulation.set_devices(compile_flags.add(cpu_simulation.TERMINATE_TIMEOUT), local_devices)  # conftest
     e["JAX_PLATFORMS"] = "cpu"
     e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
     e["PYTHONUNBUFFERED"] = "1"

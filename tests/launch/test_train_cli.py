@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from tests import compile_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -23,7 +25,7 @@ def _cmd(workdir, *overrides):
 
 def _env():
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # the trainer runs on one CPU device here
+    env["XLA_FLAGS"] = compile_flags.FLAGS  # the trainer runs on one CPU device here
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env
 

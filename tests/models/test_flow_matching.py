@@ -20,6 +20,7 @@ from omni_jax.convert.mapping import import_params
 from omni_jax.data.synthetic_speech import SyntheticMelSet
 from omni_jax.models.flow_matching import (FlowMatchingConfig, FlowMatchingDecoder, chunk_attention_mask, decode_mel,
                                            flow_matching_loss_sums)
+from tests import compile_flags
 from tests.speech_reference import (TorchConditionalDecoder, TorchFlowMatching, TorchPrenet, randomize_,
                                     torch_cfm_loss, torch_cfm_sample)
 
@@ -134,7 +135,7 @@ def test_cli_training_brings_sampled_mels_closer(tmp_path, ref_and_ours):
     overrides = [f"--config.train.steps={steps}", f"--config.data.max_frames={T}", "--config.train.batch_size=8",
                  f"--config.checkpoint.every={steps}", "--config.train.log_every=25"]
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = compile_flags.FLAGS  # one CPU device
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run([sys.executable, "-m", "launch.train", "--config=configs/flow_matching_tiny.py:runlocal",
                           f"--workdir={tmp_path}", *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
