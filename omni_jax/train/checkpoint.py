@@ -74,7 +74,7 @@ def _meta_handler() -> ocp.JsonCheckpointHandler:
 
 # Orbax writes a replicated array from all its replicas at once, each taking a slice that it cuts on
 # device (one eager `slice_in_dim` per array and replica, compiled per new shape). For small arrays the
-# dispatch costs far more than the write: the tiny omni state on 8 simulated devices spent 12.3 s
+# dispatch costs far more than the write: the tiny omni state on 8 simulated devices spent 11.8 s
 # per save slicing. Arrays whose per-replica slice is below this are written by one replica;
 # large ones (the 7B weights on a pod) keep replica-parallel writes. Same files either way.
 MIN_REPLICA_SLICE_BYTES = 4 << 20
