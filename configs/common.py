@@ -135,6 +135,7 @@ def stage_entry(c, steps: int, groups: dict, rates: dict, mix: dict, components:
         steps=steps, rules=partition(groups, components), grad_clip_norm=1.0,
         groups={g: stage_group(rates[g], c.size) for g in groups},
         data=dict(mixture=mix), task_config=dict(modalities=mixture_needs(mix)),
+        warm_start="",  # comma-separated names, e.g. "audio_embed_from_tokenizer": omni_jax/train/warm_start.py
     ))
 
 

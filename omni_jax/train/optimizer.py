@@ -58,13 +58,14 @@ class StageConfig:
     rules: tuple[tuple[str, str], ...]
     groups: Mapping[str, GroupConfig]
     grad_clip_norm: float | None = 1.0
+    warm_start: tuple[str, ...] = ()  # omni_jax/train/warm_start.py, applied when the stage begins
 
 
 def stage_from_config(name: str, c: Mapping[str, Any]) -> StageConfig:
     """Parses config.stages.<name> with errors that name the offending key."""
     where = f"config.stages.{name}"
     c = dict(c)
-    allowed = {"steps", "rules", "groups", "grad_clip_norm", "data", "task", "task_config", "eval_every"}
+    allowed = {"steps", "rules", "groups", "grad_clip_norm", "data", "task", "task_config", "eval_every", "warm_start"}
     unknown = sorted(set(c) - allowed)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
@@ -97,8 +98,11 @@ def stage_from_config(name: str, c: Mapping[str, Any]) -> StageConfig:
     if unused:
         raise ValueError(f"{where}.groups defines {unused} but no rule assigns parameters to them")
     clip = c.get("grad_clip_norm", 1.0)
+    from omni_jax.train import warm_start
+
     return StageConfig(name=name, steps=int(c["steps"]), rules=rules, groups=groups,
-                       grad_clip_norm=None if clip is None else float(clip))
+                       grad_clip_norm=None if clip is None else float(clip),
+                       warm_start=warm_start.check_names(name, c.get("warm_start", ()) or ()))
 
 
 def assign_groups(params: Mapping[str, Any], rules: Sequence[tuple[str, str]], stage: str = "?") -> Any:

@@ -46,6 +46,7 @@ from omni_jax.train.host_sync import HostSync
 from omni_jax.train.integrity import CheckpointCorruptError
 from omni_jax.train.metrics import MetricsWriter
 from omni_jax.train.multitask import StageTasks, init_union, union_trees
+from omni_jax.train import warm_start
 from omni_jax.train.optimizer import build_optimizer, learning_rates, stage_from_config, transfer_state
 from omni_jax.workdir import WorkdirBusyError, WorkdirLease, config_hash, workdir_path, write_text_atomic
 
@@ -316,6 +317,10 @@ def _run_stage(run: _Run, progress: _Progress, metrics_log: MetricsWriter, stop:
     stage_task, layout = run.tasks[stage.name], run.layouts[stage.name]
     opt = build_optimizer(stage, layout.abstract_params)
     if progress.data_state is None:  # entering the stage (not resuming inside it)
+        if stage.warm_start:
+            progress.state = progress.state.replace(params=warm_start.apply(
+                stage.warm_start, progress.state.params, progress.state.model_state))
+            log.info("stage %s: warm start %s", stage.name, ", ".join(stage.warm_start))
         progress.state = _enter_stage(progress.state, stage, opt, layout)
     train_step = step_lib.make_train_step(stage_task, opt, layout, microbatches=config.train.microbatches)
     rows = process_batch_rows(layout.batch_shardings, config.train.batch_size)

@@ -1,0 +1,88 @@
+"""omni_jax/train/warm_start.py: the audio embedding started from the tokenizer's codebooks and adapter."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from omni_jax.models.audio_head import AudioEmbed, AudioHeadConfig
+from omni_jax.tasks.audio_tokenizer import AudioTextAdapter
+from omni_jax.train import warm_start
+from omni_jax.train.optimizer import stage_from_config
+
+BOOKS, CODE_DIM, HIDDEN = (16, 8, 8, 4), 12, 32
+
+
+def _trees(seed=0):
+    k = jax.random.split(jax.random.PRNGKey(seed), 4)
+    embed = AudioEmbed(AudioHeadConfig(hidden_size=HIDDEN, codebook_sizes=BOOKS, head_dim=8))
+    tables = nn.unbox(embed.init(k[0], jnp.zeros((1, 2, len(BOOKS)), jnp.int32))["params"])  # the trainer's are unboxed
+    adapter = AudioTextAdapter(HIDDEN)
+    ad = nn.unbox(adapter.init(k[1], jnp.zeros((1, 1, CODE_DIM)))["params"])
+    ad = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(k[2], x.shape), ad)  # a non-zero bias too
+    keys = jax.random.split(k[3], len(BOOKS))
+    books = {f"vq_{i}": {"embed": jax.random.normal(keys[i], (n, CODE_DIM))} for i, n in enumerate(BOOKS)}
+    params = {"audio_embed": tables, "audio_text_adapter": ad, "llm": {"w": jnp.ones((3,))}}
+    return embed, adapter, params, {"audio_bridge": books}
+
+
+def test_summed_code_embedding_equals_the_adapter_of_the_quantised_feature():
+    embed, adapter, params, state = _trees()
+    new = warm_start.apply(("audio_embed_from_tokenizer",), params, state)
+    codes = np.stack([np.random.default_rng(i).integers(0, n, (3, 20)) for i, n in enumerate(BOOKS)], -1)
+    summed = embed.apply({"params": new["audio_embed"]}, jnp.asarray(codes))
+    quantised = sum(state["audio_bridge"][f"vq_{i}"]["embed"][codes[..., i]] for i in range(len(BOOKS)))
+    want = adapter.apply({"params": params["audio_text_adapter"]}, quantised)
+    diff = float(jnp.abs(summed - want).max())
+    assert diff < 1e-5, diff  # measured 3.6e-7 (fp32)
+    before = embed.apply({"params": params["audio_embed"]}, jnp.asarray(codes))
+    assert float(jnp.abs(before - want).max()) > 0.1  # the random tables did not already do it
+    for name, t in params["audio_embed"].items():  # the end-of-audio row is kept; nothing else touched
+        np.testing.assert_array_equal(new["audio_embed"][name]["embedding"][-1], t["embedding"][-1])
+    assert new["llm"] is params["llm"] and new["audio_text_adapter"] is params["audio_text_adapter"]
+
+
+def test_errors_name_what_is_missing_or_mismatched():
+    _, _, params, state = _trees()
+    with pytest.raises(ValueError, match=r"no \['audio_text_adapter'\]"):
+        warm_start.audio_embed_from_tokenizer({"audio_embed": params["audio_embed"]}, state)
+    with pytest.raises(ValueError, match="no audio_bridge codebooks"):
+        warm_start.audio_embed_from_tokenizer(params, {})
+    state["audio_bridge"]["vq_1"]["embed"] = jnp.zeros((9, CODE_DIM))
+    with pytest.raises(ValueError, match=r"codebook vq_1 \(9, 12\).*audio_embed/tables_1 \(9, 32\)"):
+        warm_start.audio_embed_from_tokenizer(params, state)
+    stage = {"steps": 1, "rules": [(".*", "a")], "groups": {"a": {"lr": 1e-3}}}
+    with pytest.raises(ValueError, match=r"config.stages.s.warm_start: unknown \['audio_embed'\]"):
+        stage_from_config("s", dict(stage, warm_start=("audio_embed",)))
+    assert stage_from_config("s", dict(stage, warm_start=["audio_embed_from_tokenizer"])).warm_start == (
+        "audio_embed_from_tokenizer",)
+
+
+def test_off_by_default_and_named_as_a_comma_separated_string():
+    """The pipelines do not warm start (measured: no better held-out numbers, README); a user turns it on
+    with --config.stages.image_audio_text_1.warm_start=audio_embed_from_tokenizer."""
+    from configs.omni15 import pipeline
+
+    c = pipeline.get_config("test")
+    assert all(stage_from_config(n, c.stages[n]).warm_start == () for n in c.stage_order)  # tokenizer stages: no key
+    c.stages.image_audio_text_1.warm_start = "audio_embed_from_tokenizer"
+    assert stage_from_config("image_audio_text_1", c.stages.image_audio_text_1).warm_start == (
+        "audio_embed_from_tokenizer",)
+
+
+def test_sharded_parameters_keep_their_shardings():
+    """On the 8-device mesh the new tables come back with the shardings of the ones they replace."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    _, _, params, state = _trees()
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("data", "fsdp"))
+    put = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))
+    params = jax.tree.map(lambda x: put(x, P(None, "fsdp") if x.ndim == 2 else P()), params)
+    state = jax.tree.map(lambda x: put(x, P("data", None)), state)
+    new = warm_start.apply(("audio_embed_from_tokenizer",), params, state)
+    want = warm_start.audio_embed_from_tokenizer(jax.device_get(params), jax.device_get(state))
+    for name, t in new["audio_embed"].items():
+        assert t["embedding"].sharding == params["audio_embed"][name]["embedding"].sharding
+        np.testing.assert_allclose(np.asarray(t["embedding"]), np.asarray(want["audio_embed"][name]["embedding"]),
+                                   rtol=0, atol=1e-6)
