@@ -23,16 +23,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-ASR_PROMPT = "transcribe the speech."  # the first of formats.py's asr prompts
-
-
 def word_class(word: str) -> str:
+    from omni_jax.data.default_dataset import plural
     from omni_jax.data.text_corpus import COLOURS, NUMBER_WORDS, SHAPES, SIZES
 
     w = word.strip(".")
     if w in COLOURS:
         return "colour"
-    if w in SHAPES or w.endswith("s") and w[:-1] in SHAPES or w == "crosses":
+    if w in SHAPES or w in {plural(s) for s in SHAPES}:
         return "shape"
     if w in NUMBER_WORDS:
         return "number"
@@ -71,6 +69,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
 
     from omni_jax.data import default_dataset
+    from omni_jax.data.formats import DEFAULT_PROMPTS
     from omni_jax.generate.omni_infer import OmniRunner, Prompt
     from omni_jax.generate.sampling import SamplingParams
     from omni_jax.tasks.omni_eval import char_error_rate, word_error_rate
@@ -85,7 +84,7 @@ def main(argv=None) -> None:
         for n, (_, ex) in enumerate(default_dataset.generate("speech", split)):
             if n == a.limit:
                 break
-            hyp = runner.respond(Prompt(text=ASR_PROMPT, audio=[ex["audio"]]), max_new_tokens=64,
+            hyp = runner.respond(Prompt(text=DEFAULT_PROMPTS["asr"][0], audio=[ex["audio"]]), max_new_tokens=64,
                                  text=SamplingParams(do_sample=False)).text.strip()
             ref = ex["transcript"]
             seen = split != "train" and ref in train_texts

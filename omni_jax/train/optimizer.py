@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from omni_jax.train import warm_start
+
 FROZEN = "frozen"
 _SCHEDULES = ("constant", "cosine", "linear", "rsqrt")
 _OPTIMIZERS = ("adamw", "sgd")
@@ -98,8 +100,6 @@ def stage_from_config(name: str, c: Mapping[str, Any]) -> StageConfig:
     if unused:
         raise ValueError(f"{where}.groups defines {unused} but no rule assigns parameters to them")
     clip = c.get("grad_clip_norm", 1.0)
-    from omni_jax.train import warm_start
-
     return StageConfig(name=name, steps=int(c["steps"]), rules=rules, groups=groups,
                        grad_clip_norm=None if clip is None else float(clip),
                        warm_start=warm_start.check_names(name, c.get("warm_start", ()) or ()))

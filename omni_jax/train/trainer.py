@@ -298,8 +298,12 @@ def _initial_state(run: _Run):
 
 
 def _enter_stage(state, stage, opt, layout):
-    """A fresh optimizer state for the stage, with the moments of parameters that stay trainable
-    carried over from the previous stage."""
+    """The stage's warm starts (omni_jax/train/warm_start.py) applied to the parameters, and a fresh
+    optimizer state for the stage, with the moments of parameters that stay trainable carried over
+    from the previous stage."""
+    if stage.warm_start:
+        state = state.replace(params=warm_start.apply(stage.warm_start, state.params, state.model_state))
+        log.info("stage %s: warm start %s", stage.name, ", ".join(stage.warm_start))
     fresh = step_lib.init_opt_state(opt, layout, state.params)
     carried = 0
     if state.opt_state is not None:
@@ -317,10 +321,6 @@ def _run_stage(run: _Run, progress: _Progress, metrics_log: MetricsWriter, stop:
     stage_task, layout = run.tasks[stage.name], run.layouts[stage.name]
     opt = build_optimizer(stage, layout.abstract_params)
     if progress.data_state is None:  # entering the stage (not resuming inside it)
-        if stage.warm_start:
-            progress.state = progress.state.replace(params=warm_start.apply(
-                stage.warm_start, progress.state.params, progress.state.model_state))
-            log.info("stage %s: warm start %s", stage.name, ", ".join(stage.warm_start))
         progress.state = _enter_stage(progress.state, stage, opt, layout)
     train_step = step_lib.make_train_step(stage_task, opt, layout, microbatches=config.train.microbatches)
     rows = process_batch_rows(layout.batch_shardings, config.train.batch_size)

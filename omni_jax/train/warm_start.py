@@ -2,8 +2,9 @@
 
 A stage may name transforms in `config.stages.<name>.warm_start` (comma-separated); the trainer
 applies them to the run's parameters when it ENTERS the stage (not when it resumes inside it: the
-checkpoint already holds their result), before the stage's optimizer state is built. Each is a pure function of the
-parameters and the model state, so a resumed run and an uninterrupted one stay bit-identical.
+checkpoint already holds their result), before the stage's optimizer state is built. Each is a
+pure function of the parameters and the model state, so a resumed run and an uninterrupted one
+stay bit-identical.
 
   audio_embed_from_tokenizer
       Baichuan-Omni-1.5's LLM hears audio as the SUM of 8 code embeddings (ARCHITECTURE.md 1.5,
