@@ -435,8 +435,9 @@ def _workdir_step(workdir: str, step: int | None) -> tuple[str, int]:
 def _saved_tree_metadata(path: str):
     import orbax.checkpoint as ocp
 
-    meta = ocp.PyTreeCheckpointer().metadata(path)
-    meta = getattr(meta, "item_metadata", meta)  # StepMetadata -> TreeMetadata (orbax >= 0.11)
+    # the handler, not a Checkpointer: `path` is one item of a step, and a Checkpointer looks there for
+    # the step's own metadata file (logging "Metadata file does not exist" on every load)
+    meta = ocp.PyTreeCheckpointHandler().metadata(path)
     return getattr(meta, "tree", meta)
 
 
@@ -459,7 +460,7 @@ def restore_workdir(workdir: str, step: int | None = None, items: Sequence[str] 
     abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), item,
                             is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
     restore_args = jax.tree.map(lambda a: ocp.RestoreArgs(restore_type=np.ndarray, dtype=a.dtype), abstract)
-    out = ocp.PyTreeCheckpointer().restore(
+    out = ocp.PyTreeCheckpointHandler().restore(
         path, args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True))
     return {k: out[k] for k in item}, step
 

@@ -81,15 +81,20 @@ MIN_REPLICA_SLICE_BYTES = 4 << 20
 
 
 def _register_array_handler() -> None:
-    """jax.Array writer with MIN_REPLICA_SLICE_BYTES (orbax's global registry; idempotent)."""
+    """jax.Array writer with MIN_REPLICA_SLICE_BYTES, in orbax's global registry (idempotent).
+
+    Global because StandardCheckpointHandler (whose args the manager and tests use) takes no registry
+    of its own; the replacement writes the same files as orbax's default. Registered without orbax's
+    "overriding jax.Array" warning, which every process used to log."""
     from orbax.checkpoint._src.metadata import array_metadata_store  # the store orbax's default uses
+    from orbax.checkpoint._src.serialization.type_handler_registry import GLOBAL_TYPE_HANDLER_REGISTRY
 
     current = ocp.type_handlers.get_type_handler(jax.Array)
     if getattr(current, "_min_slice_bytes_for_replica_parallel", None) == MIN_REPLICA_SLICE_BYTES:
         return
-    ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
+    GLOBAL_TYPE_HANDLER_REGISTRY.add(jax.Array, ocp.type_handlers.ArrayHandler(
         array_metadata_store=array_metadata_store.Store(),
-        min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES), override=True)
+        min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES), override=True, ignore_warnings=True)
 
 
 class Checkpointer:
