@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict(dict(
         reconstruction=1.0, multi_scale=1.0, scales=(2, 4, 8), commitment=0.25, transcription=0.5,
         quant_prob_start=0.25, quant_warmup_steps=150, stft_impl="fft", target_log_floor=1e-5,
-        target_mean=-5.5, target_std=3.5,
+        target_mean=-5.5, target_std=3.5, ctc=0.0, ctc_labels_per_frame=2,
     ))
     c.init.flavour = "release"
     c.train.update(steps=300, batch_size=8, log_every=10)

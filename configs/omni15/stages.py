@@ -20,7 +20,7 @@ from configs import audio_tokenizer_tiny, common
 from omni_jax.data.stage_mixtures import mixture
 
 COMPONENTS = ("llm", "visual", "visual_bridge", "audio_encoder", "audio_bridge", "audio_decoder", "audio_embed",
-              "audio_head", "flow_matching", "vocoder", "audio_text_adapter")
+              "audio_head", "flow_matching", "vocoder", "audio_text_adapter", "audio_ctc_head")
 SIZES = common.STAGE_SIZES
 
 
@@ -45,7 +45,7 @@ def base(size: str = "tiny") -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict(dict(text=1.0, audio=1.0))
     # starting from a release-format checkpoint (omni_jax/convert/omni.py): the training-only
     # transcription adapter of the tokenizer stage is not in the release; keep initialising it
-    c.init.update(exclude=("audio_text_adapter",), vocoder="")
+    c.init.update(exclude=("audio_text_adapter", "audio_ctc_head"), vocoder="")
     return c
 
 
@@ -75,7 +75,8 @@ def audio_tokenizer(c, steps):
     c.stages.audio_tokenizer = ml_collections.ConfigDict(dict(
         steps=steps, task="audio_tokenizer",
         task_config=dict(data=tok.data.to_dict(), loss=dict(tok.loss.to_dict(), quant_warmup_steps=steps // 2)),
-        rules=partition({"audio": ("audio_encoder", "audio_bridge", "audio_decoder", "audio_text_adapter")}),
+        rules=partition({"audio": ("audio_encoder", "audio_bridge", "audio_decoder", "audio_text_adapter",
+                                    "audio_ctc_head")}),
         groups=dict(audio=common.stage_group(2e-4, c.size)), grad_clip_norm=1.0))  # unpublished: our choice
 
 

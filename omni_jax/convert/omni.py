@@ -82,7 +82,7 @@ RELEASE_COMPONENTS = ("visual", "visual_bridge", "llm", "audio_embed", "audio_en
                       "audio_decoder", "flow_matching", "audio_head")
 VOCODER = "vocoder"  # in the release, but as its own state dict
 KNOWN_COMPONENTS = RELEASE_COMPONENTS + (VOCODER,)
-TRAINING_ONLY = ("audio_text_adapter",)  # omni_jax/tasks/audio_tokenizer.py; not part of the release
+TRAINING_ONLY = ("audio_text_adapter", "audio_ctc_head")  # omni_jax/tasks/audio_tokenizer.py; not in the release
 STATE_KEYS = ("audio_bridge",)
 CONFIG_NAME = "config.json"
 VOCODER_DIR = "vocoder"

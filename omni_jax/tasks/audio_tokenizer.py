@@ -2,7 +2,7 @@
 
 Model (params): audio_encoder (Whisper), audio_bridge (Conv-GMLP + proj_decoder), audio_decoder,
 audio_text_adapter (Dense code_dim -> LLM width, training only: not part of the release), llm
-(Qwen2LM; the stage rules freeze `llm/.*`). State (TrainState.model_state): the bridge's
+(Qwen2LM; the stage rules freeze `llm/.*`), and with `loss.ctc > 0` audio_ctc_head (training only). State (TrainState.model_state): the bridge's
 RVQ codebooks and EMA statistics, {"audio_bridge": {"vq_N": {embed, embed_avg, cluster_size}}}.
 
 Per step, on device: Whisper log-mel (the encoder input) and the 80-bin target mel are computed
@@ -21,6 +21,12 @@ quantised features with probability ramping from `quant_prob_start` to 1 over
                   first token is predicted at the last audio frame. It keeps the codes aligned
                   with the LLM's text space (Baichuan-Audio). The release feeds 1.5's LLM summed
                   code embeddings instead (audio_embed); those are trained in a later stage.
+  ctc             optional (weight `ctc`, default 0: the release's objective has none): CTC of the
+                  transcript tokens (without eos) from the same 12.5 Hz features through a linear
+                  head that emits `ctc_labels_per_frame` labels per frame (2: 25 labels/s, more
+                  than the synthesiser's 10-15 characters/s), blank = the vocabulary size. Per
+                  frame and local, unlike the transcription loss, it asks each code to hold the
+                  characters spoken over it (benchmarks/speech_ctc_baseline.py, README #14).
 
 Random draws (stage dropout, restart candidates, which frames are replaced) come from one key per
 global row (omni_jax/train/rng.py), so 1 or m microbatches draw the same numbers.
@@ -41,6 +47,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import linen as nn
 
 from omni_jax import sharding as shd
@@ -56,7 +63,7 @@ ROWS = ("activation_batch",)
 AUDIO_MODULES = ("audio_encoder", "audio_bridge", "audio_decoder")
 LOSS_DEFAULTS = dict(reconstruction=1.0, multi_scale=1.0, scales=(2, 4, 8), commitment=0.25, transcription=0.5,
                      quant_prob_start=0.25, quant_warmup_steps=0, stft_impl="matmul", target_log_floor=1e-5,
-                     target_mean=-5.5, target_std=3.5, update_codebooks=True)
+                     target_mean=-5.5, target_std=3.5, update_codebooks=True, ctc=0.0, ctc_labels_per_frame=2)
 
 
 class AudioTextAdapter(nn.Module):
@@ -70,6 +77,21 @@ class AudioTextAdapter(nn.Module):
     def __call__(self, x):
         return Dense(self.features, ("mlp", "embed"), use_bias=True, dtype=dtype_of(self.dtype),
                      param_dtype=dtype_of(self.param_dtype), name="proj")(x)
+
+
+class CTCHead(nn.Module):
+    """Quantised code vectors (B, N, code_dim) -> CTC logits (B, N * per_frame, vocab + 1); blank = vocab."""
+
+    vocab: int
+    per_frame: int
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x):
+        y = Dense(self.per_frame * (self.vocab + 1), ("embed", "vocab"), use_bias=True, dtype=dtype_of(self.dtype),
+                  param_dtype=dtype_of(self.param_dtype), name="proj")(x)
+        return y.reshape(x.shape[0], x.shape[1] * self.per_frame, self.vocab + 1)
 
 
 class AudioTokenizerTask(Task):
@@ -91,6 +113,10 @@ class AudioTokenizerTask(Task):
             raise ValueError(f"config.loss: unknown key(s) {unknown}; valid: {sorted(loss)}")
         loss.update(given)
         self.loss_cfg = loss
+        if int(loss["ctc_labels_per_frame"]) < 1:
+            raise ValueError(f"config.loss.ctc_labels_per_frame={loss['ctc_labels_per_frame']}: must be >= 1")
+        self.ctc_head = (CTCHead(self.llm_cfg.vocab_size, int(loss["ctc_labels_per_frame"]), self.cfg.bridge.dtype,
+                                 self.cfg.bridge.param_dtype) if loss["ctc"] > 0 else None)
         d = config.data
         self.samples = int(round(d.chunk_seconds * 16000))
         self.text_len = int(d.max_text_tokens)
@@ -112,7 +138,11 @@ class AudioTokenizerTask(Task):
         ids = jnp.zeros((1, 4), jnp.int32)
         llm = self.llm.init(k_llm, ids, ids, ids + 1)["params"]
         ad = self.adapter.init(k_ad, jnp.zeros((1, 1, self.cfg.bridge.code_dim)))["params"]
-        return dict(v["params"], audio_text_adapter=ad, llm=llm)
+        out = dict(v["params"], audio_text_adapter=ad, llm=llm)
+        if self.ctc_head is not None:
+            out["audio_ctc_head"] = self.ctc_head.init(jax.random.fold_in(k_ad, 1),
+                                                       jnp.zeros((1, 1, self.cfg.bridge.code_dim)))["params"]
+        return out
 
     def init_state(self, rng):
         return self.tokenizer.init(jax.random.fold_in(rng, 7), method=AudioTokenizer.init_codebooks)["vq_stats"]
@@ -198,6 +228,9 @@ class AudioTokenizerTask(Task):
         commit = out["commit_sq_sum"] / norms["codes"]
         ce, acc = self._transcription(params, out, batch, norms)
         obj = (c["reconstruction"] * rec + c["multi_scale"] * ms + c["commitment"] * commit + c["transcription"] * ce)
+        if self.ctc_head is not None:
+            metrics["ctc"] = self._ctc(params, out, batch, norms)
+            obj = obj + c["ctc"] * metrics["ctc"]
         valid_frames = jnp.arange(out["replaced"].shape[1])[None] < out["lengths"][:, None]
         metrics.update(reconstruction=rec, multi_scale=ms, commitment=commit, transcription=ce,
                        transcription_accuracy=acc, loss=rec,
@@ -227,6 +260,16 @@ class AudioTokenizerTask(Task):
         weights = jnp.concatenate([last, w_text], axis=1).astype(jnp.float32)
         nll, correct = cross_entropy_sum(logits, targets, weights)
         return nll / norms["text"], correct / norms["text"]
+
+    def _ctc(self, params, out, batch, norms):
+        """CTC negative log-likelihood of the transcript (eos left out), summed over rows, per text token."""
+        logits = self.ctc_head.apply({"params": params["audio_ctc_head"]}, out["mixed"]).astype(jnp.float32)
+        n_out = out["lengths"] * self.ctc_head.per_frame
+        logit_pad = (jnp.arange(logits.shape[1])[None] >= n_out[:, None]).astype(jnp.float32)
+        n_text = jnp.maximum(batch["text_lengths"] - 1, 0)  # the last token is eos: nothing spoken
+        label_pad = (jnp.arange(self.text_len)[None] >= n_text[:, None]).astype(jnp.float32)
+        nll = optax.ctc_loss(logits, logit_pad, batch["text"], label_pad, blank_id=self.llm_cfg.vocab_size)
+        return jnp.sum(jnp.where(n_text > 0, nll, 0.0)) / norms["text"]
 
     # ---- model state ----
 
