@@ -1,6 +1,6 @@
 """ASR errors per word class, train split next to test split: what does a trained omni run not hear? (issue #14)
 
-  python benchmarks/asr_errors.py --workdir=runs/omni15_tiny [--splits=test,train --limit=40]
+  python benchmarks/asr_errors.py --workdir=runs/omni15_tiny [--splits=test,train --limit=40 --step=N]
 
 The embedded speech set speaks one of three sentence templates (omni_jax/data/default_dataset.py
 `_utterance`: "a <size> <colour> <shape>.", "there are <number> <colour> <shape>s.", "the <colour>
@@ -66,6 +66,7 @@ def main(argv=None) -> None:
     p.add_argument("--workdir", required=True, help="a trained omni_jax omni workdir (1.5 or v1)")
     p.add_argument("--splits", default="test,train")
     p.add_argument("--limit", type=int, default=40, help="clips per split (the test split has 40)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     a = p.parse_args(argv)
 
     from omni_jax.data import default_dataset
@@ -74,7 +75,7 @@ def main(argv=None) -> None:
     from omni_jax.generate.sampling import SamplingParams
     from omni_jax.tasks.omni_eval import char_error_rate, word_error_rate
 
-    runner = OmniRunner.load(a.workdir)
+    runner = OmniRunner.load(a.workdir, step=a.step)
     train_texts = {ex["transcript"] for _, ex in default_dataset.generate("speech", "train")}
     splits = a.splits.split(",")
     stats = {s: collections.defaultdict(lambda: [0, 0]) for s in splits}

@@ -14,7 +14,9 @@ the class) on three utterance features:
   all codes:  the histograms of every codebook, concatenated.
 
 It prints held-out accuracy (train accuracy in brackets) against the majority-class rate of the
-test clips, and how many codes each codebook uses. Bag-of-codes features ignore order, so they
+test clips, and how many codes each codebook uses. A run whose tokenizer stage trained the optional
+CTC head (`loss.ctc` > 0) also gets code-level ASR: that head's greedy transcript of each clip read
+off its quantised codes, with CER / WER per split. Bag-of-codes features ignore order, so they
 bound from below what a sequence model could read; a probe at chance says the codes lost the word.
 """
 
@@ -46,8 +48,9 @@ def clips(split: str, count: int) -> tuple[list[str], list[np.ndarray]]:
     return texts, mels
 
 
-def encode(runner, mels: list[np.ndarray], batch: int = 16) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per clip: bridge features (T, code_dim) and codes (T, depth) over its valid frames."""
+def encode(runner, mels: list[np.ndarray], batch: int = 16) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Per clip: bridge features (T, code_dim), codes (T, depth) and the summed codewords (T, code_dim)
+    over its valid frames."""
     import jax
     import jax.numpy as jnp
 
@@ -56,25 +59,43 @@ def encode(runner, mels: list[np.ndarray], batch: int = 16) -> tuple[list[np.nda
 
     def features_and_codes(tok, mel, lengths):  # AudioTokenizer.encode, keeping its features
         z, zl = tok.features(mel, lengths)
-        return z, tok.audio_bridge.quantize(z, zl)[0], zl
+        codes, total = tok.audio_bridge.quantize(z, zl)
+        return z, codes, total, zl
 
     @jax.jit
     def run(mel, lengths):
         return model.tokenizer.apply(variables, mel, lengths, method=features_and_codes)
 
     frames = -(-max(m.shape[1] for m in mels) // 8) * 8  # one padded width: one compile
-    feats, codes = [], []
+    feats, codes, totals = [], [], []
     for s in range(0, len(mels), batch):
         part = mels[s:s + batch]
         mel = np.zeros((batch, part[0].shape[0], frames), np.float32)
         lengths = np.zeros((batch,), np.int32)
         for i, m in enumerate(part):
             mel[i, :, :m.shape[1]], lengths[i] = m, m.shape[1]
-        z, c, zl = jax.device_get(run(jnp.asarray(mel), jnp.asarray(lengths)))
+        z, c, q, zl = jax.device_get(run(jnp.asarray(mel), jnp.asarray(lengths)))
         for i in range(len(part)):
             feats.append(z[i, :zl[i]])
             codes.append(c[i, :zl[i]])
-    return feats, codes
+            totals.append(q[i, :zl[i]])
+    return feats, codes, totals
+
+
+def ctc_transcripts(runner, head, totals: list[np.ndarray]) -> list[str] | None:
+    """Greedy transcripts of the tokenizer stage's CTC head (`loss.ctc` > 0; the omni model does not
+    load it, so it comes from the checkpoint) read off the quantised codes, i.e. code-level ASR with
+    no LLM; None when the run has no such head."""
+    if head is None:
+        return None
+    kernel, bias = np.asarray(head["proj"]["kernel"], np.float32), np.asarray(head["proj"]["bias"], np.float32)
+    vocab = runner.task.model_cfg.llm.vocab_size
+    out = []
+    for q in totals:
+        ids = (q.astype(np.float32) @ kernel + bias).reshape(-1, vocab + 1).argmax(-1)  # blank = vocab
+        keep = [int(i) for j, i in enumerate(ids) if i != vocab and (j == 0 or i != ids[j - 1])]
+        out.append(runner.tokenizer.decode(keep))
+    return out
 
 
 def word_labels(texts: list[str], vocab: tuple[str, ...]) -> np.ndarray:
@@ -119,11 +140,22 @@ def probe_step(workdir: str, step: int | None, n_train: int, n_test: int) -> Non
     from omni_jax.data.text_corpus import COLOURS, NUMBER_WORDS, SHAPES
     from omni_jax.generate.omni_infer import OmniRunner
 
+    from omni_jax.convert.omni import restore_workdir
+
     runner = OmniRunner.load(workdir, step=step)
+    ctc_head = restore_workdir(workdir, step, items=("params",))[0]["params"].get("audio_ctc_head")
     data = {}
     for split, n in (("train", n_train), ("test", n_test)):
         texts, mels = clips(split, n)
         data[split] = (texts, *encode(runner, mels))
+    for split, d in data.items():
+        hyps = ctc_transcripts(runner, ctc_head, d[3])
+        if hyps is not None:
+            import jiwer
+
+            print(f"code-level ASR through the tokenizer's CTC head ({split}, {len(hyps)} clips): "
+                  f"CER {jiwer.cer(d[0], hyps):.3f}, WER {jiwer.wer(d[0], hyps):.3f}; "
+                  f"e.g. {d[0][0]!r} -> {hyps[0]!r}")
     depth = data["train"][2][0].shape[1]
     sizes = [int(max(c[:, j].max() for s in data.values() for c in s[2])) + 1 for j in range(depth)]
     used = [len(set(np.concatenate([c[:, j] for c in data["train"][2]]).tolist())) for j in range(depth)]
