@@ -68,6 +68,19 @@ def test_7b_pipeline_uses_the_published_learning_rates():
     assert "text_pretrain" not in c.stage_order and "vocoder" not in c.stage_order  # pretrained Qwen2.5 / HiFT
 
 
+def test_the_tokenizer_ctc_head_trains_in_its_stage_only():
+    """loss.ctc > 0 adds the training-only `audio_ctc_head`: the tokenizer stage trains it with the
+    rest of the audio tokenizer, every other stage freezes it; 0 (the default) adds nothing."""
+    c = pipeline.get_config("test")
+    c.stages.audio_tokenizer.task_config.loss.ctc = 1.0
+    tree = _union(c)
+    assert "audio_ctc_head" in tree and "audio_ctc_head" not in _pipeline_tree("test")
+    for name in c.stage_order:
+        labels = traverse_util.flatten_dict(assign_groups(tree, stage_from_config(name, c.stages[name]).rules, name))
+        head = {g for k, g in labels.items() if k[0] == "audio_ctc_head"}
+        assert head == ({"audio"} if name == "audio_tokenizer" else {FROZEN}), name
+
+
 # ARCHITECTURE.md 1.8 per stage: group -> (the components it trains, the 7b learning rate).
 # Published: image_text_1/2, image_audio_text_1/2, omni_pretrain. Not published (our choice, see
 # configs/omni15/stages.py): text_pretrain (the release starts from Qwen2.5), the tokenizer,
