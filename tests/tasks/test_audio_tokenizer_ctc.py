@@ -11,10 +11,8 @@ import pytest
 from flax import linen as nn
 
 from configs import audio_tokenizer_tiny
-from omni_jax import sharding as shd
 from omni_jax.tasks import get_task
-from omni_jax.train import step as step_lib
-from omni_jax.train.optimizer import build_optimizer, stage_from_config
+from tests.tasks.test_audio_tokenizer_task import train_on_one_batch
 
 
 def _config(ctc: float = 1.0, per_frame: int = 2):
@@ -63,25 +61,11 @@ def test_ctc_equals_torch():
 
 
 def test_ctc_falls_and_trains_the_encoder():
-    c = _config()
-    task = get_task(c)
-    mesh = shd.make_mesh(dict(data=1), jax.devices()[:1])
-    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
-        layout = step_lib.make_layout(task, mesh, c.train.batch_size)
-        opt = build_optimizer(stage_from_config("tokenizer", c.stages.tokenizer), layout.abstract_params)
-        params = step_lib.init_params(task, layout, 0)
-        state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, step_lib.init_opt_state(opt, layout, params),
-                                    jax.random.PRNGKey(0), step_lib.init_model_state(task, layout, 0))
-        init = jax.device_get(state.params)
-        fn = step_lib.make_train_step(task, opt, layout, donate=False)
-        batch = next(task.make_data(None, start_step=0, process_index=0, process_count=1))
-        batch["stage_step"][:] = 100  # fully quantised: the head reads the codes
-        ctc = []
-        for _ in range(6):
-            state, m = fn(state, step_lib.global_batch_from_local(batch, layout))
-            ctc.append(float(m["ctc"]))
+    _, init, state, _, _, _, history = train_on_one_batch(_config(), 6)  # fully quantised: the head reads codes
+    ctc = [float(m["ctc"]) for m in history]
     print("ctc over 6 steps on one batch: " + " ".join(f"{x:.2f}" for x in ctc))
     assert ctc[-1] < 0.7 * ctc[0]
     final = jax.device_get(state.params)
     for name in ("audio_ctc_head", "audio_encoder"):
-        assert all(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(init[name]), jax.tree.leaves(final[name])))
+        assert all(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(init.params[name]),
+                                                           jax.tree.leaves(final[name])))

@@ -44,12 +44,10 @@ def test_data_is_step_indexed_and_well_formed():
         task.loss({}, batch, None, {})
 
 
-@pytest.fixture(scope="module")
-def trained():
-    """8 steps on one fixed batch, one device (a sharded compile of the whole stage costs twice the
-    time here; sharded stateful steps are tested in tests/train/test_model_state.py, sharded audio
-    models in tests/models/test_whisper.py, and this task's layout in test_codebooks_are_sharded)."""
-    c = _config()
+def train_on_one_batch(c, steps: int):
+    """`steps` train steps of config `c` on its first batch, fully quantised, one device (a sharded
+    compile of the whole stage costs twice the time here): (task, initial state on the host, live
+    state, the jitted step, its layout, the batch, per-step metrics on the host)."""
     task = get_task(c)
     mesh = shd.make_mesh(dict(data=1), jax.devices()[:1])
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
@@ -63,11 +61,20 @@ def trained():
         batch = next(task.make_data(None, start_step=0, process_index=0, process_count=1))
         batch["stage_step"][:] = 100  # past the progressive-replacement warmup: fully quantised
         history = []
-        for _ in range(8):
+        for _ in range(steps):
             state, m = fn(state, step_lib.global_batch_from_local(batch, layout))
             history.append(jax.device_get(m))
-        early = dict(batch, stage_step=np.zeros_like(batch["stage_step"]))  # quant_prob 0.25 at stage step 0
-        _, m_early = fn(state, step_lib.global_batch_from_local(early, layout))
+    return task, init, state, fn, layout, batch, history
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """8 steps on one fixed batch, one device (sharded stateful steps are tested in
+    tests/train/test_model_state.py, sharded audio models in tests/models/test_whisper.py, and this
+    task's layout in test_codebooks_are_sharded)."""
+    task, init, state, fn, layout, batch, history = train_on_one_batch(_config(), 8)
+    early = dict(batch, stage_step=np.zeros_like(batch["stage_step"]))  # quant_prob 0.25 at stage step 0
+    _, m_early = fn(state, step_lib.global_batch_from_local(early, layout))
     return task, init, jax.device_get(state), history, state, jax.device_get(m_early)
 
 
