@@ -2,8 +2,9 @@
 
 Model (params): audio_encoder (Whisper), audio_bridge (Conv-GMLP + proj_decoder), audio_decoder,
 audio_text_adapter (Dense code_dim -> LLM width, training only: not part of the release), llm
-(Qwen2LM; the stage rules freeze `llm/.*`), and with `loss.ctc > 0` audio_ctc_head (training only). State (TrainState.model_state): the bridge's
-RVQ codebooks and EMA statistics, {"audio_bridge": {"vq_N": {embed, embed_avg, cluster_size}}}.
+(Qwen2LM; the stage rules freeze `llm/.*`) and, when `loss.ctc` > 0, audio_ctc_head (training
+only). State (TrainState.model_state): the bridge's RVQ codebooks and EMA statistics,
+{"audio_bridge": {"vq_N": {embed, embed_avg, cluster_size}}}.
 
 Per step, on device: Whisper log-mel (the encoder input) and the 80-bin target mel are computed
 from the raw waveforms (omni_jax/ops/mel_jax.py); the tokenizer runs in training mode
@@ -26,7 +27,9 @@ quantised features with probability ramping from `quant_prob_start` to 1 over
                   head that emits `ctc_labels_per_frame` labels per frame (2: 25 labels/s, more
                   than the synthesiser's 10-15 characters/s), blank = the vocabulary size. Per
                   frame and local, unlike the transcription loss, it asks each code to hold the
-                  characters spoken over it (benchmarks/speech_ctc_baseline.py, README #14).
+                  characters spoken over it (benchmarks/speech_ctc_baseline.py, README #14). A
+                  row with more tokens than labels has no CTC path (optax's loss is then ~1e5):
+                  raise ctc_labels_per_frame for denser transcripts.
 
 Random draws (stage dropout, restart candidates, which frames are replaced) come from one key per
 global row (omni_jax/train/rng.py), so 1 or m microbatches draw the same numbers.
