@@ -140,7 +140,8 @@ def run(train_clips: int, stride: int, steps: int, batch: int, lr: float, data) 
     for i in range(steps):
         idx = rng.choice(len(tr_texts), size=batch, replace=len(tr_texts) < batch)
         params, state, loss = step(params, state, *(jnp.asarray(a[idx]) for a in tr))
-        losses.append(float(loss)) if (i + 1) % 100 == 0 else None
+        if (i + 1) % 100 == 0:
+            losses.append(float(loss))
     train_s = time.time() - t0
 
     def decode(arrays, texts):
