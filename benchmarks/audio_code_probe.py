@@ -88,13 +88,14 @@ def ctc_transcripts(runner, head, totals: list[np.ndarray]) -> list[str] | None:
     no LLM; None when the run has no such head."""
     if head is None:
         return None
+    from omni_jax.tasks.audio_tokenizer import ctc_greedy
+
     kernel, bias = np.asarray(head["proj"]["kernel"], np.float32), np.asarray(head["proj"]["bias"], np.float32)
     vocab = runner.task.model_cfg.llm.vocab_size
     out = []
     for q in totals:
         ids = (q.astype(np.float32) @ kernel + bias).reshape(-1, vocab + 1).argmax(-1)  # blank = vocab
-        keep = [int(i) for j, i in enumerate(ids) if i != vocab and (j == 0 or i != ids[j - 1])]
-        out.append(runner.tokenizer.decode(keep))
+        out.append(runner.tokenizer.decode(ctc_greedy(ids, vocab)))
     return out
 
 

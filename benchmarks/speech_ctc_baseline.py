@@ -12,7 +12,8 @@ The recogniser: two 1-D convolutions over the 100 Hz log-mel frames (the second 
 so 2 -> 50 ms frames, 8 -> the tokenizer's 80 ms = 12.5 Hz), a bidirectional transformer encoder
 (d 128, 2 layers, 4 heads, the tiny LLM's width) and a per-frame softmax over the transcript's
 characters plus the CTC blank; optax.ctc_loss, Adam, greedy decoding. It prints held-out and
-training CER / WER / exact match and content-word accuracy (the colour, shape and number words).
+training CER / WER / exact match and content-word accuracy (the colour, shape and number words,
+scored as benchmarks/asr_errors.py scores them).
 `--train_clips` above the embedded split's 240 draws more clips from the same generator (the first
 240 are the split's own); the test clips are the test split's 40, whatever the train size.
 """
@@ -78,29 +79,23 @@ def make_model(vocab: int, stride: int, d: int = 128, layers: int = 2, heads: in
 
 
 def greedy(logits: np.ndarray, pad: np.ndarray, chars: str) -> list[str]:
-    out = []
-    for lg, p in zip(logits, pad):
-        ids = lg[p == 0].argmax(-1)
-        keep = [i for j, i in enumerate(ids) if i != 0 and (j == 0 or i != ids[j - 1])]
-        out.append("".join(chars[i - 1] for i in keep))
-    return out
+    from omni_jax.tasks.audio_tokenizer import ctc_greedy
+
+    return ["".join(chars[i - 1] for i in ctc_greedy(lg[p == 0].argmax(-1), 0)) for lg, p in zip(logits, pad)]
 
 
 def content_accuracy(refs: list[str], hyps: list[str]) -> dict[str, float]:
-    """Share of the reference's colour / shape / number words that the hypothesis has at the same
-    word position (the templates fix the positions; a wrong-length hypothesis misses them)."""
-    from omni_jax.data.default_dataset import _SINGULAR
-    from omni_jax.data.text_corpus import COLOURS, NUMBER_WORDS, SHAPES
+    """Share of the reference's colour / shape / number words that the hypothesis has, by jiwer's
+    word alignment (benchmarks/asr_errors.py, so the numbers compare with its tables)."""
+    from asr_errors import heard_words, word_class
 
-    classes = {"colour": set(COLOURS), "shape": set(SHAPES), "number": set(NUMBER_WORDS)}
+    classes = ("colour", "shape", "number")
     hit, total = dict.fromkeys(classes, 0), dict.fromkeys(classes, 0)
     for r, h in zip(refs, hyps):
-        rw, hw = r.rstrip(".").split(), h.rstrip(".").split()
-        for i, w in enumerate(rw):
-            for name, vocab in classes.items():
-                if _SINGULAR.get(w, w) in vocab:
-                    total[name] += 1
-                    hit[name] += int(i < len(hw) and hw[i] == w)
+        for w, ok in heard_words(h, r):
+            if word_class(w) in classes:
+                total[word_class(w)] += 1
+                hit[word_class(w)] += ok
     return {k: hit[k] / max(total[k], 1) for k in classes}
 
 

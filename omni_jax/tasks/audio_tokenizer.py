@@ -97,6 +97,11 @@ class CTCHead(nn.Module):
         return y.reshape(x.shape[0], x.shape[1] * self.per_frame, self.vocab + 1)
 
 
+def ctc_greedy(ids, blank: int) -> list[int]:
+    """Greedy CTC decoding of one row's per-label argmax ids: repeats merged, then blanks dropped."""
+    return [int(i) for j, i in enumerate(ids) if i != blank and (j == 0 or i != ids[j - 1])]
+
+
 class AudioTokenizerTask(Task):
     row_rng = True  # stage dropout, restart candidates and feature replacement are drawn per global row
 
