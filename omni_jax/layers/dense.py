@@ -27,6 +27,12 @@ def dtype_of(name: Any) -> Any:
         raise ValueError(f"unknown dtype {name!r}; use one of {sorted(_DTYPES)}") from None
 
 
+def _length_unsplit() -> bool:
+    """True unless the current mesh has a `context` axis of size > 1."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return mesh.empty or "context" not in mesh.axis_names or mesh.shape["context"] == 1
+
+
 class Dense(nn.Module):
     """y = x @ W + b over the last `len(in_features)` axes of x.
 
@@ -34,6 +40,13 @@ class Dense(nn.Module):
       features: output shape (int or tuple), e.g. (heads, head_dim).
       kernel_axes: logical names of the kernel, input dims first then output dims.
       in_dims: how many trailing input axes to contract (default 1).
+
+    The leading (batch, length, ...) axes are merged into one token axis before the matmul
+    unless the mesh splits the sequence over `context` (merging a split length axis would
+    reshard). Same result; what changes is the kernel gradient, x^T . dy: with one contracted
+    token axis XLA's CPU backend reads both operands as they lie, while with two it copied dy
+    into a transposed [out, tokens] buffer first, a strided loop that cost 13% of the
+    calibration backbone step (benchmarks/README.md, "Backbone train step on CPU").
     """
 
     features: int | Sequence[int]
@@ -63,10 +76,16 @@ class Dense(nn.Module):
         )
         x = x.astype(self.dtype)
         kernel = kernel.astype(self.dtype)
+        lead = x.shape[:x.ndim - self.in_dims]
+        flat = len(lead) > 1 and _length_unsplit()
+        if flat:  # (batch, length, in...) -> (tokens, in...): see the class docstring
+            x = x.reshape((-1,) + in_shape)
         contract = tuple(range(x.ndim - self.in_dims, x.ndim))
         y = jax.lax.dot_general(
             x, kernel, ((contract, tuple(range(self.in_dims))), ((), ())), precision=self.precision
         )
+        if flat:
+            y = y.reshape(lead + features)
         if self.use_bias:
             bias = self.param(
                 "bias",

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from omni_jax.layers import Dense, Embed, RMSNorm, apply_rotary, dot_product_attention, dtype_of
+from omni_jax.layers.activations import swiglu
 from omni_jax.layers.rotary import rotary_cos_sin
 from omni_jax.models.config import LayerStackConfig
 from omni_jax.models.remat import remat_policy
@@ -142,7 +143,7 @@ class MLP(nn.Module):
                   kernel_init=nn.initializers.normal(cfg.initializer_range))
         gate = Dense(cfg.intermediate_size, kernel_axes=("embed", "mlp"), name="gate_proj", **kw)(x)
         up = Dense(cfg.intermediate_size, kernel_axes=("embed", "mlp"), name="up_proj", **kw)(x)
-        h = nn.with_logical_constraint(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
+        h = nn.with_logical_constraint(swiglu(gate, up), ("activation_batch", "activation_length", "activation_mlp"))
         return Dense(cfg.hidden_size, kernel_axes=("mlp", "embed"), name="down_proj", **kw)(h)
 
 
