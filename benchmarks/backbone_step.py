@@ -14,6 +14,7 @@ measured in this process (jnp and torch), and the JAX / PyTorch throughput ratio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -67,22 +68,43 @@ def make_config(a, unroll="1", remat="none") -> ml_collections.ConfigDict:
     return c
 
 
-def bench_jax(c, a, batch_np) -> list[float]:
-    from omni_jax import sharding as shd
+def make_batch(a) -> dict[str, np.ndarray]:
+    """Random tokens (seed 0), one full-length sequence per row."""
+    rng = np.random.RandomState(0)
+    toks = rng.randint(1, a.vocab, (a.batch, a.seq + 1)).astype(np.int32)
+    return {"tokens": toks[:, :-1], "targets": toks[:, 1:], "loss_mask": np.ones((a.batch, a.seq), np.float32),
+            "segment_ids": np.ones((a.batch, a.seq), np.int32),
+            "positions": np.broadcast_to(np.arange(a.seq, dtype=np.int32), (a.batch, a.seq)).copy()}
+
+
+def build_step(c, a, batch_np, mesh):
+    """(jitted train step, initial TrainState, device batch) on `mesh`; call inside `step_scope()`."""
     from omni_jax.tasks import get_task
     from omni_jax.train import step as step_lib
     from omni_jax.train.optimizer import build_optimizer, stage_from_config
 
-    mesh = shd.make_mesh(dict(data=1), jax.devices()[:1])
     task = get_task(c)
+    layout = step_lib.make_layout(task, mesh, a.batch)
+    opt = build_optimizer(stage_from_config("s", c.stages.s), layout.abstract_params)
+    params = step_lib.init_params(task, layout, 0)
+    state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, step_lib.init_opt_state(opt, layout, params),
+                                jax.random.PRNGKey(0))
+    return step_lib.make_train_step(task, opt, layout), state, step_lib.global_batch_from_local(batch_np, layout)
+
+
+@contextlib.contextmanager
+def step_scope():
+    """Yields the one-device mesh; the step is built and run under it and the logical-axis rules."""
+    from omni_jax import sharding as shd
+
+    mesh = shd.make_mesh(dict(data=1), jax.devices()[:1])
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
-        layout = step_lib.make_layout(task, mesh, a.batch)
-        opt = build_optimizer(stage_from_config("s", c.stages.s), layout.abstract_params)
-        params = step_lib.init_params(task, layout, 0)
-        state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, step_lib.init_opt_state(opt, layout, params),
-                                    jax.random.PRNGKey(0))
-        fn = step_lib.make_train_step(task, opt, layout)
-        batch = step_lib.global_batch_from_local(batch_np, layout)
+        yield mesh
+
+
+def bench_jax(c, a, batch_np) -> list[float]:
+    with step_scope() as mesh:
+        fn, state, batch = build_step(c, a, batch_np, mesh)
         times = []
         for i in range(a.warmup + a.steps):
             t0 = time.perf_counter()
@@ -141,11 +163,7 @@ def main():
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    rng = np.random.RandomState(0)
-    toks = rng.randint(1, a.vocab, (a.batch, a.seq + 1)).astype(np.int32)
-    batch = {"tokens": toks[:, :-1], "targets": toks[:, 1:], "loss_mask": np.ones((a.batch, a.seq), np.float32),
-             "segment_ids": np.ones((a.batch, a.seq), np.int32),
-             "positions": np.broadcast_to(np.arange(a.seq, dtype=np.int32), (a.batch, a.seq)).copy()}
+    batch = make_batch(a)
     from omni_jax.tasks import get_task
 
     task = get_task(make_config(a))

@@ -6,8 +6,8 @@ The forward is the one of transformers' Qwen2MLP (`act_fn(gate_proj(x)) * up_pro
 the backward differs from autodiff, in two ways that matter to XLA's CPU backend (measured in
 benchmarks/README.md, "Backbone train step on CPU"):
   * it keeps the two matmul outputs (gate, up) as residuals and recomputes the sigmoid, instead
-    of autodiff's gate, up, sigmoid(gate) and silu(gate) (two fewer [tokens, mlp] tensors per
-    layer stored, stacked over the layer scan and read back);
+    of autodiff's five (gate, up and three intermediates of silu: three fewer [tokens, mlp]
+    tensors per layer stored, stacked over the layer scan and read back);
   * the two cotangents it returns pass through `lax.optimization_barrier`, so each is computed
     once in the layout of the matmul that reads it. Without the barrier XLA CPU fused the
     sigmoid derivative a second time into the physical transpose that feeds the gate weight's

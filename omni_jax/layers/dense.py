@@ -43,10 +43,10 @@ class Dense(nn.Module):
 
     The leading (batch, length, ...) axes are merged into one token axis before the matmul
     unless the mesh splits the sequence over `context` (merging a split length axis would
-    reshard). Same result; what changes is the kernel gradient, x^T . dy: with one contracted
+    reshard). The same products (up to fp32 summation order); what changes is the kernel gradient, x^T . dy: with one contracted
     token axis XLA's CPU backend reads both operands as they lie, while with two it copied dy
-    into a transposed [out, tokens] buffer first, a strided loop that cost 13% of the
-    calibration backbone step (benchmarks/README.md, "Backbone train step on CPU").
+    into a transposed [out, tokens] buffer first, a strided loop: merging made the
+    calibration backbone step about 10% faster (benchmarks/README.md, "Backbone train step on CPU").
     """
 
     features: int | Sequence[int]
