@@ -27,9 +27,14 @@ def dtype_of(name: Any) -> Any:
         raise ValueError(f"unknown dtype {name!r}; use one of {sorted(_DTYPES)}") from None
 
 
-def _length_unsplit() -> bool:
-    """True unless the current mesh has a `context` axis of size > 1."""
+def _merge_token_axes() -> bool:
+    """True on CPU (the current mesh's devices, else the default backend) unless the mesh splits
+    the sequence over a `context` axis of size > 1."""
     mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    platform = device.platform if device is not None else jax.default_backend()
+    if platform != "cpu":
+        return False
     return mesh.empty or "context" not in mesh.axis_names or mesh.shape["context"] == 1
 
 
@@ -41,12 +46,15 @@ class Dense(nn.Module):
       kernel_axes: logical names of the kernel, input dims first then output dims.
       in_dims: how many trailing input axes to contract (default 1).
 
-    The leading (batch, length, ...) axes are merged into one token axis before the matmul
-    unless the mesh splits the sequence over `context` (merging a split length axis would
-    reshard). The same products (up to fp32 summation order); what changes is the kernel gradient, x^T . dy: with one contracted
-    token axis XLA's CPU backend reads both operands as they lie, while with two it copied dy
-    into a transposed [out, tokens] buffer first, a strided loop: merging made the
-    calibration backbone step about 10% faster (benchmarks/README.md, "Backbone train step on CPU").
+    On CPU the leading (batch, length, ...) axes are merged into one token axis before the
+    matmul, unless the mesh splits the sequence over `context` (merging a split length axis
+    would reshard). The same products (up to fp32 summation order); what changes is the kernel
+    gradient x^T . dy: with one contracted token axis XLA's CPU backend reads both operands as
+    they lie, while with two it first copied dy into a transposed [out, tokens] buffer, a strided
+    loop; merging made the calibration backbone step about 10% faster (benchmarks/README.md,
+    "Backbone train step on CPU"). TPU and GPU programs keep the axes apart: the copy is XLA
+    CPU's, and on TPU the merge changed little (7B plans: image_text_1 on v5p-64 the same
+    temporaries per chip, sft_1 on v5e-32 0.5 GiB fewer), so the TPU tables stay as measured.
     """
 
     features: int | Sequence[int]
@@ -77,7 +85,7 @@ class Dense(nn.Module):
         x = x.astype(self.dtype)
         kernel = kernel.astype(self.dtype)
         lead = x.shape[:x.ndim - self.in_dims]
-        flat = len(lead) > 1 and _length_unsplit()
+        flat = len(lead) > 1 and _merge_token_axes()
         if flat:  # (batch, length, in...) -> (tokens, in...): see the class docstring
             x = x.reshape((-1,) + in_shape)
         contract = tuple(range(x.ndim - self.in_dims, x.ndim))

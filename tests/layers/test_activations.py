@@ -72,7 +72,7 @@ def test_second_use_under_remat_and_jit():
         np.testing.assert_allclose(x, y, rtol=0, atol=2e-6)
 
 
-def _dense_grad(x, mesh_axes=None):
+def _dense_grad(x, mesh_axes=None, devices=None):
     """(jaxpr of the kernel gradient, loss, kernel gradient, kernel) of sum(Dense(x)^2)."""
     m = Dense((3, 4), kernel_axes=("embed", "heads", "head_dim"))
     params = m.init(jax.random.PRNGKey(0), x)
@@ -87,7 +87,9 @@ def _dense_grad(x, mesh_axes=None):
     if mesh_axes is None:
         return (*run(), nn.unbox(params)["params"]["kernel"])
     n = int(np.prod(list(mesh_axes.values())))
-    with jax.set_mesh(jax.make_mesh(tuple(mesh_axes.values()), tuple(mesh_axes), devices=jax.devices()[:n])):
+    with jax.set_mesh(jax.make_mesh(tuple(mesh_axes.values()), tuple(mesh_axes), devices=(devices or jax.devices())[:n])):
+        if devices:  # devices to compile for ahead of time: trace only
+            return jax.make_jaxpr(jax.grad(loss))(params), None, None, None
         return (*run(), nn.unbox(params)["params"]["kernel"])
 
 
@@ -111,3 +113,12 @@ def test_dense_merges_batch_and_length_unless_context_splits_them():
     assert not any(16 in s for op in shapes_c for s in op) and any((2, 8, 5) in op for op in shapes_c), shapes_c
     np.testing.assert_allclose(val_c, val, rtol=1e-6)
     np.testing.assert_allclose(dw_c, dw, rtol=1e-6, atol=1e-6)
+
+
+def test_dense_keeps_batch_and_length_apart_on_tpu():
+    from tests.tpu_topology import tpu_devices
+
+    x = jnp.asarray(np.random.RandomState(1).randn(2, 8, 5), jnp.float32)
+    jaxpr, *_ = _dense_grad(x, dict(data=2), devices=tpu_devices("v5e:2x2"))
+    shapes = _dot_operand_shapes(jaxpr)
+    assert not any(16 in s for op in shapes for s in op) and any((2, 8, 5) in op for op in shapes), shapes
