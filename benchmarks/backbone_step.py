@@ -102,17 +102,22 @@ def step_scope():
         yield mesh
 
 
+def time_steps(fn, state, batch, warmup: int, steps: int):
+    """(seconds of each of `steps` steps after `warmup` untimed ones, the state after them)."""
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        state, m = fn(state, batch)
+        jax.block_until_ready(m["loss"])
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times, state
+
+
 def bench_jax(c, a, batch_np) -> list[float]:
     with step_scope() as mesh:
         fn, state, batch = build_step(c, a, batch_np, mesh)
-        times = []
-        for i in range(a.warmup + a.steps):
-            t0 = time.perf_counter()
-            state, m = fn(state, batch)
-            jax.block_until_ready(m["loss"])
-            if i >= a.warmup:
-                times.append(time.perf_counter() - t0)
-        return times
+        return time_steps(fn, state, batch, a.warmup, a.steps)[0]
 
 
 def bench_torch(a, batch_np) -> list[float]:

@@ -25,7 +25,6 @@ import re
 import statistics
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -88,14 +87,10 @@ def main():
     trace_dir = a.trace_dir or tempfile.mkdtemp(prefix="step_profile_")
     with backbone_step.step_scope() as mesh:
         fn, state, batch = backbone_step.build_step(c, a, backbone_step.make_batch(a), mesh)
-        hlo = fn.lower(state, batch).compile().as_text()
-        times = []
-        for i in range(a.warmup + 5):
-            t0 = time.perf_counter()
-            state, m = fn(state, batch)
-            jax.block_until_ready(m["loss"])
-            if i >= a.warmup:
-                times.append(time.perf_counter() - t0)
+        # one executable, timed, traced and named from its own HLO text (thunk names are per compile)
+        fn = fn.lower(state, batch).compile()
+        hlo = fn.as_text()
+        times, state = backbone_step.time_steps(fn, state, batch, a.warmup, 5)
         with jax.profiler.trace(trace_dir):
             for _ in range(a.steps):
                 state, m = fn(state, batch)

@@ -30,12 +30,12 @@ def dtype_of(name: Any) -> Any:
 def _merge_token_axes() -> bool:
     """True on CPU (the current mesh's devices, else the default backend) unless the mesh splits
     the sequence over a `context` axis of size > 1."""
+    from omni_jax.layers.ring_attention import context_size
+
     mesh = jax.sharding.get_abstract_mesh()
     device = None if mesh.empty else getattr(mesh, "abstract_device", None)
     platform = device.platform if device is not None else jax.default_backend()
-    if platform != "cpu":
-        return False
-    return mesh.empty or "context" not in mesh.axis_names or mesh.shape["context"] == 1
+    return platform == "cpu" and context_size() == 1
 
 
 class Dense(nn.Module):

@@ -72,25 +72,20 @@ def test_second_use_under_remat_and_jit():
         np.testing.assert_allclose(x, y, rtol=0, atol=2e-6)
 
 
-def _dense_grad(x, mesh_axes=None, devices=None):
-    """(jaxpr of the kernel gradient, loss, kernel gradient, kernel) of sum(Dense(x)^2)."""
+def _dense_loss(x):
+    """(sum(Dense(x)^2) as a function of the params, the params) for a (3, 4)-output Dense."""
     m = Dense((3, 4), kernel_axes=("embed", "heads", "head_dim"))
-    params = m.init(jax.random.PRNGKey(0), x)
+    return (lambda p: jnp.sum(m.apply(p, x) ** 2)), m.init(jax.random.PRNGKey(0), x)
 
-    def loss(p):
-        return jnp.sum(m.apply(p, x) ** 2)
 
-    def run():
-        val, grad = jax.value_and_grad(loss)(params)
-        return jax.make_jaxpr(jax.grad(loss))(params), val, nn.unbox(grad)["params"]["kernel"]
+def _mesh(axes, devices):
+    return jax.make_mesh(tuple(axes.values()), tuple(axes), devices=devices[:int(np.prod(list(axes.values())))])
 
-    if mesh_axes is None:
-        return (*run(), nn.unbox(params)["params"]["kernel"])
-    n = int(np.prod(list(mesh_axes.values())))
-    with jax.set_mesh(jax.make_mesh(tuple(mesh_axes.values()), tuple(mesh_axes), devices=(devices or jax.devices())[:n])):
-        if devices:  # devices to compile for ahead of time: trace only
-            return jax.make_jaxpr(jax.grad(loss))(params), None, None, None
-        return (*run(), nn.unbox(params)["params"]["kernel"])
+
+def _grad(loss, params):
+    """(jaxpr of the gradient, loss, kernel gradient) under the current mesh."""
+    val, grad = jax.value_and_grad(loss)(params)
+    return jax.make_jaxpr(jax.grad(loss))(params), val, nn.unbox(grad)["params"]["kernel"]
 
 
 def _dot_operand_shapes(jaxpr):
@@ -99,7 +94,9 @@ def _dot_operand_shapes(jaxpr):
 
 def test_dense_merges_batch_and_length_unless_context_splits_them():
     x = jnp.asarray(np.random.RandomState(1).randn(2, 8, 5), jnp.float32)
-    jaxpr, val, dw, w = _dense_grad(x)
+    loss, params = _dense_loss(x)
+    w = nn.unbox(params)["params"]["kernel"]
+    jaxpr, val, dw = _grad(loss, params)
     y = jnp.einsum("btd,dhk->bthk", x, w)
     np.testing.assert_allclose(val, jnp.sum(y ** 2), rtol=1e-6)
     np.testing.assert_allclose(dw, jnp.einsum("btd,bthk->dhk", x, 2 * y), rtol=1e-5, atol=1e-6)
@@ -107,7 +104,8 @@ def test_dense_merges_batch_and_length_unless_context_splits_them():
     # the forward and the kernel-gradient matmul each contract ONE token axis of 2 x 8 = 16 rows
     assert len(shapes) == 2 and all(any(s[0] == 16 for s in op) for op in shapes), shapes
 
-    jaxpr_c, val_c, dw_c, _ = _dense_grad(x, dict(data=1, context=2))
+    with jax.set_mesh(_mesh(dict(data=1, context=2), jax.devices())):
+        jaxpr_c, val_c, dw_c = _grad(loss, params)
     shapes_c = _dot_operand_shapes(jaxpr_c)
     # a sequence split over `context` keeps (batch, length) apart: merging them would reshard
     assert not any(16 in s for op in shapes_c for s in op) and any((2, 8, 5) in op for op in shapes_c), shapes_c
@@ -119,6 +117,8 @@ def test_dense_keeps_batch_and_length_apart_on_tpu():
     from tests.tpu_topology import tpu_devices
 
     x = jnp.asarray(np.random.RandomState(1).randn(2, 8, 5), jnp.float32)
-    jaxpr, *_ = _dense_grad(x, dict(data=2), devices=tpu_devices("v5e:2x2"))
+    loss, params = _dense_loss(x)
+    with jax.set_mesh(_mesh(dict(data=2), tpu_devices("v5e:2x2"))):  # devices to compile for: trace only
+        jaxpr = jax.make_jaxpr(jax.grad(loss))(params)
     shapes = _dot_operand_shapes(jaxpr)
     assert not any(16 in s for op in shapes for s in op) and any((2, 8, 5) in op for op in shapes), shapes
