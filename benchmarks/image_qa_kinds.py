@@ -13,9 +13,11 @@ accuracy next to test-split accuracy separates not learnt (both low) from not ge
 
 `--probe` also asks whether the vision tokens hold what the answers lack: a linear softmax probe
 (benchmarks/audio_code_probe.py `linear_probe`) of the colour and of the shape of one-shape
-pictures from the bridge output (the LLM-width vision tokens, mean over the picture), against the
-same probe on the raw patches' mean, fitted on up to 600 train records and scored on the test
-split's one-shape pictures.
+pictures from the bridge output (the LLM-width vision tokens of the picture pooled two ways: their
+mean, and mean | max | min concatenated, which keeps more of a silhouette spread over 4-9 tokens),
+against the same probe on the raw patches' mean, fitted on the one-shape pictures among the first
+`--probe_train` train records and scored on the test split's one-shape pictures. `--step` reads
+any checkpoint of the run (e.g. a stage end) instead of the latest.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def picture_tokens(runner, tokens_fn, image):
     return np.asarray(vt[0]), np.asarray(b["vision_patches"][0])
 
 
-def probe_vision_tokens(runner, n_train: int = 600, n_test: int = 100) -> None:
+def probe_vision_tokens(runner, n_train: int = 1200, n_test: int = 100) -> None:
     import jax
     import numpy as np
 
@@ -66,27 +68,30 @@ def probe_vision_tokens(runner, n_train: int = 600, n_test: int = 100) -> None:
 
     tokens = jax.jit(runner.task.model.vision_tokens)
 
-    def one_shape(split, count):
-        x, raw, colour, shape = [], [], [], []
+    def one_shape_pictures(split, count):
+        feats, colour, shape = collections.defaultdict(list), [], []
         for n, (_, ex) in enumerate(default_dataset.generate("images", split)):
             if n == count:
                 break
             if not one_shape(ex):
                 continue
             vt, patches = picture_tokens(runner, tokens, ex["image"])
-            x.append(vt.mean(0))
-            raw.append(patches.mean(0))
+            vt = vt[np.abs(vt).sum(-1) > 0]  # the picture's tokens (the batch pads with zero rows)
+            feats["token mean"].append(vt.mean(0))
+            feats["token mean|max|min"].append(np.concatenate([vt.mean(0), vt.max(0), vt.min(0)]))
+            feats["raw patch mean"].append(patches.mean(0))
             _, c, s = ex["caption"].split("it is a ")[1].split(".")[0].split()
             colour.append(COLOURS.index(c))
             shape.append(SHAPES.index(s))
-        return np.stack(x), np.stack(raw), {"colour": np.array(colour), "shape": np.array(shape)}
+        return {k: np.stack(v) for k, v in feats.items()}, {"colour": np.array(colour), "shape": np.array(shape)}
 
-    tr, te = one_shape("train", n_train), one_shape("test", n_test)
-    print(f"linear probes on one-shape pictures ({len(tr[0])} train / {len(te[0])} test), held-out (train):")
+    (x_tr, y_tr), (x_te, y_te) = one_shape_pictures("train", n_train), one_shape_pictures("test", n_test)
+    print(f"linear probes on one-shape pictures ({len(y_tr['shape'])} train / {len(y_te['shape'])} test), "
+          "held-out (train):")
     for name, k in (("colour", len(COLOURS)), ("shape", len(SHAPES))):
         cells = []
-        for what, i in (("vision tokens", 0), ("raw patch mean", 1)):
-            a, b = linear_probe(tr[i], tr[2][name], te[i], te[2][name], k)
+        for what in x_tr:
+            a, b = linear_probe(x_tr[what], y_tr[name], x_te[what], y_te[name], k)
             cells.append(f"{what} {a:.2f} ({b:.2f})")
         print(f"  {name}: " + ", ".join(cells) + f"; chance {1 / k:.2f}")
 
@@ -97,13 +102,15 @@ def main(argv=None) -> None:
     p.add_argument("--splits", default="test,train")
     p.add_argument("--limit", type=int, default=100, help="records per split (the test split has 100)")
     p.add_argument("--probe", action="store_true", help="also probe the vision tokens for colour and shape")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest), e.g. a stage end")
+    p.add_argument("--probe_train", type=int, default=1200, help="train records read for the probes' fit")
     a = p.parse_args(argv)
 
     from omni_jax.data import default_dataset
     from omni_jax.generate.omni_infer import OmniRunner, Prompt
     from omni_jax.generate.sampling import SamplingParams
 
-    runner = OmniRunner.load(a.workdir)
+    runner = OmniRunner.load(a.workdir, step=a.step)
     right = collections.defaultdict(lambda: [0, 0])
     confusions = collections.Counter()
     for split in a.splits.split(","):
@@ -128,7 +135,7 @@ def main(argv=None) -> None:
         print(f"| {k if isinstance(k, str) else ', '.join(k)} | " + " | ".join(cells) + " |")
     print("colour confusions (reference -> reply):", ", ".join(f"{r} -> {h} x{c}" for (r, h), c in confusions.most_common(8)))
     if a.probe:
-        probe_vision_tokens(runner)
+        probe_vision_tokens(runner, n_train=a.probe_train)
 
 
 if __name__ == "__main__":
