@@ -6,7 +6,7 @@ The main job's image QA answers 'what shape is C?' at chance while colour, size 
 learnt (benchmarks/image_qa_kinds.py). This separates "the encoder cannot" from "the training
 signal does not teach it": it takes the run's NaViT + bridge at `step` (1140 = before
 image_text_1: the encoder still at its random initialisation) and trains them, with a linear head
-on the mean | max of the picture's LLM-width vision tokens, on the shape of the embedded image
+on the mean | max (`--pool`) of the picture's LLM-width vision tokens, on the shape of the embedded image
 set's one-shape 56 x 56 pictures (one layout: 16 patches, 4 tokens) alone, AdamW at `lr`,
 batches of 32. Prints held-out and train accuracy every 100 steps (chance 1/6). Nothing is
 written back to the run.
@@ -53,6 +53,8 @@ def main(argv=None) -> None:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--pool", default="mean,max", choices=("mean,max", "mean"),
+                   help="how the head pools the 4 tokens (an attention read is a weighted mean)")
     a = p.parse_args(argv)
 
     import jax
@@ -67,11 +69,13 @@ def main(argv=None) -> None:
     (x_tr, y_tr), (x_te, y_te) = pictures(runner, "train", 1200), pictures(runner, "test", 100)
     hidden = runner.config.model.llm.hidden_size
     params = {"visual": runner.params["visual"], "visual_bridge": runner.params["visual_bridge"],
-              "head": {"w": 0.01 * jax.random.normal(jax.random.PRNGKey(0), (2 * hidden, 6)), "b": jnp.zeros(6)}}
+              "head": {"w": 0.01 * jax.random.normal(jax.random.PRNGKey(0), (len(a.pool.split(",")) * hidden, 6)),
+                       "b": jnp.zeros(6)}}
 
     def logits(p, b):
         vt = model.vision_tokens(p, *(b[k] for k in FIELDS))
-        pooled = jnp.concatenate([vt.mean(1), vt.max(1)], -1)  # one layout: every row has its 4 tokens
+        pool = {"mean": vt.mean(1), "max": vt.max(1)}  # one layout: every row has its 4 tokens
+        pooled = jnp.concatenate([pool[k] for k in a.pool.split(",")], -1)
         return pooled @ p["head"]["w"] + p["head"]["b"]
 
     opt = optax.adamw(a.lr, weight_decay=0.0)
