@@ -44,6 +44,12 @@ def one_shape(record) -> bool:
     return record["caption"].startswith("there is one shape. it is a ")
 
 
+def the_shape(record) -> tuple[str, str, str]:
+    """(size, colour, shape) of a one-shape record, from its caption ('... it is a big red circle. ...')."""
+    size, colour, shape = record["caption"].split("it is a ")[1].split(".")[0].split()
+    return size, colour, shape
+
+
 def picture_tokens(runner, tokens_fn, image):
     """(vision tokens (rows incl. padding, hidden), raw patches (rows, patch dim)) of one picture, prompted
     as the runner prompts it; `tokens_fn` is the jitted `runner.task.model.vision_tokens`."""
@@ -80,7 +86,7 @@ def probe_vision_tokens(runner, n_train: int = 1200, n_test: int = 100) -> None:
             feats["token mean"].append(vt.mean(0))
             feats["token mean|max|min"].append(np.concatenate([vt.mean(0), vt.max(0), vt.min(0)]))
             feats["raw patch mean"].append(patches.mean(0))
-            _, c, s = ex["caption"].split("it is a ")[1].split(".")[0].split()
+            _, c, s = the_shape(ex)
             colour.append(COLOURS.index(c))
             shape.append(SHAPES.index(s))
         return {k: np.stack(v) for k, v in feats.items()}, {"colour": np.array(colour), "shape": np.array(shape)}

@@ -77,7 +77,9 @@ class Reader:
 
 
 def _colour(record) -> str:
-    return record["caption"].split("it is a ")[1].split()[1]
+    from image_qa_kinds import the_shape
+
+    return the_shape(record)[1]
 
 
 def geometry(r: Reader, records) -> dict:

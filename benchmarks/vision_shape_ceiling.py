@@ -28,7 +28,7 @@ def pictures(runner, split: str, count: int):
     """The one-shape 56 x 56 pictures among the first `count` records: (batch fields, shape labels)."""
     import numpy as np
 
-    from image_qa_kinds import one_shape
+    from image_qa_kinds import one_shape, the_shape
     from omni_jax.data import default_dataset
     from omni_jax.data.text_corpus import SHAPES
     from omni_jax.generate.omni_infer import Prompt
@@ -43,7 +43,7 @@ def pictures(runner, split: str, count: int):
         if (b["vision_segment_ids"] > 0).sum() != 16:  # 84 x 84 pictures: another layout
             continue
         rows.append({k: b[k][0] for k in FIELDS})
-        labels.append(SHAPES.index(ex["caption"].split("it is a ")[1].split(".")[0].split()[2]))
+        labels.append(SHAPES.index(the_shape(ex)[2]))
     return {k: np.stack([r[k] for r in rows]) for k in FIELDS}, np.array(labels)
 
 
