@@ -10,6 +10,9 @@ prompt) every question of the first `limit` records of each split and prints the
 kind (colour and shape words replaced by C and S), the same per kind on one-shape and on two-shape
 pictures, and the most frequent colour confusions. Train-split
 accuracy next to test-split accuracy separates not learnt (both low) from not generalised.
+`--subset=videos` does the same for the video QA set (4 frames of one moving shape; `default_dataset.videos`):
+where the shape moves, its colour, and which shape moves (motions replaced by M), prompted as
+the evaluation's video_qa (frames, then the question).
 
 `--probe` also asks whether the vision tokens hold what the answers lack: a linear softmax probe
 (benchmarks/audio_code_probe.py `linear_probe`) of the colour and of the shape of one-shape
@@ -110,6 +113,7 @@ def main(argv=None) -> None:
     p.add_argument("--probe", action="store_true", help="also probe the vision tokens for colour and shape")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest), e.g. a stage end")
     p.add_argument("--probe_train", type=int, default=1200, help="train records read for the probes' fit")
+    p.add_argument("--subset", default="images", choices=("images", "videos"), help="the QA set asked")
     a = p.parse_args(argv)
 
     from omni_jax.data import default_dataset
@@ -120,17 +124,21 @@ def main(argv=None) -> None:
     right = collections.defaultdict(lambda: [0, 0])
     confusions = collections.Counter()
     for split in a.splits.split(","):
-        for n, (_, ex) in enumerate(default_dataset.generate("images", split)):
+        for n, (_, ex) in enumerate(default_dataset.generate(a.subset, split)):
             if n == a.limit:
                 break
-            reply = runner.respond(Prompt(text=ex["question"], images=[ex["image"]]), max_new_tokens=12,
-                                    text=SamplingParams(do_sample=False)).text.strip()
-            k, ok = kind(ex["question"]), reply == ex["answer"]
-            shapes = "one shape" if one_shape(ex) else "two shapes"
-            for key in ((k, split), ((k, shapes), split)):
+            if a.subset == "videos":
+                prompt = Prompt(text=ex["question"], video_frames=list(ex["frames"]), video_fps=float(ex["fps"]))
+                k, groups = re.sub(r"\b(left|right|top|bottom)\b", "M", kind(ex["question"])), ()
+            else:
+                prompt = Prompt(text=ex["question"], images=[ex["image"]])
+                k, groups = kind(ex["question"]), ("one shape" if one_shape(ex) else "two shapes",)
+            reply = runner.respond(prompt, max_new_tokens=24, text=SamplingParams(do_sample=False)).text.strip()
+            ok = reply == ex["answer"]
+            for key in [(k, split)] + [((k, g), split) for g in groups]:
                 right[key][0] += ok
                 right[key][1] += 1
-            if not ok and k.startswith("what colour"):
+            if not ok and k.startswith(("what colour", "where does")):
                 confusions[(ex["answer"], reply)] += 1
     splits = a.splits.split(",")
     print("| question kind | " + " | ".join(splits) + " |")
@@ -139,7 +147,7 @@ def main(argv=None) -> None:
         cells = [f"{right[(k, s)][0]}/{right[(k, s)][1]} = {right[(k, s)][0] / max(right[(k, s)][1], 1):.2f}"
                  for s in splits]
         print(f"| {k if isinstance(k, str) else ', '.join(k)} | " + " | ".join(cells) + " |")
-    print("colour confusions (reference -> reply):", ", ".join(f"{r} -> {h} x{c}" for (r, h), c in confusions.most_common(8)))
+    print("colour / motion confusions (reference -> reply):", ", ".join(f"{r} -> {h} x{c}" for (r, h), c in confusions.most_common(8)))
     if a.probe:
         probe_vision_tokens(runner, n_train=a.probe_train)
 
