@@ -54,8 +54,10 @@ def the_shape(record) -> tuple[str, str, str]:
 
 
 def picture_tokens(runner, tokens_fn, image):
-    """(vision tokens (rows incl. padding, hidden), raw patches (rows, patch dim)) of one picture, prompted
-    as the runner prompts it; `tokens_fn` is the jitted `runner.task.model.vision_tokens`."""
+    """(vision tokens (tokens, hidden), raw patches (patches, patch dim)) of one picture, prompted as
+    the runner prompts it, padding rows dropped (the picture's patches are those with a segment id,
+    its tokens the first quarter as many: the 2 x 2 merge); `tokens_fn` is the jitted
+    `runner.task.model.vision_tokens`."""
     import jax.numpy as jnp
     import numpy as np
 
@@ -64,7 +66,8 @@ def picture_tokens(runner, tokens_fn, image):
     b = runner.prompt_batch(Prompt(text="x", images=[image]), speech=False)
     vt = tokens_fn(runner.params, *(jnp.asarray(b[k]) for k in ("vision_patches", "vision_positions",
                                                                 "vision_segment_ids")))
-    return np.asarray(vt[0]), np.asarray(b["vision_patches"][0])
+    n = int((b["vision_segment_ids"][0] > 0).sum())
+    return np.asarray(vt[0, :n // 4]), np.asarray(b["vision_patches"][0, :n])
 
 
 def probe_vision_tokens(runner, n_train: int = 1200, n_test: int = 100) -> None:
@@ -85,7 +88,6 @@ def probe_vision_tokens(runner, n_train: int = 1200, n_test: int = 100) -> None:
             if not one_shape(ex):
                 continue
             vt, patches = picture_tokens(runner, tokens, ex["image"])
-            vt = vt[np.abs(vt).sum(-1) > 0]  # the picture's tokens (the batch pads with zero rows)
             feats["token mean"].append(vt.mean(0))
             feats["token mean|max|min"].append(np.concatenate([vt.mean(0), vt.max(0), vt.min(0)]))
             feats["raw patch mean"].append(patches.mean(0))

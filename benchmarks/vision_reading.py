@@ -69,11 +69,10 @@ class Reader:
         return out, self.np.asarray(h @ self.runner.params["llm"]["lm_head"]["kernel"])
 
     def vision_tokens(self, record):
-        """The picture's LLM-width vision tokens (padding rows dropped)."""
+        """The picture's LLM-width vision tokens."""
         from image_qa_kinds import picture_tokens
 
-        vt, _ = picture_tokens(self.runner, self._tokens, record["image"])
-        return vt[self.np.abs(vt).sum(-1) > 0]
+        return picture_tokens(self.runner, self._tokens, record["image"])[0]
 
 
 def _colour(record) -> str:
