@@ -101,11 +101,11 @@ def ctc_transcripts(runner, head, totals: list[np.ndarray]) -> list[str] | None:
 
 def word_labels(texts: list[str], vocab: tuple[str, ...]) -> np.ndarray:
     """Index of the one word of `vocab` an utterance names (plurals folded), -1 if none or several."""
-    from omni_jax.data.default_dataset import _SINGULAR
+    from omni_jax.data.default_dataset import singular
 
     out = []
     for t in texts:
-        words = {_SINGULAR.get(w, w) for w in t.rstrip(".?!").split()} & set(vocab)
+        words = {singular(w) for w in t.rstrip(".?!").split()} & set(vocab)
         out.append(vocab.index(words.pop()) if len(words) == 1 else -1)
     return np.asarray(out)
 

@@ -73,12 +73,17 @@ def plural(shape: str) -> str:
 _SINGULAR = {plural(s): s for s in SHAPES}
 
 
+def singular(word: str) -> str:
+    """A shape's plural -> the shape ('crosses' -> 'cross'); any other word unchanged."""
+    return _SINGULAR.get(word, word)
+
+
 def translate(sentence: str) -> str:
     """Word-by-word French with adjectives after their noun (a learnable toy translation)."""
     words = sentence.rstrip(".?!").split()
     out, pending = [], []
     for w in words:
-        base = _SINGULAR.get(w, w)
+        base = singular(w)
         if base in _ADJECTIVES:
             pending.append(FRENCH[base])
             continue
