@@ -47,38 +47,29 @@ def pictures(runner, split: str, count: int):
     return {k: np.stack([r[k] for r in rows]) for k in FIELDS}, np.array(labels)
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", required=True, help="a trained omni_jax 1.5 workdir")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--pool", default="mean,max", choices=("mean,max", "mean"),
-                   help="how the head pools the 4 tokens (an attention read is a weighted mean)")
-    a = p.parse_args(argv)
-
+def train_encoder(runner, *, steps: int, lr: float = 2e-3, pool: str = "mean,max", report_every: int = 100):
+    """Trains the run's NaViT + bridge (and a linear head on the pooled tokens) on the shape label of
+    the one-shape 56 x 56 train pictures; prints held-out / train accuracy every `report_every`
+    steps and returns {"visual", "visual_bridge"} (the rest of the run's params untouched)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     import optax
 
-    from omni_jax.generate.omni_infer import OmniRunner
-
-    runner = OmniRunner.load(a.workdir, step=a.step)
     model = runner.task.model
     (x_tr, y_tr), (x_te, y_te) = pictures(runner, "train", 1200), pictures(runner, "test", 100)
     hidden = runner.config.model.llm.hidden_size
     params = {"visual": runner.params["visual"], "visual_bridge": runner.params["visual_bridge"],
-              "head": {"w": 0.01 * jax.random.normal(jax.random.PRNGKey(0), (len(a.pool.split(",")) * hidden, 6)),
+              "head": {"w": 0.01 * jax.random.normal(jax.random.PRNGKey(0), (len(pool.split(",")) * hidden, 6)),
                        "b": jnp.zeros(6)}}
 
     def logits(p, b):
         vt = model.vision_tokens(p, *(b[k] for k in FIELDS))
-        pool = {"mean": vt.mean(1), "max": vt.max(1)}  # one layout: every row has its 4 tokens
-        pooled = jnp.concatenate([pool[k] for k in a.pool.split(",")], -1)
+        pools = {"mean": vt.mean(1), "max": vt.max(1)}  # one layout: every row has its 4 tokens
+        pooled = jnp.concatenate([pools[k] for k in pool.split(",")], -1)
         return pooled @ p["head"]["w"] + p["head"]["b"]
 
-    opt = optax.adamw(a.lr, weight_decay=0.0)
+    opt = optax.adamw(lr, weight_decay=0.0)
     state = opt.init(params)
 
     @jax.jit
@@ -92,12 +83,28 @@ def main(argv=None) -> None:
     acc = lambda p, x, y: float(np.mean(np.asarray(predict(p, x)) == y))  # noqa: E731
     print(f"one-shape 56 x 56 pictures: {len(y_tr)} train / {len(y_te)} test; shape accuracy, chance {1 / 6:.2f}")
     rng = np.random.default_rng(0)
-    for i in range(a.steps + 1):
-        if i % 100 == 0:
+    for i in range(steps + 1):
+        if i % report_every == 0 or i == steps:
             print(f"  step {i}: held-out {acc(params, x_te, y_te):.2f}, train {acc(params, x_tr, y_tr):.2f}", flush=True)
-        if i < a.steps:
+        if i < steps:
             idx = rng.choice(len(y_tr), 32)
             params, state = step(params, state, {k: v[idx] for k, v in x_tr.items()}, y_tr[idx])
+    return {"visual": params["visual"], "visual_bridge": params["visual_bridge"]}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", required=True, help="a trained omni_jax 1.5 workdir")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--pool", default="mean,max", choices=("mean,max", "mean"),
+                   help="how the head pools the 4 tokens (an attention read is a weighted mean)")
+    a = p.parse_args(argv)
+
+    from omni_jax.generate.omni_infer import OmniRunner
+
+    train_encoder(OmniRunner.load(a.workdir, step=a.step), steps=a.steps, lr=a.lr, pool=a.pool)
 
 
 if __name__ == "__main__":
