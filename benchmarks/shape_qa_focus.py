@@ -57,7 +57,7 @@ def copy_checkpoint(workdir: str, step: int, out: str, replace: dict | None) -> 
     import jax
     import numpy as np
 
-    from omni_jax.train.checkpoint import Checkpointer, ocp
+    from omni_jax.train.checkpoint import Checkpointer
 
     dst_dir = os.path.join(out, "checkpoints")
     os.makedirs(dst_dir, exist_ok=True)
@@ -66,7 +66,7 @@ def copy_checkpoint(workdir: str, step: int, out: str, replace: dict | None) -> 
         return
     src = Checkpointer(os.path.join(workdir, "checkpoints"))
     tree, meta = src.restore_tree(step), src.read_meta(step)
-    data = src._mgr.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
+    data = src.read_data_state(step)
     src.close()
     for name, new in replace.items():
         tree["params"][name] = jax.tree.map(lambda old, x: np.asarray(x, dtype=old.dtype), tree["params"][name], new)

@@ -153,6 +153,11 @@ class Checkpointer:
         out = self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(out["meta"])
 
+    def read_data_state(self, step: int) -> dict:
+        """The data iterators' state saved with checkpoint `step` (the JSON item `data`)."""
+        out = self._mgr.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))
+        return dict(out["data"])
+
     def check_compatible(self, step: int, abstract_state: Any, meta: Mapping[str, Any] | None = None) -> None:
         saved_md = self._mgr.item_metadata(step)["state"]
         saved = _flat_shapes(getattr(saved_md, "tree", saved_md))

@@ -7,7 +7,7 @@ trainer's resume machinery in tests/train/test_trainer.py.)
 import numpy as np
 
 from configs import text_mixture_tiny
-from omni_jax.train.checkpoint import Checkpointer, ocp
+from omni_jax.train.checkpoint import Checkpointer
 from omni_jax.train.metrics import read_metrics
 from omni_jax.train.trainer import train
 
@@ -21,6 +21,6 @@ def test_mixture_config_trains_through_the_trainer(data_dir, tmp_path):
     assert [x["step"] for x in m] == [1, 2, 3] and all(np.isfinite(x["loss"]) for x in m)
     assert all(x["tokens"] > 0.9 * c.train.batch_size * c.data.seq_len for x in m)  # rows are packed full
     ck = Checkpointer(str(tmp_path / "checkpoints"))
-    data = ck._mgr.restore(3, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
+    data = ck.read_data_state(3)
     ck.close()
     assert data["step"] == 3 and data["errors"] == {"seen": data["errors"]["seen"], "bad": {}}

@@ -46,7 +46,7 @@ def probe_run(tmp_path_factory) -> ProbeRun:
 
     from configs.omni_v1 import ci
     from omni_jax.tasks import get_task
-    from omni_jax.train.checkpoint import Checkpointer, ocp
+    from omni_jax.train.checkpoint import Checkpointer
     from omni_jax.train.trainer import train
 
     workdir = str(tmp_path_factory.mktemp("probe_run"))
@@ -58,7 +58,7 @@ def probe_run(tmp_path_factory) -> ProbeRun:
     # what the run read: its own config.json, not the config object this test holds
     ran = ml_collections.ConfigDict(json.load(open(f"{workdir}/config.json")))
     ck = Checkpointer(f"{workdir}/checkpoints")
-    final = ck._mgr.restore(result["step"], args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    final = ck.restore_tree(result["step"])
     ck.close()
     task = get_task(config)
     print(f"probe fixture: {result['step']} steps in {seconds:.0f} s, last metrics "

@@ -35,8 +35,7 @@ def test_release_checkpoint_to_two_stages_and_evaluation(tmp_path):
     assert qa["accuracy"] == np.mean([norm(e["hypothesis"]) == norm(e["reference"]) for e in qa["examples"]])
     assert "char_error_rate" in ev["asr"] and os.path.exists(tmp_path / "run" / "eval" / "results.json")
     ck = Checkpointer(str(tmp_path / "run" / "checkpoints"))
-    from omni_jax.train.checkpoint import ocp
-    final = ck._mgr.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    final = ck.restore_tree(4)
     same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     assert same(final["params"]["llm"], params["llm"])  # imported, then frozen in both stages
     assert same(final["params"]["visual"], params["visual"])

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from configs.omni_v1 import pipeline
-from omni_jax.train.checkpoint import Checkpointer, ocp
+from omni_jax.train.checkpoint import Checkpointer
 from omni_jax.train.trainer import train
 
 
@@ -20,7 +20,7 @@ def test_two_v1_stages_and_evaluation(tmp_path):
     ev = json.load(open(tmp_path / "eval.json"))
     assert {"image_qa", "asr"} <= set(ev) and "speech_qa" not in ev and "char_error_rate" in ev["asr"]
     ck = Checkpointer(str(tmp_path / "checkpoints"))
-    restore = lambda s: ck._mgr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    restore = lambda s: ck.restore_tree(s)
     first, last = restore(2), restore(4)
     same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     for k in ("llm", "siglip", "v1_video_projector"):  # frozen in both stages

@@ -13,7 +13,7 @@ from omni_jax.data.iterator import StepIndexedIterator
 from omni_jax.tasks import register
 from omni_jax.tasks.base import Task
 from omni_jax.train import step as step_lib
-from omni_jax.train.checkpoint import Checkpointer, ocp
+from omni_jax.train.checkpoint import Checkpointer
 from omni_jax.train.optimizer import build_optimizer, stage_from_config
 from omni_jax.train.trainer import train
 
@@ -138,7 +138,7 @@ def test_state_is_checkpointed_and_resumed(tmp_path):
     got = {}
     for run in "ab":
         ck = Checkpointer(str(tmp_path / run / "checkpoints"))
-        got[run] = ck._mgr.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        got[run] = ck.restore_tree(4)
         ck.close()
     assert np.array_equal(np.asarray(got["a"]["model_state"]["mean"]), np.asarray(got["b"]["model_state"]["mean"]))
     want = np.zeros(4, np.float32)

@@ -27,9 +27,8 @@ def _config():
 
 
 def _params(workdir, step):
-    from omni_jax.train.checkpoint import ocp
     ck = Checkpointer(str(workdir / "checkpoints"))
-    return ck._mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    return ck.restore_tree(step)
 
 
 def test_stages_of_different_tasks_share_one_tree(tmp_path):

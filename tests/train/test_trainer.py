@@ -64,9 +64,8 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
     assert [s for s, _ in a] == [1, 2, 3, 4, 5, 6] == [s for s, _ in b]
     assert a == b  # identical floats: bit for bit
     ck_a, ck_b = Checkpointer(str(straight / "checkpoints")), Checkpointer(str(split / "checkpoints"))
-    from omni_jax.train.checkpoint import ocp
-    pa = ck_a._mgr.restore(6, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    pb = ck_b._mgr.restore(6, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    pa = ck_a.restore_tree(6)
+    pb = ck_b.restore_tree(6)
     for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
         assert np.array_equal(np.asarray(x), np.asarray(y))
 
