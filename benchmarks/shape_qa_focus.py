@@ -30,23 +30,17 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # image_qa_kinds, vision_shape_ceiling
 
-KINDS = ("shape", "colour", "size")
-
-
 def focused_records(kinds) -> list[dict]:
     """The one-shape train pictures of the embedded image set, one record per picture and kind."""
     from image_qa_kinds import one_shape, the_shape
     from omni_jax.data import default_dataset
 
-    questions = {"shape": lambda z, c, s: (f"what shape is {c}?", f"a {s}."),
-                 "colour": lambda z, c, s: (f"what colour is the {s}?", f"{c}."),
-                 "size": lambda z, c, s: (f"is the {c} {s} big or small?", f"{z}.")}
     out = []
     for _, ex in default_dataset.generate("images", "train"):
         if not one_shape(ex):
             continue
         for k in kinds:
-            q, a = questions[k](*the_shape(ex))
+            q, a = default_dataset.OBJECT_QUESTIONS[k](*the_shape(ex))
             out.append(dict(ex, id=f"{ex['id']}-{k}", question=q, answer=a))
     return out
 
@@ -82,14 +76,17 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True, help="a new workdir for the focused run")
     p.add_argument("--step", type=int, default=1140, help="the checkpoint to start from (before image_text_1)")
     p.add_argument("--steps", type=int, default=200, help="image_text_2 steps")
-    p.add_argument("--kinds", default="shape", help=f"comma-separated question kinds of {KINDS}")
+    p.add_argument("--kinds", default="shape",
+                   help="comma-separated kinds of default_dataset.OBJECT_QUESTIONS (shape, colour, size)")
     p.add_argument("--encoder", default="run", choices=("run", "supervised"))
     p.add_argument("--encoder_steps", type=int, default=200)
     p.add_argument("--vision_lr", type=float, default=None, help="the vision encoder's rate (default: the stage's)")
     a = p.parse_args(argv)
+    from omni_jax.data.default_dataset import OBJECT_QUESTIONS
+
     kinds = a.kinds.split(",")
-    if set(kinds) - set(KINDS):
-        raise SystemExit(f"--kinds={a.kinds}: use kinds of {KINDS}")
+    if set(kinds) - set(OBJECT_QUESTIONS):
+        raise SystemExit(f"--kinds={a.kinds}: use kinds of {sorted(OBJECT_QUESTIONS)}")
     if os.path.exists(a.out):
         raise SystemExit(f"--out={a.out} exists; give a new directory")
 

@@ -127,6 +127,15 @@ def _encode(img: Image.Image, fmt: str) -> bytes:
     return buf.getvalue()
 
 
+# the image questions about one shape: kind -> (size, colour, shape) -> (question, answer)
+OBJECT_QUESTIONS = {
+    "colour": lambda size, colour, shape: (f"what colour is the {shape}?", f"{colour}."),
+    "shape": lambda size, colour, shape: (f"what shape is {colour}?", f"a {shape}."),
+    "size": lambda size, colour, shape: (f"is the {colour} {shape} big or small?", f"{size}."),
+}
+_OBJECT_KINDS = {0: "colour", 1: "shape", 3: "size"}  # _scene's kind draws (2: count, 4: position)
+
+
 def _scene(rng: np.random.Generator) -> dict[str, Any]:
     """One or two shapes; returns the picture, its caption and a question/answer pair."""
     n = int(rng.integers(1, 3))
@@ -157,14 +166,10 @@ def _scene(rng: np.random.Generator) -> dict[str, Any]:
         caption = f"there are two shapes. the {things[0]} is {rel} the {things[1]}. the background is grey."
     kind = int(rng.integers(0, 5 if n == 2 else 4))
     i = int(rng.integers(0, n))
-    if kind == 0:
-        q, a = f"what colour is the {shapes[i]}?", f"{colours[i]}."
-    elif kind == 1:
-        q, a = f"what shape is {colours[i]}?", f"a {shapes[i]}."
+    if kind in _OBJECT_KINDS:
+        q, a = OBJECT_QUESTIONS[_OBJECT_KINDS[kind]](sizes[i], colours[i], shapes[i])
     elif kind == 2:
         q, a = "how many shapes are there?", f"{NUMBER_WORDS[n]}."
-    elif kind == 3:
-        q, a = f"is the {colours[i]} {shapes[i]} big or small?", f"{sizes[i]}."
     else:
         j = 1 - i
         first, second = ("left", "right") if layout == "horizontal" else ("above", "below")
