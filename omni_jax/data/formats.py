@@ -30,6 +30,11 @@ row produce the same sample.
 Component options (`config.data.mixture.<name>`): `prompts` (replaces the default prompt
 list), `system` (replaces config.data.system), `fields` (renames record fields, e.g.
 {"caption": "alt_text"}), `split_long` (text only: cut over-long documents into rows).
+
+A format's random choices (which prompt of the list, ...) come from the rng the mixture gives
+it, seeded by (seed, component, record) (omni_jax/data/mixture.py `ComponentPlan.rng`): a record
+gets the same prompt in every epoch, because the packer plans rows from each record's token
+count, measured once. The prompts vary across records, not across a record's epochs.
 """
 
 from __future__ import annotations

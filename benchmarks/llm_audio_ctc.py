@@ -1,0 +1,285 @@
+"""Does an alignment loss on the LLM's audio positions teach it to hear the words? (issue #14)
+
+  python benchmarks/llm_audio_ctc.py --workdir=RUN --step=1730 [--ctc=0,1] [--steps=400]
+
+The 1.5 main job's ASR stays near chance on the colour / shape / number words even where the
+frozen tokenizer's codes hold them (a linear CTC read-out of the codes transcribes held-out clips
+at CER 0.03 when the tokenizer trained with `loss.ctc`): the decoder-only LLM has to learn the
+audio-to-text alignment from 240 clips and memorises them instead (benchmarks/README.md). This
+trains the run's LLM and audio embedding on ASR alone, as the ASR-only stage does (the release's
+ASR sample layout, `formats.fmt_asr`, one clip per row, every training clip with each ASR
+prompt; LLM and audio embedding trainable, everything else frozen; AdamW, warm-up + cosine,
+`--lr`), with an optional auxiliary CTC loss (weight `--ctc`) of the transcript's characters
+through a linear head on the LLM's hidden states at the clip's audio positions after decoder
+layer `--layer` (default the last; two labels per 80 ms position, as the tokenizer's CTC head
+emits), then transcribes the first `--eval` clips of each split with the evaluation's prompt
+(OmniRunner, greedy) and prints CER and the content words heard (benchmarks/asr_errors.py's
+scoring), plus the CTC head's own greedy transcript of the test clips. The CTC head is scratch:
+the omni model has no such parameter and nothing here is written back to the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+LABELS_PER_POSITION = 2
+
+
+def asr_rows(runner, split: str, count: int, seq_len: int, prompt: str):
+    """The first `count` clips of the speech split as one-sample training rows with the given ASR
+    prompt (the training layout: formats.fmt_asr, load_media, write_sample)."""
+    from omni_jax.data import default_dataset
+    from omni_jax.data import formats as formats_lib
+    from omni_jax.data.omni_batch import OmniShapes, empty_rows
+    from omni_jax.data.omni_pipeline import RowCursor, load_media, write_sample
+
+    data = runner.config.data
+    shapes0 = OmniShapes.from_config(data)
+    ctx = formats_lib.FormatContext(tokenizer=runner.tokenizer, media=runner.media,
+                                    chunk_samples=shapes0.chunk_samples, system=str(data.get("system", "") or ""),
+                                    prompts=(prompt,))
+    shapes = dataclasses.replace(shapes0, seq_len=seq_len, max_patches=0, max_tiles=0, max_vision_items=0,
+                                 max_audio_chunks=1, max_speech_chunks=0, speech_wave_rate=0)
+    rng = np.random.default_rng(0)
+    texts, recs = [], []
+    for _, ex in default_dataset.generate("speech", split):
+        texts.append(ex["transcript"])
+        recs.append(ex)
+        if len(recs) == count:
+            break
+    rows = empty_rows(shapes, len(recs))
+    for i, ex in enumerate(recs):
+        sample = formats_lib.fmt_asr(ex, ctx, rng, f"{split}-{i}")
+        if len(sample.ids) - 1 > seq_len:
+            raise ValueError(f"clip {i} of {split} needs {len(sample.ids) - 1} tokens: raise --seq_len")
+        write_sample(rows, i, RowCursor(), sample, load_media(sample, ctx), shapes, component=0)
+    return texts, rows
+
+
+def audio_positions(rows) -> tuple[np.ndarray, np.ndarray]:
+    """(N, A) positions of each row's audio tokens in order and their CTC padding (1 = pad)."""
+    idx = rows["audio_token_index"]
+    a = int((idx >= 0).sum(1).max())
+    pos = np.zeros((len(idx), a), np.int32)
+    pad = np.ones((len(idx), a), np.float32)
+    for i, r in enumerate(idx):
+        p = np.nonzero(r >= 0)[0]
+        p = p[np.argsort(r[p])]
+        pos[i, :len(p)], pad[i, :len(p)] = p, 0.0
+    return pos, pad
+
+
+def char_labels(texts: list[str], chars: str) -> tuple[np.ndarray, np.ndarray]:
+    n = max(len(t) for t in texts)
+    lab = np.zeros((len(texts), n), np.int32)
+    pad = np.ones((len(texts), n), np.float32)
+    for i, t in enumerate(texts):
+        lab[i, :len(t)] = [chars.index(c) + 1 for c in t]
+        pad[i, :len(t)] = 0.0
+    return lab, pad
+
+
+def audio_states(task, params, state, b, layer: int):
+    """The LLM's normed hidden states after decoder layer `layer` (0 = every layer, the final ones),
+    and the final ones."""
+    import dataclasses as dc
+
+    import jax
+
+    from omni_jax.models.qwen2 import Qwen2LM
+
+    h, _ = task.model.hidden(params, state, b)
+    if not layer or layer == task.model_cfg.llm.num_layers:
+        return h, h
+    x, _ = task.model.input_embeddings(params, state, b)
+    lp = dict(params["llm"], layers=jax.tree.map(lambda a: a[:layer], params["llm"]["layers"]))
+    low = Qwen2LM(dc.replace(task.model_cfg.llm, num_layers=layer))
+    hk, _ = low.apply({"params": lp}, x, b["positions"], b["segment_ids"], method=Qwen2LM.hidden)
+    return hk, h
+
+
+def train(runner, rows, pos, pos_pad, lab, lab_pad, chars: str, *, steps: int, batch: int, lr: float, ctc: float,
+          seed: int, layer: int = 0, report_every: int = 50):
+    """ASR-only training of params['llm'] and params['audio_embed'] (+ the scratch CTC head)."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    task, state = runner.task, runner.state
+    trained = ("llm", "audio_embed")
+    frozen = {k: v for k, v in runner.params.items() if k not in trained}
+    head = nn.Dense(LABELS_PER_POSITION * (len(chars) + 1))
+    width = task.model_cfg.llm.hidden_size
+    p = {k: runner.params[k] for k in trained}
+    p["ctc_head"] = head.init(jax.random.PRNGKey(seed), jnp.zeros((1, width)))["params"]
+    sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(steps // 20, 1), steps, lr / 20)
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=0.0))
+    opt_state = opt.init(p)
+    fields = [k for k in task.fields if k in rows]
+
+    def loss_fn(p, b, pos, pos_pad, lab, lab_pad):
+        params = {**frozen, **{k: p[k] for k in trained}}
+        hk, h = audio_states(task, params, state, b, layer)
+        text, _ = task.text_loss(params, h, b, task.norms(b))
+        ha = jnp.take_along_axis(hk, pos[..., None], axis=1)  # (B, A, D)
+        logits = head.apply({"params": p["ctc_head"]}, ha.astype(jnp.float32))
+        logits = logits.reshape(ha.shape[0], -1, len(chars) + 1)  # (B, A * 2, C + 1)
+        lpad = jnp.repeat(pos_pad, LABELS_PER_POSITION, axis=1)
+        per = optax.ctc_loss(logits, lpad, lab, lab_pad, blank_id=0)
+        ctc_loss = jnp.mean(per / jnp.maximum((1 - lab_pad).sum(1), 1))
+        return text + ctc * ctc_loss, (text, ctc_loss)
+
+    @jax.jit
+    def step(p, opt_state, b, pos, pos_pad, lab, lab_pad):
+        (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(p, b, pos, pos_pad, lab, lab_pad)
+        upd, opt_state = opt.update(g, opt_state, p)
+        return optax.apply_updates(p, upd), opt_state, aux
+
+    rng = np.random.default_rng(seed)
+    order, at = rng.permutation(len(lab)), 0
+    t0 = time.time()
+    for s in range(1, steps + 1):
+        if at + batch > len(order):
+            order, at = rng.permutation(len(lab)), 0
+        sel = order[at:at + batch]
+        at += batch
+        b = {k: jnp.asarray(rows[k][sel]) for k in fields}
+        p, opt_state, (text, ctc_loss) = step(p, opt_state, b, pos[sel], pos_pad[sel], lab[sel], lab_pad[sel])
+        if s % report_every == 0 or s == steps:
+            print(f"  step {s}: text loss {float(text):.4f}, ctc loss {float(ctc_loss):.4f} "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+    params = {**frozen, **{k: p[k] for k in trained}}
+    return params, p["ctc_head"], head
+
+
+def ctc_read(runner, params, head, head_params, rows, pos, pos_pad, chars: str, layer: int = 0) -> list[str]:
+    """Greedy transcripts of the CTC head on the LLM's audio positions."""
+    import jax
+    import jax.numpy as jnp
+
+    from omni_jax.tasks.audio_tokenizer import ctc_greedy
+
+    task = runner.task
+    fields = [k for k in task.fields if k in rows]
+
+    @jax.jit
+    def logits(b, pos):
+        hk, _ = audio_states(task, params, runner.state, b, layer)
+        ha = jnp.take_along_axis(hk, pos[..., None], axis=1)
+        out = head.apply({"params": head_params}, ha.astype(jnp.float32))
+        return out.reshape(ha.shape[0], -1, len(chars) + 1)
+
+    out = []
+    for s in range(0, len(pos), 16):
+        b = {k: jnp.asarray(rows[k][s:s + 16]) for k in fields}
+        lg = np.asarray(logits(b, jnp.asarray(pos[s:s + 16])))
+        for i in range(len(lg)):
+            keep = np.repeat(pos_pad[s + i], LABELS_PER_POSITION) == 0
+            out.append("".join(chars[j - 1] for j in ctc_greedy(lg[i][keep].argmax(-1), 0)))
+    return out
+
+
+def transcribe(runner, params, split: str, limit: int) -> tuple[list[str], list[str]]:
+    from omni_jax.data import default_dataset
+    from omni_jax.data.formats import DEFAULT_PROMPTS
+    from omni_jax.generate.omni_infer import Prompt
+    from omni_jax.generate.sampling import SamplingParams
+
+    saved, runner.params = runner.params, params
+    refs, hyps = [], []
+    try:
+        for n, (_, ex) in enumerate(default_dataset.generate("speech", split)):
+            if n == limit:
+                break
+            refs.append(ex["transcript"])
+            hyps.append(runner.respond(Prompt(text=DEFAULT_PROMPTS["asr"][0], audio=[ex["audio"]]), max_new_tokens=64,
+                                       text=SamplingParams(do_sample=False)).text.strip())
+    finally:
+        runner.params = saved
+    return refs, hyps
+
+
+def score(refs: list[str], hyps: list[str]) -> str:
+    import jiwer
+    from asr_errors import heard_words, template, word_class
+
+    hit = {c: [0, 0] for c in ("colour", "shape", "number")}
+    for r, h in zip(refs, hyps):
+        for w, ok in heard_words(h, r):
+            c = word_class(w)
+            if c in hit:
+                hit[c][0] += ok
+                hit[c][1] += 1
+    tmpl = np.mean([template(h) == template(r) for r, h in zip(refs, hyps)])
+    words = " | ".join(f"{a / max(t, 1):.2f}" for a, t in hit.values())
+    return f"{jiwer.cer(refs, hyps):.2f} | {tmpl:.2f} | {words}"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", required=True, help="a 1.5 omni_jax workdir (task omni)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint to start from (default: the latest)")
+    p.add_argument("--ctc", default="0,1", help="comma-separated CTC loss weights, one run each")
+    p.add_argument("--layer", type=int, default=0,
+                   help="the CTC head reads the hidden states after this decoder layer (0 = the final ones)")
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seq_len", type=int, default=192)
+    p.add_argument("--eval", type=int, default=40, help="clips per split transcribed at the end")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+
+    import jiwer
+
+    from omni_jax.data.formats import DEFAULT_PROMPTS
+    from omni_jax.generate.omni_infer import OmniRunner
+
+    runner = OmniRunner.load(a.workdir, step=a.step)
+
+    prompts = DEFAULT_PROMPTS["asr"]  # every training clip once with each prompt, as the stage samples them
+    built = [asr_rows(runner, "train", 240, a.seq_len, q) for q in prompts]
+    tr_texts = [t for texts, _ in built for t in texts]
+    tr_rows = {k: np.concatenate([rows[k] for _, rows in built]) for k in built[0][1]}
+    te_texts, te_rows = asr_rows(runner, "test", 40, a.seq_len, prompts[0])
+    chars = "".join(sorted(set("".join(tr_texts + te_texts))))  # the CTC head's alphabet (+ blank)
+    tr_pos, tr_pad = audio_positions(tr_rows)
+    te_pos, te_pad = audio_positions(te_rows)
+    lab, lab_pad = char_labels(tr_texts, chars)
+    feasible = np.mean(LABELS_PER_POSITION * (tr_pad == 0).sum(1) >= (lab_pad == 0).sum(1))
+    print(f"{len(tr_texts) // len(prompts)} train clips x {len(prompts)} prompts / {len(te_texts)} test clips; "
+          f"CTC-feasible at {LABELS_PER_POSITION} labels per audio position: {feasible:.2f}")
+    table = []
+    for w in [float(x) for x in a.ctc.split(",")]:
+        print(f"CTC weight {w}:", flush=True)
+        params, head_params, head = train(runner, tr_rows, tr_pos, tr_pad, lab, lab_pad, chars, steps=a.steps,
+                                          batch=a.batch, lr=a.lr, ctc=w, seed=a.seed, layer=a.layer)
+        cells = []
+        for split in ("test", "train"):
+            refs, hyps = transcribe(runner, params, split, a.eval)
+            print(f"  {split}: {refs[0]!r} -> {hyps[0]!r}", flush=True)
+            cells.append(score(refs, hyps))
+        read = ctc_read(runner, params, head, head_params, te_rows, te_pos, te_pad, chars, a.layer) if w else None
+        ctc_cell = f"{jiwer.cer(te_texts, read):.3f}" if read else "-"
+        table.append(f"| {w} | " + " | ".join(cells) + f" | {ctc_cell} |")
+    print(f"\n{a.steps} ASR-only steps of {a.batch} clips from step {a.step} of {a.workdir}, lr {a.lr}, CTC head "
+          f"after layer {a.layer or 'last'}; "
+          f"first {a.eval} clips per split, greedy, the evaluation's prompt:")
+    print("| CTC weight | test CER | template | colour | shape | number "
+          "| train CER | template | colour | shape | number | CTC head test CER |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    main()
