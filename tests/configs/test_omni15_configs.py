@@ -104,6 +104,8 @@ def _expected_lr(name, group, size):
         return lr
     if name == "image_text_2":
         return 2e-3  # tiny: the rate at which the LLM learns to read the picture (stages.TINY_IMAGE_TEXT_2)
+    if name == "image_audio_text_2":
+        return 2e-3  # tiny: stages.TINY_IMAGE_AUDIO_TEXT_2_LR
     return min(lr * 30.0, 3e-3)  # tiny: LR_SCALE 30, LR_CAP 3e-3
 
 
