@@ -61,6 +61,24 @@ def heard_words(hyp: str, ref: str) -> list[tuple[str, bool]]:
     return list(zip(words, ok))
 
 
+def transcripts(runner, split: str, limit: int) -> list[tuple[str, str]]:
+    """(reference, reply) for the first `limit` clips of the speech split: the evaluation's first
+    ASR prompt, greedy, up to 64 tokens."""
+    from omni_jax.data import default_dataset
+    from omni_jax.data.formats import DEFAULT_PROMPTS
+    from omni_jax.generate.omni_infer import Prompt
+    from omni_jax.generate.sampling import SamplingParams
+
+    out = []
+    for n, (_, ex) in enumerate(default_dataset.generate("speech", split)):
+        if n == limit:
+            break
+        hyp = runner.respond(Prompt(text=DEFAULT_PROMPTS["asr"][0], audio=[ex["audio"]]), max_new_tokens=64,
+                             text=SamplingParams(do_sample=False)).text.strip()
+        out.append((ex["transcript"], hyp))
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", required=True, help="a trained omni_jax omni workdir (1.5 or v1)")
@@ -70,9 +88,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
 
     from omni_jax.data import default_dataset
-    from omni_jax.data.formats import DEFAULT_PROMPTS
-    from omni_jax.generate.omni_infer import OmniRunner, Prompt
-    from omni_jax.generate.sampling import SamplingParams
+    from omni_jax.generate.omni_infer import OmniRunner
     from omni_jax.tasks.omni_eval import char_error_rate, word_error_rate
 
     runner = OmniRunner.load(a.workdir, step=a.step)
@@ -82,12 +98,7 @@ def main(argv=None) -> None:
     cer, wer, examples = collections.defaultdict(list), collections.defaultdict(list), {}
     confusions = collections.Counter()
     for split in splits:
-        for n, (_, ex) in enumerate(default_dataset.generate("speech", split)):
-            if n == a.limit:
-                break
-            hyp = runner.respond(Prompt(text=DEFAULT_PROMPTS["asr"][0], audio=[ex["audio"]]), max_new_tokens=64,
-                                 text=SamplingParams(do_sample=False)).text.strip()
-            ref = ex["transcript"]
+        for ref, hyp in transcripts(runner, split, a.limit):
             seen = split != "train" and ref in train_texts
             key = f"{split} (transcript also in train)" if seen else split
             cer[key].append(char_error_rate(hyp, ref))

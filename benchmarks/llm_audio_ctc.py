@@ -34,9 +34,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 LABELS_PER_POSITION = 2
 
 
-def asr_rows(runner, split: str, count: int, seq_len: int, prompt: str):
-    """The first `count` clips of the speech split as one-sample training rows with the given ASR
-    prompt (the training layout: formats.fmt_asr, load_media, write_sample)."""
+def asr_rows(runner, split: str, count: int, seq_len: int, prompts: tuple[str, ...]):
+    """The first `count` clips of the speech split as one-sample training rows, every clip once
+    with each ASR prompt, prompt-major (the training layout: formats.fmt_asr, load_media,
+    write_sample; each clip's audio is decoded once). Returns each row's transcript and the rows."""
     from omni_jax.data import default_dataset
     from omni_jax.data import formats as formats_lib
     from omni_jax.data.omni_batch import OmniShapes, empty_rows
@@ -44,9 +45,9 @@ def asr_rows(runner, split: str, count: int, seq_len: int, prompt: str):
 
     data = runner.config.data
     shapes0 = OmniShapes.from_config(data)
-    ctx = formats_lib.FormatContext(tokenizer=runner.tokenizer, media=runner.media,
-                                    chunk_samples=shapes0.chunk_samples, system=str(data.get("system", "") or ""),
-                                    prompts=(prompt,))
+    ctxs = [formats_lib.FormatContext(tokenizer=runner.tokenizer, media=runner.media,
+                                      chunk_samples=shapes0.chunk_samples, system=str(data.get("system", "") or ""),
+                                      prompts=(prompt,)) for prompt in prompts]
     shapes = dataclasses.replace(shapes0, seq_len=seq_len, max_patches=0, max_tiles=0, max_vision_items=0,
                                  max_audio_chunks=1, max_speech_chunks=0, speech_wave_rate=0)
     rng = np.random.default_rng(0)
@@ -56,13 +57,17 @@ def asr_rows(runner, split: str, count: int, seq_len: int, prompt: str):
         recs.append(ex)
         if len(recs) == count:
             break
-    rows = empty_rows(shapes, len(recs))
+    rows = empty_rows(shapes, len(recs) * len(prompts))
     for i, ex in enumerate(recs):
-        sample = formats_lib.fmt_asr(ex, ctx, rng, f"{split}-{i}")
-        if len(sample.ids) - 1 > seq_len:
-            raise ValueError(f"clip {i} of {split} needs {len(sample.ids) - 1} tokens: raise --seq_len")
-        write_sample(rows, i, RowCursor(), sample, load_media(sample, ctx), shapes, component=0)
-    return texts, rows
+        loaded = None
+        for k, ctx in enumerate(ctxs):
+            sample = formats_lib.fmt_asr(ex, ctx, rng, f"{split}-{i}")
+            if len(sample.ids) - 1 > seq_len:
+                raise ValueError(f"clip {i} of {split} needs {len(sample.ids) - 1} tokens: raise --seq_len")
+            if loaded is None:  # the same audio whatever the prompt
+                loaded = load_media(sample, ctx)
+            write_sample(rows, k * len(recs) + i, RowCursor(), sample, loaded, shapes, component=0)
+    return texts * len(prompts), rows
 
 
 def audio_positions(rows) -> tuple[np.ndarray, np.ndarray]:
@@ -78,29 +83,20 @@ def audio_positions(rows) -> tuple[np.ndarray, np.ndarray]:
     return pos, pad
 
 
-def char_labels(texts: list[str], chars: str) -> tuple[np.ndarray, np.ndarray]:
-    n = max(len(t) for t in texts)
-    lab = np.zeros((len(texts), n), np.int32)
-    pad = np.ones((len(texts), n), np.float32)
-    for i, t in enumerate(texts):
-        lab[i, :len(t)] = [chars.index(c) + 1 for c in t]
-        pad[i, :len(t)] = 0.0
-    return lab, pad
-
-
 def audio_states(task, params, state, b, layer: int):
     """The LLM's normed hidden states after decoder layer `layer` (0 = every layer, the final ones),
-    and the final ones."""
+    and the final ones (what `Omni15.hidden` gives)."""
     import dataclasses as dc
 
     import jax
 
     from omni_jax.models.qwen2 import Qwen2LM
 
-    h, _ = task.model.hidden(params, state, b)
+    x, _ = task.model.input_embeddings(params, state, b)  # the frozen tokenizer's codes, embedded: once
+    h, _ = task.model.llm.apply({"params": params["llm"]}, x, b["positions"], b["segment_ids"],
+                                method=Qwen2LM.hidden)
     if not layer or layer == task.model_cfg.llm.num_layers:
         return h, h
-    x, _ = task.model.input_embeddings(params, state, b)
     lp = dict(params["llm"], layers=jax.tree.map(lambda a: a[:layer], params["llm"]["layers"]))
     low = Qwen2LM(dc.replace(task.model_cfg.llm, num_layers=layer))
     hk, _ = low.apply({"params": lp}, x, b["positions"], b["segment_ids"], method=Qwen2LM.hidden)
@@ -167,7 +163,7 @@ def ctc_read(runner, params, head, head_params, rows, pos, pos_pad, chars: str, 
     import jax
     import jax.numpy as jnp
 
-    from omni_jax.tasks.audio_tokenizer import ctc_greedy
+    from speech_ctc_baseline import greedy
 
     task = runner.task
     fields = [k for k in task.fields if k in rows]
@@ -183,45 +179,30 @@ def ctc_read(runner, params, head, head_params, rows, pos, pos_pad, chars: str, 
     for s in range(0, len(pos), 16):
         b = {k: jnp.asarray(rows[k][s:s + 16]) for k in fields}
         lg = np.asarray(logits(b, jnp.asarray(pos[s:s + 16])))
-        for i in range(len(lg)):
-            keep = np.repeat(pos_pad[s + i], LABELS_PER_POSITION) == 0
-            out.append("".join(chars[j - 1] for j in ctc_greedy(lg[i][keep].argmax(-1), 0)))
+        out += greedy(lg, np.repeat(pos_pad[s:s + 16], LABELS_PER_POSITION, axis=1), chars)
     return out
 
 
 def transcribe(runner, params, split: str, limit: int) -> tuple[list[str], list[str]]:
-    from omni_jax.data import default_dataset
-    from omni_jax.data.formats import DEFAULT_PROMPTS
-    from omni_jax.generate.omni_infer import Prompt
-    from omni_jax.generate.sampling import SamplingParams
+    """References and greedy transcripts of the first `limit` clips (asr_errors.transcripts) with `params`."""
+    from asr_errors import transcripts
 
     saved, runner.params = runner.params, params
-    refs, hyps = [], []
     try:
-        for n, (_, ex) in enumerate(default_dataset.generate("speech", split)):
-            if n == limit:
-                break
-            refs.append(ex["transcript"])
-            hyps.append(runner.respond(Prompt(text=DEFAULT_PROMPTS["asr"][0], audio=[ex["audio"]]), max_new_tokens=64,
-                                       text=SamplingParams(do_sample=False)).text.strip())
+        pairs = transcripts(runner, split, limit)
     finally:
         runner.params = saved
-    return refs, hyps
+    return [r for r, _ in pairs], [h for _, h in pairs]
 
 
 def score(refs: list[str], hyps: list[str]) -> str:
+    """Table cells: CER | sentence template right | colour | shape | number words heard."""
     import jiwer
-    from asr_errors import heard_words, template, word_class
+    from asr_errors import template
+    from speech_ctc_baseline import content_accuracy
 
-    hit = {c: [0, 0] for c in ("colour", "shape", "number")}
-    for r, h in zip(refs, hyps):
-        for w, ok in heard_words(h, r):
-            c = word_class(w)
-            if c in hit:
-                hit[c][0] += ok
-                hit[c][1] += 1
     tmpl = np.mean([template(h) == template(r) for r, h in zip(refs, hyps)])
-    words = " | ".join(f"{a / max(t, 1):.2f}" for a, t in hit.values())
+    words = " | ".join(f"{v:.2f}" for v in content_accuracy(refs, hyps).values())
     return f"{jiwer.cer(refs, hyps):.2f} | {tmpl:.2f} | {words}"
 
 
@@ -242,16 +223,18 @@ def main(argv=None) -> None:
 
     import jiwer
 
+    from speech_ctc_baseline import char_labels
+
     from omni_jax.data.formats import DEFAULT_PROMPTS
     from omni_jax.generate.omni_infer import OmniRunner
 
     runner = OmniRunner.load(a.workdir, step=a.step)
 
-    prompts = DEFAULT_PROMPTS["asr"]  # every training clip once with each prompt, as the stage samples them
-    built = [asr_rows(runner, "train", 240, a.seq_len, q) for q in prompts]
-    tr_texts = [t for texts, _ in built for t in texts]
-    tr_rows = {k: np.concatenate([rows[k] for _, rows in built]) for k in built[0][1]}
-    te_texts, te_rows = asr_rows(runner, "test", 40, a.seq_len, prompts[0])
+    # every training clip once with each prompt (the pipeline gives a record the same prompt in every
+    # epoch, formats.py); the test clips with the evaluation's prompt
+    prompts = tuple(DEFAULT_PROMPTS["asr"])
+    tr_texts, tr_rows = asr_rows(runner, "train", 240, a.seq_len, prompts)
+    te_texts, te_rows = asr_rows(runner, "test", 40, a.seq_len, prompts[:1])
     chars = "".join(sorted(set("".join(tr_texts + te_texts))))  # the CTC head's alphabet (+ blank)
     tr_pos, tr_pad = audio_positions(tr_rows)
     te_pos, te_pad = audio_positions(te_rows)

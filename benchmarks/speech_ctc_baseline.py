@@ -43,18 +43,25 @@ def load(split: str, count: int) -> tuple[list[str], list[np.ndarray]]:
     return texts, mels
 
 
+def char_labels(texts: list[str], chars: str) -> tuple[np.ndarray, np.ndarray]:
+    """CTC labels (N, L): each transcript's characters as 1 + their index in `chars` (0 = blank),
+    and their padding (N, L) (1 = pad)."""
+    n_lab = max(len(s) for s in texts)
+    lab = np.zeros((len(texts), n_lab), np.int32)
+    lab_pad = np.ones((len(texts), n_lab), np.float32)
+    for i, s in enumerate(texts):
+        lab[i, :len(s)], lab_pad[i, :len(s)] = [chars.index(c) + 1 for c in s], 0.0
+    return lab, lab_pad
+
+
 def batchify(texts, mels, chars: str, stride: int):
     """Padded arrays: mel (N, T, 128), its padding (N, T), labels (N, L), their padding (N, L)."""
     t = -(-max(len(m) for m in mels) // stride) * stride
-    n_lab = max(len(s) for s in texts)
     mel = np.zeros((len(mels), t, mels[0].shape[1]), np.float32)
     mel_pad = np.ones((len(mels), t), np.float32)
-    lab = np.zeros((len(texts), n_lab), np.int32)
-    lab_pad = np.ones((len(texts), n_lab), np.float32)
-    for i, (s, m) in enumerate(zip(texts, mels)):
+    for i, m in enumerate(mels):
         mel[i, :len(m)], mel_pad[i, :len(m)] = m, 0.0
-        lab[i, :len(s)], lab_pad[i, :len(s)] = [chars.index(c) + 1 for c in s], 0.0
-    return mel, mel_pad, lab, lab_pad
+    return (mel, mel_pad, *char_labels(texts, chars))
 
 
 def make_model(vocab: int, stride: int, d: int = 128, layers: int = 2, heads: int = 4):
