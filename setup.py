@@ -36,7 +36,7 @@ setup(
         "tpu": ["jax[tpu]~=0.10.2"],
         # the loss-curve plot of a reproducibility certificate (launch/certify.py)
         "certify": ["matplotlib>=3.8"],
-        "test": ["pytest>=8", "pytest-xdist>=3", "matplotlib>=3.8"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "matplotlib>=3.8", "pyflakes>=3"],
         # decoding video/audio files (mp4/webm/mkv) with FFmpeg through PyAV (omni_jax/data/video_io.py)
         "media": ["av>=14"],
     },

@@ -149,7 +149,7 @@ def main():
     for name in MIXTURES:
         rows += bench_pipeline(name, a.seq_len, a.rows, threads)
     print(f"\nPipeline (seq_len {a.seq_len}; planning once per run, footprints cached on disk)")
-    print(f"| mixture | how | samples/s | packed tokens/s | rows/s | token fill | planning s |")
+    print("| mixture | how | samples/s | packed tokens/s | rows/s | token fill | planning s |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['mixture']} | {r['how']} | {r['samples']:.1f} | {r['tokens']:.0f} | {r['rows']:.1f} | "

@@ -106,7 +106,7 @@ def main():
         print(f"| {k} | {v:.1f} | {v / budget:.0%} |")
     idle = budget - sum(kinds.values())
     print(f"| idle (waiting, python, dispatch) | {idle:.1f} | {idle / budget:.0%} |\n")
-    print(f"| thread-ms / step | calls / step | thunk | HLO shape | jax op |\n|---|---|---|---|---|")
+    print("| thread-ms / step | calls / step | thunk | HLO shape | jax op |\n|---|---|---|---|---|")
     for v, n, name, shape, op in top[:a.top]:
         print(f"| {v:.1f} | {n / a.steps:g} | {name} | {shape[:40]} | {op[-80:]} |")
 

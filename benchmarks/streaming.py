@@ -23,7 +23,6 @@ import time
 sys.path.insert(0, ".")
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 
 def build(size: str, d: str):

@@ -231,7 +231,6 @@ def global_batch_hashes(workdir: str) -> dict[int, str]:
     (the last line of a step per process counts), joined in global row order. A row fed by two
     processes (tensor / context spanning them) must hash the same in both."""
     import glob
-    import hashlib
 
     rows: dict[int, dict[int, str]] = {}
     for path in sorted(glob.glob(os.path.join(workdir, "batch_hashes.*.jsonl"))):
@@ -361,7 +360,6 @@ def certify(config_arg: str, config, workdir: str, *, steps: int | None = None, 
     ref = raw["scratch_1"]
 
     # (b) kill -9 schedule: a held async save, the stage boundary, then random steps
-    every = int(config.checkpoint.every)
     ckpt_steps = [s for s in ref["checkpoint_steps"] if s < steps] or [steps]
     boundaries = [int(b) for b in np.cumsum([config.stages[s].steps for s in config.stage_order])]
     schedule = []

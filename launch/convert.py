@@ -43,7 +43,6 @@ FLAGS = flags.FLAGS
 
 def export(config, workdir: str, out: str, flavour: str, dtype=None, step=None, max_shard_mb=5000) -> list[str]:
     import jax
-    from flax import linen as nn
 
     from omni_jax import sharding as shd
     from omni_jax.convert.safetensors_io import save_state_dict

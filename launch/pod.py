@@ -24,7 +24,6 @@ command runs (gcloud ssh; kubectl apply -f <manifest>; sbatch <script>) and its 
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import subprocess

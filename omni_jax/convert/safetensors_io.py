@@ -22,13 +22,12 @@ _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 def _safetensors():
     try:
-        import safetensors.numpy  # noqa: F401
+        import safetensors.numpy as stn
         from safetensors import safe_open
     except ImportError as e:  # pragma: no cover - exercised only without the extra
         raise ImportError(
             "safetensors is needed to read or write PyTorch weights: pip install 'omni_jax[torch]'"
         ) from e
-    import safetensors.numpy as stn
     return stn, safe_open
 
 

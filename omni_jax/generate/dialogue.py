@@ -18,7 +18,6 @@ attended by nobody. The conversation so far is never re-encoded.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp

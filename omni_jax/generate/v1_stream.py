@@ -29,7 +29,7 @@ trained it, True requires it, False never uses it; explicit events and the time-
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 

@@ -32,7 +32,6 @@ Implementations (`impl`):
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp

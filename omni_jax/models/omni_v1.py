@@ -37,7 +37,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omni_jax.models import release_inputs
 from omni_jax.models.omni import check_fit, embed_release_style, parts_from_config, place, release_style_hidden
 from omni_jax.models.release_inputs import placeholder_ids
 from omni_jax.models.config import xla_attention

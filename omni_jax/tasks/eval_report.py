@@ -24,6 +24,7 @@ Plots use matplotlib's Agg canvas directly (no pyplot: the caller's backend is l
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
 import os
@@ -239,11 +240,8 @@ def write_report(task, workdir, results: dict[str, Any], step: int | None = None
     images: dict[str, bytes] = {}
     audio: dict[str, tuple[np.ndarray, int]] = {}
     plots, notes = [], []
-    try:
-        import matplotlib  # noqa: F401
-        have_plots = True
-    except ImportError:
-        have_plots = False
+    have_plots = importlib.util.find_spec("matplotlib") is not None
+    if not have_plots:
         notes.append("Plots skipped: matplotlib is not installed (`pip install matplotlib`).")
         log.warning("eval report: matplotlib is not installed, no plots (pip install matplotlib)")
     if have_plots:

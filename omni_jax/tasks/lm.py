@@ -14,7 +14,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from omni_jax.models.qwen2 import Qwen2Config, Qwen2LM
 from omni_jax.tasks.base import Task

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from omni_jax.data.omni_batch import TEXT_FIELDS, OmniShapes, batch_spec

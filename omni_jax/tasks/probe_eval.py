@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
 from omni_jax.data.audio_features import encode_wav

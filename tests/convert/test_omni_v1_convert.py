@@ -15,7 +15,6 @@ from omni_jax import sharding as shd
 from omni_jax.convert.mapping import ConversionError
 from omni_jax.convert.omni_v1 import import_hf_parts
 from omni_jax.models.omni_v1 import OmniV1, OmniV1Config
-from omni_jax.models.qwen2 import Qwen2LM
 from omni_jax.models.siglip import Siglip
 from tests.reference_models import TINY_QWEN2, tiny_hf_qwen2
 from tests.vision_reference import TINY_SIGLIP, _randomise

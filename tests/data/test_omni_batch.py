@@ -9,7 +9,7 @@ from PIL import Image
 
 from configs import common
 from omni_jax.data import media
-from omni_jax.data.audio_features import release_chunk_features, decode_wav, encode_wav, log_mel
+from omni_jax.data.audio_features import release_chunk_features, decode_wav, encode_wav
 from omni_jax.data.media_io import frames_to_tokens
 from omni_jax.data.omni_batch import OmniShapes, field_specs, merge_window_positions
 from omni_jax.data.omni_pipeline import OmniPipeline, make_omni_iterator
@@ -54,7 +54,6 @@ def image_rows():
 
 def test_vision_patches_positions_and_gather_indices(image_rows):
     recs, pipe, b = image_rows
-    by_id = {r["id"]: r for r in recs}
     tok = ByteTokenizer()
     img_pad = tok.special("img_pad")
     seen = 0

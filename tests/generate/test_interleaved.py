@@ -16,7 +16,7 @@ from omni_jax.convert.mapping import import_params
 from omni_jax.data.tokenizer import ByteTokenizer
 from omni_jax.generate.interleaved import (GenerationConfig, SpecialIds, SpeechModels, left_pad, make_generate,
                                            split_rows, text_of)
-from omni_jax.generate.sampling import SamplingParams, mark_seen
+from omni_jax.generate.sampling import SamplingParams
 from omni_jax.models.audio_head import AudioEmbed, AudioHead, AudioHeadConfig
 from omni_jax.models.qwen2 import Qwen2Config, Qwen2LM
 from tests.reference_models import state_dict_numpy, tiny_hf_qwen2

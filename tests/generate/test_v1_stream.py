@@ -4,8 +4,6 @@ equals `respond` on the same content all at once (greedy); end-of-audio rules; b
 
 import io
 
-import jax
-import numpy as np
 import pytest
 from PIL import Image
 

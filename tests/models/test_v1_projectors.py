@@ -120,7 +120,6 @@ def test_config_errors():
 
 
 def test_v1_tower_tree_composition_and_sharding_on_8_devices():
-    from flax import linen as nn
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from omni_jax.models.siglip import SiglipConfig

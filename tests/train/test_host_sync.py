@@ -4,7 +4,6 @@ one process makes every process save the same step (tests/train/test_multiproces
 that through launch.train)."""
 
 import json
-import os
 import sys
 
 from omni_jax.data.errors import DataErrorBudgetExceeded
