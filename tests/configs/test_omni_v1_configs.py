@@ -58,6 +58,21 @@ def test_tiny_image_language_3_reads_pictures_and_7b_keeps_the_published_mixture
     assert tiny.data.mixture.caption.dataset == big.data.mixture.caption.dataset  # same records, reweighted
 
 
+@pytest.mark.parametrize("size,want", [
+    # tiny / test: the encoder at the projector's rate, omni_alignment at 2e-3 (stages.TINY_*; README),
+    # sft at the scaled published rate; small: the published rates x10; 7b: as published / our choice
+    ("tiny", dict(projector=3e-3, encoder=3e-3, omni_alignment=2e-3, sft=3e-4)),
+    ("test", dict(projector=3e-3, encoder=3e-3, omni_alignment=2e-3, sft=3e-4)),
+    ("small", dict(projector=1e-3, encoder=1e-4, omni_alignment=1e-4, sft=1e-4)),
+    ("7b", dict(projector=1e-4, encoder=1e-5, omni_alignment=1e-5, sft=1e-5)),
+])
+def test_audio_stage_rates_per_size(size, want):
+    st = pipeline.get_config(size).stages
+    got = dict(projector=st.audio_language.groups.projector.lr, encoder=st.audio_language.groups.encoder.lr,
+               omni_alignment=st.omni_alignment.groups.all.lr, sft=st.sft.groups.all.lr)
+    assert got == pytest.approx(want, rel=1e-12), (size, got)
+
+
 @pytest.mark.parametrize("name", sorted(n for n in stages.STAGES if n != "text_pretrain"))
 def test_single_stage_configs_build(name):
     c = importlib.import_module(f"configs.omni_v1.{name}").get_config("tiny")
