@@ -265,15 +265,6 @@ def empty_rows(shapes: OmniShapes, rows: int) -> dict[str, np.ndarray]:
     return {k: np.full(s, _FILL.get(k, 0), dt) for k, (s, dt, _) in field_specs(shapes, rows).items()}
 
 
-def merge_window_positions(grid_h: int, grid_w: int) -> np.ndarray:
-    """(h, w) of each patch in 2x2 merge-window order (Qwen2-VL's rot_pos_emb), (h*w, 2)."""
-    m = media.MERGE
-    hh, ww = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
-    def order(x):
-        return x.reshape(grid_h // m, m, grid_w // m, m).transpose(0, 2, 1, 3).reshape(-1)
-    return np.stack([order(hh), order(ww)], -1).astype(np.int32)
-
-
 def describe(batch: Mapping[str, np.ndarray]) -> str:
     """One line per field: name, shape, dtype (for logs and error messages)."""
     return "\n".join(f"  {k}: {tuple(v.shape)} {v.dtype}" for k, v in batch.items())

@@ -39,6 +39,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from omni_jax.data import formats as formats_lib
+from omni_jax.data import media
 from omni_jax.data import omni_batch
 from omni_jax.data.errors import DataError, ErrorBudget, report as errors_report
 from omni_jax.data.iterator import StepIndexedIterator, local_rows
@@ -48,6 +49,7 @@ from omni_jax.data.mixture import ComponentPlan, mixed_rows, parse_mixture, plan
 from omni_jax.data.omni_batch import OmniShapes
 from omni_jax.data.sources import open_source
 from omni_jax.data.tokenizer import make_tokenizer
+from omni_jax.models.navit import patch_positions
 
 log = logging.getLogger("omni_jax.data")
 
@@ -143,7 +145,7 @@ def write_sample(out: dict[str, np.ndarray], i: int, cur: RowCursor, sample: Sam
         k = patches.shape[0]
         p = cur.patch
         out["vision_patches"][i, p:p + k] = patches
-        out["vision_positions"][i, p:p + k] = omni_batch.merge_window_positions(grid[1], grid[2])
+        out["vision_positions"][i, p:p + k] = patch_positions(grid, media.MERGE)
         out["vision_segment_ids"][i, p:p + k] = cur.item + 1
         out["vision_grids"][i, cur.item] = grid
         out["vision_token_index"][i, base + span.positions] = p // 4 + np.arange(k // 4)

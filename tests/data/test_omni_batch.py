@@ -11,11 +11,12 @@ from configs import common
 from omni_jax.data import media
 from omni_jax.data.audio_features import release_chunk_features, decode_wav, encode_wav
 from omni_jax.data.media_io import frames_to_tokens
-from omni_jax.data.omni_batch import OmniShapes, field_specs, merge_window_positions
+from omni_jax.data.omni_batch import OmniShapes, field_specs
 from omni_jax.data.omni_pipeline import OmniPipeline, make_omni_iterator
 from omni_jax.data.sources import register_memory_source
 from omni_jax.data.tokenizer import ByteTokenizer
 from omni_jax.data.vision_preprocessing import CLIP_MEAN, CLIP_STD
+from omni_jax.models.navit import patch_positions
 
 
 def png(a: np.ndarray) -> bytes:
@@ -96,7 +97,8 @@ def test_merge_window_order_matches_qwen2_vl():
     hpos = torch.arange(h).unsqueeze(1).expand(-1, w).reshape(h // m, m, w // m, m).permute(0, 2, 1, 3).flatten()
     wpos = torch.arange(w).unsqueeze(0).expand(h, -1).reshape(h // m, m, w // m, m).permute(0, 2, 1, 3).flatten()
     ref = torch.stack([hpos, wpos], -1).numpy()
-    assert np.array_equal(merge_window_positions(h, w), ref)
+    assert np.array_equal(patch_positions((1, h, w), m), ref)
+    assert np.array_equal(patch_positions((3, h, w), m), np.tile(ref, (3, 1)))  # each temporal patch alike
 
 
 @pytest.fixture(scope="module")
