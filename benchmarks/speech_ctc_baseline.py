@@ -106,6 +106,36 @@ def content_accuracy(refs: list[str], hyps: list[str]) -> dict[str, float]:
     return {k: hit[k] / max(total[k], 1) for k in classes}
 
 
+def fit(loss_fn, params, arrays, steps: int, lr: float, batch: int, seed: int = 0, log=None):
+    """`steps` AdamW steps (warm-up + cosine to lr / 20, gradient clip 1.0, weight decay 1e-2) of
+    loss_fn(params, *batch) on random rows of `arrays` (drawn with default_rng(seed)). Returns the
+    params, the loss every 100 steps and the seconds spent; log(step, loss, seconds) every 100 steps."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(100, steps // 10), steps, lr / 20)
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=1e-2))
+    state = opt.init(params)
+
+    @jax.jit
+    def step(p, s, *b):
+        loss, g = jax.value_and_grad(loss_fn)(p, *b)
+        u, s = opt.update(g, s, p)
+        return optax.apply_updates(p, u), s, loss
+
+    n, rng = len(arrays[0]), np.random.default_rng(seed)
+    t0, losses = time.time(), []
+    for i in range(steps):
+        idx = rng.choice(n, size=batch, replace=n < batch)
+        params, state, loss = step(params, state, *(jnp.asarray(a[idx]) for a in arrays))
+        if (i + 1) % 100 == 0:
+            losses.append(float(loss))
+            if log is not None:
+                log(i + 1, losses[-1], time.time() - t0)
+    return params, losses, time.time() - t0
+
+
 def run(train_clips: int, stride: int, steps: int, batch: int, lr: float, data) -> dict:
     import jax
     import jax.numpy as jnp
@@ -121,30 +151,14 @@ def run(train_clips: int, stride: int, steps: int, batch: int, lr: float, data) 
     frames = (tr[1] == 0).sum(1) // stride
     feasible = float(np.mean(frames >= (tr[3] == 0).sum(1)))
     params = model.init(jax.random.PRNGKey(0), jnp.asarray(tr[0][:2]), jnp.asarray(tr[1][:2]))
-    sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(100, steps // 10), steps, lr / 20)
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=1e-2))
-    state = opt.init(params)
 
     def loss_fn(p, mel, mel_pad, lab, lab_pad):
         logits, pad = model.apply(p, mel, mel_pad)
         per = optax.ctc_loss(logits, pad, lab, lab_pad)
         return jnp.sum(per) / jnp.sum(1 - lab_pad)  # nats per character
 
-    @jax.jit
-    def step(p, s, *b):
-        loss, g = jax.value_and_grad(loss_fn)(p, *b)
-        u, s = opt.update(g, s, p)
-        return optax.apply_updates(p, u), s, loss
-
+    params, losses, train_s = fit(loss_fn, params, tr, steps, lr, batch)
     apply = jax.jit(model.apply)
-    rng = np.random.default_rng(0)
-    t0, losses = time.time(), []
-    for i in range(steps):
-        idx = rng.choice(len(tr_texts), size=batch, replace=len(tr_texts) < batch)
-        params, state, loss = step(params, state, *(jnp.asarray(a[idx]) for a in tr))
-        if (i + 1) % 100 == 0:
-            losses.append(float(loss))
-    train_s = time.time() - t0
 
     def decode(arrays, texts):
         hyps = []

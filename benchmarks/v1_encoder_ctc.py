@@ -10,8 +10,8 @@ bring: it copies the checkpoint `--step` of the v1 run `--src` (a stage end befo
 until then) into `--workdir`, and runs the rest of the pipeline from there with `launch.train`,
 with one addition: on entering audio_language, the encoder is first trained alone with a CTC loss
 of the transcript's characters (a scratch linear head on its 20 ms frames; the embedded speech
-train split's 240 clips, 16 per step, AdamW, warm-up + cosine; benchmarks/speech_ctc_baseline.py's
-features, labels and decoding), and that CTC head's held-out CER is printed. The pipeline's own
+train split's 240 clips, 16 per step; benchmarks/speech_ctc_baseline.py's features, labels,
+training loop `fit` (AdamW, warm-up + cosine) and decoding), and that CTC head's held-out CER is printed. The pipeline's own
 evaluation at the end (eval.json, report) then says what reached the LLM. The hook is a warm start
 registered by this script only (omni_jax/train/warm_start.py); nothing is written back to the
 package. Everything after the hook is the config's pipeline unchanged (overrides as for
@@ -24,7 +24,6 @@ import argparse
 import os
 import shutil
 import sys
-import time
 
 import numpy as np
 
@@ -68,22 +67,8 @@ def ctc_pretrain(encoder_cfg, encoder_params, steps: int, lr: float, seed: int =
         logits, pad = forward(p, mel, n)
         return jnp.sum(optax.ctc_loss(logits, pad, lab, lab_pad)) / jnp.sum(1 - lab_pad)  # nats per character
 
-    sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(100, steps // 10), steps, lr / 20)
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=1e-2))
-    state = opt.init(p)
-
-    @jax.jit
-    def step(p, s, *b):
-        loss, g = jax.value_and_grad(loss_fn)(p, *b)
-        u, s = opt.update(g, s, p)
-        return optax.apply_updates(p, u), s, loss
-
-    rng, t0 = np.random.default_rng(seed), time.time()
-    for i in range(steps):
-        idx = rng.choice(len(tr_texts), size=16, replace=False)
-        p, state, loss = step(p, state, *(jnp.asarray(a[idx]) for a in tr))
-        if (i + 1) % 100 == 0:
-            print(f"{HOOK}: step {i + 1}, CTC loss {float(loss):.3f} nats/char ({time.time() - t0:.0f} s)", flush=True)
+    p, _, _ = scb.fit(loss_fn, p, tr, steps, lr, 16, seed, log=lambda i, loss, secs: print(
+        f"{HOOK}: step {i}, CTC loss {loss:.3f} nats/char ({secs:.0f} s)", flush=True))
     fwd = jax.jit(forward)
     for name, a, texts in (("test", te, te_texts), ("train", tuple(x[:40] for x in tr), tr_texts[:40])):
         logits, pad = fwd(p, jnp.asarray(a[0]), jnp.asarray(a[1]))

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from omni_jax.data import media
-from omni_jax.models.navit import patch_positions  # noqa: F401  (re-exported: the pipeline packs rows with it)
+from omni_jax.models.navit import patch_positions
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
