@@ -1,14 +1,15 @@
 """What keeps the LLM from reading the shape? Focused image QA runs from a checkpoint (issue #14).
 
   python benchmarks/shape_qa_focus.py --workdir=runs/omni15_tiny --out=/tmp/focus \
-      [--step=1140 --encoder=supervised --kinds=shape,colour --vision_lr=2e-3 --steps=200]
+      [--step=2400 --encoder=supervised --kinds=shape,colour --vision_lr=2e-3 --steps=200]
 
 The main job answers 'what shape is C?' at chance (benchmarks/README.md, "Why the shape is not
 read"). This trains the run's own image_text_2 stage (the trainer, the run's config.json: LLM +
-bridge and vision encoder at their stage rates) from the run's checkpoint `--step` (default 1140:
-after the vocoder, the vision encoder still at its random initialisation; image_text_1 is skipped)
-for `--steps` steps on ONE-SHAPE train pictures asked only the question kinds of `--kinds` (one
-in-memory record per picture and kind: 'shape' = what shape is C?, 'colour' = what colour is
+bridge and vision encoder at their stage rates) from the run's checkpoint `--step` (default: where
+image_text_1 starts, 2400 in the default run since 5 Dec, 1140 before: after the vocoder, the
+vision encoder still at its random initialisation; image_text_1 is skipped) for `--steps` steps
+on ONE-SHAPE train pictures asked only the question kinds of `--kinds` (one in-memory record per
+picture and kind: 'shape' = what shape is C?, 'colour' = what colour is
 the S?, 'size' = is the C S big or small?), into a new workdir `--out`; then prints
 benchmarks/image_qa_kinds.py's table for the first 100 test and train records.
 
@@ -74,7 +75,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", required=True, help="a trained omni_jax 1.5 run of configs/omni15/pipeline.py")
     p.add_argument("--out", required=True, help="a new workdir for the focused run")
-    p.add_argument("--step", type=int, default=1140, help="the checkpoint to start from (before image_text_1)")
+    p.add_argument("--step", type=int, default=None,
+                   help="the checkpoint to start from: where image_text_1 starts (default: that step of the run)")
     p.add_argument("--steps", type=int, default=200, help="image_text_2 steps")
     p.add_argument("--kinds", default="shape",
                    help="comma-separated kinds of default_dataset.OBJECT_QUESTIONS (shape, colour, size)")
@@ -101,6 +103,7 @@ def main(argv=None) -> None:
     if "image_text_1" not in names or "image_text_2" not in names:
         raise SystemExit(f"{a.workdir} has no image_text_1 / image_text_2 stage (stages: {names})")
     start = sum(int(c.stages[s].steps) for s in names[:names.index("image_text_1")])
+    a.step = start if a.step is None else a.step
     if a.step != start:
         raise SystemExit(f"--step={a.step}: the focused run resumes where image_text_1 starts in this run, "
                          f"step {start}; pass --step={start}")

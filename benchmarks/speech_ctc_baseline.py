@@ -136,18 +136,17 @@ def fit(loss_fn, params, arrays, steps: int, lr: float, batch: int, seed: int = 
     return params, losses, time.time() - t0
 
 
-def run(train_clips: int, stride: int, steps: int, batch: int, lr: float, data) -> dict:
+def train_recogniser(texts: list[str], mels: list[np.ndarray], chars: str, stride: int, steps: int, batch: int,
+                     lr: float, cache: str | None = None):
+    """The recogniser (module docstring) trained on (texts, mels) with `fit`. Returns transcribe(mels)
+    -> greedy transcripts (in chunks of 32 clips) and {feasible, train_s, loss_curve}. `cache`: a
+    file of its trained parameters, read when it exists (no training), written after training."""
     import jax
     import jax.numpy as jnp
-    import jiwer
     import optax
 
-    (tr_texts, tr_mels), (te_texts, te_mels) = data["train"], data["test"]
-    tr_texts, tr_mels = tr_texts[:train_clips], tr_mels[:train_clips]
-    chars = "".join(sorted(set("".join(tr_texts + te_texts))))
     model = make_model(len(chars) + 1, stride)
-    tr = batchify(tr_texts, tr_mels, chars, stride)
-    te = batchify(te_texts, te_mels, chars, stride)
+    tr = batchify(texts, mels, chars, stride)
     frames = (tr[1] == 0).sum(1) // stride
     feasible = float(np.mean(frames >= (tr[3] == 0).sum(1)))
     params = model.init(jax.random.PRNGKey(0), jnp.asarray(tr[0][:2]), jnp.asarray(tr[1][:2]))
@@ -157,21 +156,42 @@ def run(train_clips: int, stride: int, steps: int, batch: int, lr: float, data) 
         per = optax.ctc_loss(logits, pad, lab, lab_pad)
         return jnp.sum(per) / jnp.sum(1 - lab_pad)  # nats per character
 
-    params, losses, train_s = fit(loss_fn, params, tr, steps, lr, batch)
+    if cache and os.path.exists(cache):
+        from flax import serialization
+
+        with open(cache, "rb") as f:
+            params, losses, train_s = serialization.from_bytes(params, f.read()), [], 0.0
+    else:
+        params, losses, train_s = fit(loss_fn, params, tr, steps, lr, batch)
+        if cache:
+            from flax import serialization
+
+            with open(cache, "wb") as f:
+                f.write(serialization.to_bytes(params))
     apply = jax.jit(model.apply)
 
-    def decode(arrays, texts):
+    def transcribe(clip_mels: list[np.ndarray]) -> list[str]:
+        mel, mel_pad = batchify(["x"] * len(clip_mels), clip_mels, "x", stride)[:2]
         hyps = []
-        for s in range(0, len(texts), 32):
-            logits, pad = apply(params, jnp.asarray(arrays[0][s:s + 32]), jnp.asarray(arrays[1][s:s + 32]))
+        for s in range(0, len(clip_mels), 32):
+            logits, pad = apply(params, jnp.asarray(mel[s:s + 32]), jnp.asarray(mel_pad[s:s + 32]))
             hyps += greedy(np.asarray(logits), np.asarray(pad), chars)
         return hyps
 
-    out = {"train_clips": len(tr_texts), "stride": stride, "feasible": feasible, "train_s": train_s,
-           "loss_curve": losses}
-    for name, arrays, texts in (("test", te, te_texts), ("train", tr, tr_texts)):
+    return transcribe, {"feasible": feasible, "train_s": train_s, "loss_curve": losses}
+
+
+def run(train_clips: int, stride: int, steps: int, batch: int, lr: float, data) -> dict:
+    import jiwer
+
+    (tr_texts, tr_mels), (te_texts, te_mels) = data["train"], data["test"]
+    tr_texts, tr_mels = tr_texts[:train_clips], tr_mels[:train_clips]
+    chars = "".join(sorted(set("".join(tr_texts + te_texts))))
+    transcribe, info = train_recogniser(tr_texts, tr_mels, chars, stride, steps, batch, lr)
+    out = {"train_clips": len(tr_texts), "stride": stride, **info}
+    for name, mels, texts in (("test", te_mels, te_texts), ("train", tr_mels, tr_texts)):
         k = min(len(texts), 80)
-        hyps = decode(tuple(a[:k] for a in arrays), texts[:k])
+        hyps = transcribe(mels[:k])
         out[name] = dict(cer=jiwer.cer(texts[:k], hyps), wer=jiwer.wer(texts[:k], hyps),
                          exact=float(np.mean([h == r for h, r in zip(hyps, texts[:k])])),
                          words=content_accuracy(texts[:k], hyps), example=(texts[0], hyps[0]))

@@ -21,7 +21,7 @@ ORDER = ("text_pretrain", "audio_tokenizer", "flow_matching", "vocoder", "image_
          "image_audio_text_1", "image_audio_text_2", "omni_pretrain", "sft_1", "sft_2")
 STEPS = {
     "test": dict.fromkeys(ORDER, 2),
-    "tiny": dict(text_pretrain=200, audio_tokenizer=800, flow_matching=80, vocoder=60, image_text_1=40,
+    "tiny": dict(text_pretrain=200, audio_tokenizer=800, flow_matching=600, vocoder=800, image_text_1=40,
                  image_text_2=450, image_audio_text_1=100, image_audio_text_2=100, omni_pretrain=100, sft_1=150,
                  sft_2=100),
     "small": dict(text_pretrain=4000, audio_tokenizer=3000, flow_matching=2000, vocoder=2000, image_text_1=500,

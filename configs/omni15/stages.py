@@ -80,11 +80,23 @@ def audio_tokenizer(c, steps):
         groups=dict(audio=common.stage_group(2e-4, c.size)), grad_clip_norm=1.0))  # unpublished: our choice
 
 
+# the speech decoders learn the embedded speech (omni_jax/data/speech_decoder_data.py): the flow-matching
+# decoder from the run's own tokenizer states of it, the vocoder from its waveforms. On the synthetic
+# sets the main job's replies decoded to noise (benchmarks/speech_intelligibility.py, README #14)
+SPEECH_CLIP_SECONDS = 2.0
+
+
+def speech_data(**kw) -> dict:
+    """The tokenizer stage's utterance bank as the flow-matching / vocoder stages' rows."""
+    return dict(audio_tokenizer_tiny.get_config().data.to_dict(), source="speech", **kw)
+
+
 def flow_matching(c, steps):
-    """The flow-matching mel decoder in its own stage (task flow_matching; LLM frozen)."""
+    """The flow-matching mel decoder in its own stage (task flow_matching; LLM and tokenizer frozen),
+    conditioned on the run's tokenizer states of the embedded speech."""
     c.stages.flow_matching = ml_collections.ConfigDict(dict(
         steps=steps, task="flow_matching",
-        task_config=dict(data=dict(max_frames=48, num_units=12, corpus_seed=0, seed=0)),
+        task_config=dict(data=speech_data(chunk_seconds=SPEECH_CLIP_SECONDS)),
         # the prenet position table is stored but never used by the release (ARCHITECTURE.md 1.5)
         rules=partition({"fm": ("flow_matching/(?!prenet/positional_embedding).*",),
                          "frozen": ("flow_matching/prenet/positional_embedding",)}),
@@ -92,10 +104,11 @@ def flow_matching(c, steps):
 
 
 def vocoder(c, steps):
-    """The HiFT vocoder (task vocoder; the release ships it pretrained from CosyVoice 2)."""
+    """The HiFT vocoder (task vocoder; the release ships it pretrained from CosyVoice 2), on
+    stretches of the embedded speech."""
     c.stages.vocoder = ml_collections.ConfigDict(dict(
         steps=steps, task="vocoder",
-        task_config=dict(data=dict(frames=16, seed=0),
+        task_config=dict(data=speech_data(frames=16, chunk_seconds=SPEECH_CLIP_SECONDS),
                          loss=dict(mel_loss_weight=45.0, stft_loss_weight=1.0, f0_loss_weight=1.0)),
         rules=partition({"voc": ("vocoder",)}),
         groups=dict(voc=common.stage_group(2e-4, c.size, b1=0.8, b2=0.99)), grad_clip_norm=1.0))  # CosyVoice HiFT: 2e-4

@@ -126,6 +126,21 @@ def num_samples(text: str, voice: Voice = Voice(), sample_rate: int = SAMPLE_RAT
     return n
 
 
+def voiced_mask(text: str, voice: Voice = Voice(), sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """(len(synthesize(text, voice, sample_rate)),) bool: the samples `synthesize` renders at the
+    voice's pitch (vowels and the voiced consonants' murmur); the same segmentation as num_samples."""
+    seg = int(sample_rate / voice.chars_per_second)
+    out = []
+    for ch in text.lower():
+        if ch in _VOWELS or ch in _CONSONANTS:
+            out.append(np.full(seg, ch in _VOWELS or _CONSONANTS.index(ch) % 2 == 0))
+        elif ch in string.digits:
+            out.append(np.zeros(seg, bool))
+        else:
+            out.append(np.zeros(2 * seg if ch in ".,!?;:" else seg // 2, bool))
+    return np.concatenate(out) if out else np.zeros(0, bool)
+
+
 class TTS(Protocol):
     """The pluggable TTS interface. Optionally also `num_samples(text, voice_id) -> int`
     (the length of the waveform it would return), which lets pipelines plan rows
@@ -148,3 +163,8 @@ class BuiltinTTS:
 
     def num_samples(self, text: str, voice_id: int) -> int:
         return num_samples(text, self.voices[voice_id % len(self.voices)], self.sample_rate)
+
+    def pitch(self, text: str, voice_id: int) -> np.ndarray:
+        """Per sample of `self(text, voice_id)`: the voice's pitch in Hz where it is voiced, else 0."""
+        v = self.voices[voice_id % len(self.voices)]
+        return np.where(voiced_mask(text, v, self.sample_rate), v.pitch_hz, 0.0).astype(np.float32)

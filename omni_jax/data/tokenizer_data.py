@@ -77,6 +77,20 @@ class UtteranceBank:
             self._cache[i] = out
         return out
 
+    def pitch(self, i: int) -> np.ndarray:
+        """Per sample of utterance i's waveform: its voice's pitch in Hz where voiced, else 0
+        (a TTS without `pitch`: all 0, i.e. unvoiced)."""
+        wav, _, text = self.get(i)
+        if not hasattr(self._tts, "pitch"):
+            return np.zeros(len(wav), np.float32)
+        return self._tts.pitch(text, self._pairs[i][1])
+
+
+def utterance_of_row(row: int, seed: int, count: int) -> int:
+    """The utterance global row `row` reads: perm_e[row mod count], e = row // count, perm_e seeded by
+    (seed, e): every utterance once per pass, in a new order each pass."""
+    return int(np.random.default_rng([seed, row // count]).permutation(count)[row % count])
+
 
 def make_tokenizer_iterator(config: Any, *, start_step: int, process_index: int,
                             process_count: int, rows=None) -> StepIndexedIterator:
@@ -99,8 +113,7 @@ def make_tokenizer_iterator(config: Any, *, start_step: int, process_index: int,
                    text=np.zeros((n, d.max_text_tokens), np.int32), text_lengths=np.zeros((n,), np.int32),
                    stage_step=np.full((n,), step, np.int32))
         for j, r in enumerate((step * B + mine).tolist()):
-            perm = np.random.default_rng([d.seed, r // U]).permutation(U)
-            wav, ids, _ = bank.get(int(perm[r % U]))
+            wav, ids, _ = bank.get(utterance_of_row(r, d.seed, U))
             out["waveform"][j, : len(wav)] = wav
             out["num_samples"][j] = len(wav)
             out["text"][j, : len(ids)] = ids

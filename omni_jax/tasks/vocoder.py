@@ -9,6 +9,10 @@ Loss = mel_loss_weight * L1(log-mel(generated), mel) + stft_loss_weight * multi-
 STFT loss (per resolution: spectral convergence + mean |log magnitude difference|, averaged
 over resolutions and rows) + f0_loss_weight * L1(predicted f0, f0) (CosyVoice HiFiGan's
 generator terms without the adversarial and feature-matching ones: no discriminators here).
+
+`config.data.source`: "synthetic" (default; harmonic tones with vibrato and noise,
+omni_jax/data/synthetic_speech.py) or "speech" (stretches of the embedded speech with the
+synthesiser's pitch as f0, omni_jax/data/speech_decoder_data.py: what the model's replies sound like).
 """
 
 from __future__ import annotations
@@ -52,6 +56,11 @@ class VocoderTask(Task):
         self.model_cfg = HiFTConfig.from_dict(config.model.vocoder.to_dict(), "config.model.vocoder")
         self.model = HiFTGenerator(self.model_cfg)
         self.frames = int(config.data.frames)
+        self.source = str(config.data.get("source", "synthetic"))
+        if self.source not in ("synthetic", "speech"):
+            raise ValueError(f"config.data.source={self.source!r}; use 'synthetic' (harmonic tones, "
+                             "omni_jax/data/synthetic_speech.py) or 'speech' (the embedded speech, "
+                             "omni_jax/data/speech_decoder_data.py)")
         lw = config.get("loss", None)
         lw = lw.to_dict() if lw is not None else {}
         known = {"mel_loss_weight", "stft_loss_weight", "f0_loss_weight", "resolutions"}
@@ -99,10 +108,12 @@ class VocoderTask(Task):
         return loss, {"loss": loss, "mel_l1": mel, "mr_stft": st, "f0_l1": f0}
 
     def make_data(self, stage, *, start_step, process_index, process_count, rows=None):
+        from omni_jax.data.speech_decoder_data import make_speech_voice_iterator
         from omni_jax.data.synthetic_speech import make_voice_iterator
 
-        return make_voice_iterator(self.config, start_step=start_step, process_index=process_index,
-                                   process_count=process_count, rows=rows)
+        make = make_speech_voice_iterator if self.source == "speech" else make_voice_iterator
+        return make(self.config, start_step=start_step, process_index=process_index, process_count=process_count,
+                    rows=rows)
 
     def import_params(self, path, abstract_params):
         """A HiFT state dict in safetensors (weight-normed or folded names)."""
