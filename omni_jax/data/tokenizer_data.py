@@ -78,11 +78,12 @@ class UtteranceBank:
         return out
 
     def pitch(self, i: int) -> np.ndarray:
-        """Per sample of utterance i's waveform: its voice's pitch in Hz where voiced, else 0
-        (a TTS without `pitch`: all 0, i.e. unvoiced)."""
-        wav, _, text = self.get(i)
+        """Per sample of utterance i's waveform: its voice's pitch in Hz where voiced, else 0 (the
+        vocoder's f0 target; the TTS must say it: BuiltinTTS.pitch)."""
         if not hasattr(self._tts, "pitch"):
-            return np.zeros(len(wav), np.float32)
+            raise ValueError(f"{type(self._tts).__name__} has no pitch(text, voice_id): the vocoder's speech rows "
+                             "need the f0 of every sample; use BuiltinTTS or add pitch() to the TTS")
+        _, _, text = self.get(i)
         return self._tts.pitch(text, self._pairs[i][1])
 
 

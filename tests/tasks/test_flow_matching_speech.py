@@ -1,7 +1,7 @@
 """The flow-matching stage on the embedded speech (omni_jax/tasks/flow_matching.py, data.source =
 "speech"): its condition is the run's frozen tokenizer's 50 Hz decoder states of each clip, the
 states the synthesiser feeds the decoder when the model speaks; no gradient reaches the tokenizer;
-the valid frames are the fewer of the states' and the mel's."""
+the valid frames are the fewer of the states' and the mel's. Bad sources (and the vocoder's) are named."""
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +15,13 @@ from omni_jax.models.audio_tokenizer import AudioTokenizer
 from omni_jax.ops import mel_jax
 from omni_jax.tasks import get_task
 from omni_jax.train.trainer import parse_stages
+
+
+class _Tok:
+    eos_id = 1
+
+    def encode(self, text):
+        return [2] * len(text)
 
 
 def speech_config():
@@ -73,6 +80,17 @@ def test_loss_trains_the_decoder_only(setup):
 
 
 def test_bad_source_and_missing_tokenizer_are_named():
+    from configs import vocoder_tiny
+    from omni_jax.data.tokenizer_data import UtteranceBank
+
+    c = vocoder_tiny.get_config()
+    c.data.source = "speach"
+    with pytest.raises(ValueError, match=r"config.data.source='speach'; use 'synthetic'"):
+        get_task(c)
+    bank = UtteranceBank(num_utterances=2, max_samples=32000, max_text_tokens=56, tokenizer=_Tok(),
+                         tts=lambda text, voice: np.zeros(100, np.float32))
+    with pytest.raises(ValueError, match="has no pitch"):
+        bank.pitch(0)
     c = flow_matching_tiny.get_config()
     c.data.source = "speach"
     with pytest.raises(ValueError, match=r"config.data.source='speach'; use one of \('synthetic', 'speech'\)"):
