@@ -96,6 +96,26 @@ class StepIndexedIterator:
         self._reset(int(state["step"]))
 
 
+def global_rows_iterator(make_batch: Callable[[int, int], Mapping[str, np.ndarray]], fingerprint: str,
+                         batch_size: int, *, start_step: int, process_index: int, process_count: int,
+                         rows=None) -> StepIndexedIterator:
+    """A step-indexed iterator over this process's rows (`local_rows`) of batches whose global row
+    r is a pure function of r: make_batch(start, count) builds global rows start .. start + count - 1
+    (step s holds rows s * batch_size ...; each contiguous run of this process's rows is one call).
+    The iterator's fingerprint is the sha1 of `fingerprint` (a description of the data)."""
+    import hashlib
+
+    mine = local_rows(batch_size, process_index, process_count, rows)
+    runs = np.split(mine, np.flatnonzero(np.diff(mine) != 1) + 1)  # contiguous runs of rows
+    fp = hashlib.sha1(fingerprint.encode()).hexdigest()[:12]
+
+    def local_batch(step: int) -> dict[str, np.ndarray]:
+        parts = [make_batch(step * batch_size + int(r[0]), len(r)) for r in runs]
+        return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    return StepIndexedIterator(local_batch, start_step=start_step, fingerprint=fp)
+
+
 def local_rows(global_batch: int, process_index: int, process_count: int, rows=None) -> np.ndarray:
     """The rows (indices into the global batch) this process builds: `rows` when given
     (checked against the batch), else its contiguous share (`process_rows`)."""

@@ -27,17 +27,16 @@ voice rows (the vocoder; the synthetic set's fields):
 from __future__ import annotations
 
 import functools
-import hashlib
 from typing import Any
 
 import numpy as np
 
 from omni_jax.data import resampling
 from omni_jax.data.audio_features import log_mel_24k_np
-from omni_jax.data.iterator import StepIndexedIterator, local_rows
+from omni_jax.data.iterator import StepIndexedIterator, global_rows_iterator
 from omni_jax.data.tokenizer import make_tokenizer
 from omni_jax.data.tokenizer_data import UtteranceBank, utterance_of_row
-from omni_jax.ops.mel_jax import VOCODER_HOP, VOCODER_N_MELS, VOCODER_SAMPLE_RATE
+from omni_jax.ops.mel_jax import VOCODER_HOP, VOCODER_SAMPLE_RATE
 
 SOURCE_RATE = 16000
 MEL_HOP_16K = VOCODER_HOP * SOURCE_RATE // VOCODER_SAMPLE_RATE  # 320 samples at 16 kHz = one 50 Hz mel frame
@@ -75,43 +74,41 @@ def voice_row(w24: np.ndarray, p24: np.ndarray, frames: int, rng: np.random.Gene
     its (frames, 80) log-mel and (frames,) f0."""
     n = frames * VOCODER_HOP
     start = int(rng.integers(0, max(1, len(w24) - n + 1)))
+    wav, pitch = w24[start:start + n], p24[start:start + n]
     seg, ps = np.zeros(n, np.float32), np.zeros(n, np.float32)
-    seg[:len(w24[start:start + n])] = w24[start:start + n]
-    ps[:len(p24[start:start + n])] = p24[start:start + n]
+    seg[:len(wav)], ps[:len(pitch)] = wav, pitch
     per_frame = ps.reshape(frames, VOCODER_HOP)
     voiced = (per_frame > 0).mean(1) > 0.5
     f0 = np.where(voiced, per_frame.max(1), 0.0).astype(np.float32)
     return seg, log_mel_24k_np(seg), f0
 
 
-def _iterator(config: Any, kind: str, make_row, fields: dict, *, start_step: int, process_index: int,
-              process_count: int, rows=None) -> StepIndexedIterator:
+def _iterator(config: Any, kind: str, make_row, *, start_step: int, process_index: int, process_count: int,
+              rows=None) -> StepIndexedIterator:
+    """Global row r = make_row(bank, its utterance, a generator seeded by (seed, r)), stacked."""
     d = config.data
-    B = config.train.batch_size
-    mine = local_rows(B, process_index, process_count, rows)
     max_samples = int(round(d.chunk_seconds * SOURCE_RATE))
     if max_samples % MEL_HOP_16K:
         raise ValueError(f"config.data.chunk_seconds={d.chunk_seconds} must be a multiple of 0.02 s (one 50 Hz "
                          "mel frame)")
     bank = _bank(config, max_samples)
-    fp = hashlib.sha1(repr((kind, d.num_utterances, d.corpus_seed, d.seed, d.chunk_seconds, d.max_text_tokens,
-                            d.num_voices, d.get("frames"), B, d.tokenizer.kind)).encode()).hexdigest()[:12]
+    B = config.train.batch_size
 
-    def local_batch(step: int) -> dict[str, np.ndarray]:
-        out = {k: np.zeros((len(mine), *shape), dtype) for k, (shape, dtype) in fields.items()}
-        for j, r in enumerate((step * B + mine).tolist()):
-            for k, v in make_row(bank, utterance_of_row(r, d.seed, len(bank)), np.random.default_rng([d.seed, 11, r])).items():
-                out[k][j] = v
-        return out
+    def make_batch(start: int, count: int) -> dict[str, np.ndarray]:
+        got = [make_row(bank, utterance_of_row(r, d.seed, len(bank)), np.random.default_rng([d.seed, 11, r]))
+               for r in range(start, start + count)]
+        return {k: np.stack([g[k] for g in got]) for k in got[0]}
 
-    return StepIndexedIterator(local_batch, start_step=start_step, fingerprint=fp)
+    fp = repr((kind, d.num_utterances, d.corpus_seed, d.seed, d.chunk_seconds, d.max_text_tokens, d.num_voices,
+               d.get("frames"), B, d.tokenizer.kind))
+    return global_rows_iterator(make_batch, fp, B, start_step=start_step, process_index=process_index,
+                                process_count=process_count, rows=rows)
 
 
 def make_speech_mel_iterator(config: Any, *, start_step: int, process_index: int, process_count: int,
                              rows=None) -> StepIndexedIterator:
     """mel rows (module docstring) for the flow-matching stage."""
-    d = config.data
-    samples = int(round(d.chunk_seconds * SOURCE_RATE))
+    samples = int(round(config.data.chunk_seconds * SOURCE_RATE))
     frames = samples // MEL_HOP_16K
 
     @functools.lru_cache(maxsize=None)  # a row is a function of its utterance (one bank per iterator)
@@ -120,15 +117,10 @@ def make_speech_mel_iterator(config: Any, *, start_step: int, process_index: int
         mel, valid = mel_row(wav, frames)
         padded = np.zeros(samples, np.float32)
         padded[:len(wav)] = wav
-        return {"waveform": padded, "num_samples": len(wav), "mel": mel, "mel_frames": valid}
+        return {"waveform": padded, "num_samples": np.int32(len(wav)), "mel": mel, "mel_frames": np.int32(valid)}
 
-    def row(bank, i, rng):
-        return row_of(bank, i)
-
-    fields = {"waveform": ((samples,), np.float32), "num_samples": ((), np.int32), "mel": ((frames, VOCODER_N_MELS), np.float32),
-              "mel_frames": ((), np.int32)}
-    return _iterator(config, "mel", row, fields, start_step=start_step, process_index=process_index,
-                     process_count=process_count, rows=rows)
+    return _iterator(config, "mel", lambda bank, i, rng: row_of(bank, i), start_step=start_step,
+                     process_index=process_index, process_count=process_count, rows=rows)
 
 
 def make_speech_voice_iterator(config: Any, *, start_step: int, process_index: int, process_count: int,
@@ -144,7 +136,5 @@ def make_speech_voice_iterator(config: Any, *, start_step: int, process_index: i
         wav, mel, f0 = voice_row(*clip(bank, i), frames, rng)
         return {"wav": wav, "mel": mel, "f0": f0}
 
-    fields = {"wav": ((frames * VOCODER_HOP,), np.float32), "mel": ((frames, VOCODER_N_MELS), np.float32),
-              "f0": ((frames,), np.float32)}
-    return _iterator(config, "voice", row, fields, start_step=start_step, process_index=process_index,
+    return _iterator(config, "voice", row, start_step=start_step, process_index=process_index,
                      process_count=process_count, rows=rows)

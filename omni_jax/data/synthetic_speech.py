@@ -18,12 +18,11 @@ so the iterators are step-indexed (omni_jax/data/iterator.py).
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
 
-from omni_jax.data.iterator import StepIndexedIterator, local_rows
+from omni_jax.data.iterator import StepIndexedIterator, global_rows_iterator
 from omni_jax.data.audio_features import log_mel_24k_np
 from omni_jax.ops.mel_jax import VOCODER_HOP, VOCODER_SAMPLE_RATE
 
@@ -100,26 +99,13 @@ class SyntheticVoiceSet:
         return {"wav": np.stack(ws), "mel": np.stack(ms), "f0": np.stack(fs)}
 
 
-def _iterator(make_batch, fingerprint: str, batch_size: int, *, start_step: int, process_index: int,
-              process_count: int, rows=None) -> StepIndexedIterator:
-    mine = local_rows(batch_size, process_index, process_count, rows)
-    runs = np.split(mine, np.flatnonzero(np.diff(mine) != 1) + 1)  # contiguous runs of rows
-    fp = hashlib.sha1(fingerprint.encode()).hexdigest()[:12]
-
-    def local_batch(step: int) -> dict[str, np.ndarray]:
-        parts = [make_batch(step * batch_size + int(r[0]), len(r)) for r in runs]
-        return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-    return StepIndexedIterator(local_batch, start_step=start_step, fingerprint=fp)
-
-
 def make_mel_iterator(config: Any, *, start_step: int, process_index: int, process_count: int,
                       rows=None) -> StepIndexedIterator:
     d, m = config.data, config.model.flow_matching
     ds = SyntheticMelSet(n_mels=m.n_mels, cond_dim=m.prenet_in_dim, max_frames=d.max_frames,
                          num_units=d.num_units, corpus_seed=d.corpus_seed, seed=d.seed)
     fp = repr(("mel", m.n_mels, m.prenet_in_dim, d.max_frames, d.num_units, d.corpus_seed, d.seed, config.train.batch_size))
-    return _iterator(ds.batch, fp, config.train.batch_size, start_step=start_step, process_index=process_index,
+    return global_rows_iterator(ds.batch, fp, config.train.batch_size, start_step=start_step, process_index=process_index,
                      process_count=process_count, rows=rows)
 
 
@@ -128,5 +114,5 @@ def make_voice_iterator(config: Any, *, start_step: int, process_index: int, pro
     d = config.data
     ds = SyntheticVoiceSet(frames=d.frames, seed=d.seed)
     fp = repr(("voice", d.frames, d.seed, config.train.batch_size))
-    return _iterator(ds.batch, fp, config.train.batch_size, start_step=start_step, process_index=process_index,
+    return global_rows_iterator(ds.batch, fp, config.train.batch_size, start_step=start_step, process_index=process_index,
                      process_count=process_count, rows=rows)

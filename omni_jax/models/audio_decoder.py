@@ -78,9 +78,11 @@ class AudioDecoderConfig(LayerStackConfig):
                               initializer_range=self.initializer_range, dtype=self.dtype, param_dtype=self.param_dtype,
                               attention_impl=self.attention_impl, attention_block_size=self.attention_block_size)
 
-    def hidden_frames(self, frames: int) -> int:
-        """50 Hz frames after dconv1 for `frames` 12.5 Hz frames: (L-1)*4 + 3 (ints only)."""
-        return max(0, (frames - 1) * self.upsample1 + self.kernel_size - max(0, self.kernel_size - self.upsample1))
+    def hidden_frames(self, frames):
+        """50 Hz frames after dconv1 for `frames` 12.5 Hz frames: (L-1)*4 + 3, 0 for 0 (an int or
+        an integer array: the lengths `hidden_states_before_dconv2` returns)."""
+        out = (frames - 1) * self.upsample1 + self.kernel_size - max(0, self.kernel_size - self.upsample1)
+        return jnp.where(frames > 0, out, 0) if isinstance(frames, jax.Array) else max(0, out)
 
     def coarse_frames(self, frames: int) -> int:
         h = self.hidden_frames(frames)

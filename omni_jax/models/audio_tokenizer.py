@@ -329,6 +329,11 @@ class AudioTokenizerConfig:
         cfg.validate()
         return cfg
 
+    def code_lengths(self, mel_lengths):
+        """Codes of a clip with `mel_lengths` valid Whisper mel frames (an int or an array): its
+        encoder frames // the bridge's pool (`AudioBridge.features`)."""
+        return self.encoder.output_lengths(mel_lengths) // self.bridge.pool
+
     def validate(self) -> None:
         e, b, d = self.encoder, self.bridge, self.decoder
         if not (e.d_model == b.d_model == d.d_model):

@@ -168,9 +168,7 @@ class AudioTokenizerTask(Task):
     # ---- counts (data only) ----
 
     def _lengths(self, num_samples):
-        mel = mel_jax.whisper_valid_frames(num_samples, self.mel_frames)
-        enc = self.cfg.encoder.output_lengths(mel)
-        frames = enc // self.cfg.bridge.pool
+        frames = self.cfg.code_lengths(mel_jax.whisper_valid_frames(num_samples, self.mel_frames))
         target = jnp.minimum(num_samples // self.cfg.decoder.mel_hop_length, self.target_frames)
         return frames, target
 

@@ -106,12 +106,10 @@ class FlowMatchingTask(Task):
         }
 
     def _speech_mask(self, batch):
-        """(B, T) valid frames of speech rows: the fewer of the decoder states' 4 x codes - 1 and
+        """(B, T) valid frames of speech rows: the fewer of the decoder states' (4 x codes - 1) and
         the mel's frames (from the counts alone, so `norms` and the loss agree)."""
-        mel_len = mel_jax.whisper_valid_frames(batch["num_samples"], self.mel_frames)
-        codes = self.tok_cfg.encoder.output_lengths(mel_len) // self.tok_cfg.bridge.pool
-        states = jnp.maximum(4 * codes - 1, 0)
-        n = jnp.minimum(states, batch["mel_frames"])
+        codes = self.tok_cfg.code_lengths(mel_jax.whisper_valid_frames(batch["num_samples"], self.mel_frames))
+        n = jnp.minimum(self.tok_cfg.decoder.hidden_frames(codes), batch["mel_frames"])
         return (jnp.arange(self.frames)[None] < n[:, None]).astype(jnp.float32)
 
     def norms(self, batch):
