@@ -49,35 +49,6 @@ def mels_16k(waves: list[np.ndarray], rate: int) -> list[np.ndarray]:
     return out
 
 
-def tts_prompts(task, params, state, tok, n: int) -> list[dict]:
-    """The first `n` test-split `tts` samples cut before their `<audiogen_start>`: the transcript's
-    tokens as training packs them (prompt_embeds, prompt_ids, reference = the transcript)."""
-    import jax
-    import jax.numpy as jnp
-
-    from omni_jax.tasks.omni_eval import _pipeline
-
-    pipe = _pipeline(task, {"dataset": "omni_speech/shapes", "split": "test", "format": "tts", "weight": 1.0})
-    embed = jax.jit(lambda p, s, b: task.model.input_embeddings(p, s, b))
-    gen, out, row = tok.special("audiogen_start"), [], 0
-    per = max(1, int(task.config.train.batch_size))
-    while len(out) < n and row < 64 * n:
-        b = pipe.build_rows(range(row, row + per))
-        row += per
-        batch = {k: jnp.asarray(v) for k, v in b.items() if k in set(task.fields)}
-        embeds = np.asarray(embed(params, state, batch)[0])
-        for r in range(batch["tokens"].shape[0]):
-            seg, toks = np.asarray(batch["segment_ids"][r]), np.asarray(batch["tokens"][r])
-            for s in range(1, int(seg.max()) + 1):
-                pos = np.nonzero(seg == s)[0]
-                cut = pos[toks[pos] == gen]
-                if len(cut):
-                    k = int(cut[0])
-                    out.append({"prompt_embeds": embeds[r, pos[0]:k], "prompt_ids": toks[pos[0]:k],
-                                "reference": tok.decode([int(t) for t in toks[pos[0]:k]]).strip()})
-    return out[:n]
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", required=True)
@@ -177,7 +148,8 @@ def main(argv=None) -> None:
         return waves, refs_of(texts_out), extra, texts_out
 
     if "tts" in want:
-        prompts = tts_prompts(task, params, state, tok, a.clips)
+        tts = {"dataset": "omni_speech/shapes", "split": "test", "format": "tts", "weight": 1.0}
+        prompts = omni_eval.collect(task, params, state, tts, a.clips, tok, stop_at="audiogen_start")
         waves, refs, extra, _ = spoken(prompts, lambda _: [q["reference"] for q in prompts])
         rung("TTS", waves, synth.sample_rate, refs, ref_s, extra)
     if "spoken_qa" in want:

@@ -76,7 +76,14 @@ def _cached(task, key, make):
 
 
 def prompts_from_rows(task, params, state, batch: dict, tok, *, stop_at: str = "c_a") -> list[dict]:
-    """Every packed sample of `batch` -> {prompt_embeds (P, D), prompt_ids, reference}."""
+    """Every packed sample of `batch` -> {prompt_embeds (P, D), prompt_ids, reference}.
+
+    stop_at="c_a" (chat formats): the prompt runs to its last `<C_A>` (included), the reference is
+    the reply after it (up to eos / `<audiogen_start>`). stop_at="audiogen_start" (the `tts`
+    format): the prompt is the text before the first `<audiogen_start>` (excluded: the model must
+    start the speech itself), and that text is the reference."""
+    if stop_at not in ("c_a", "audiogen_start"):
+        raise ValueError(f"stop_at={stop_at!r}; use 'c_a' (chat replies) or 'audiogen_start' (tts)")
     embeds, _ = _cached(task, "input_embeddings", lambda: jax.jit(
         lambda p, s, b: task.model.input_embeddings(p, s, b)))(params, state, batch)
     embeds = np.asarray(embeds)
@@ -86,8 +93,14 @@ def prompts_from_rows(task, params, state, batch: dict, tok, *, stop_at: str = "
         seg, toks = np.asarray(batch["segment_ids"][r]), np.asarray(batch["tokens"][r])
         for s in range(1, int(seg.max()) + 1):
             pos = np.nonzero(seg == s)[0]
-            starts = pos[toks[pos] == c_a]
+            starts = pos[toks[pos] == (c_a if stop_at == "c_a" else gen)]
             if not len(starts):
+                continue
+            if stop_at == "audiogen_start":
+                cut = int(starts[0])
+                ids = toks[pos[0]:cut]
+                out.append({"prompt_embeds": embeds[r, pos[0]:cut], "prompt_ids": ids,
+                            "reference": tok.decode([int(t) for t in ids]).strip()})
                 continue
             cut = int(starts[-1])
             reply = [int(t) for t in toks[cut + 1: pos[-1] + 1]]
@@ -99,7 +112,8 @@ def prompts_from_rows(task, params, state, batch: dict, tok, *, stop_at: str = "
     return out
 
 
-def collect(task, params, state, spec: dict, n: int, tok) -> list[dict]:
+def collect(task, params, state, spec: dict, n: int, tok, *, stop_at: str = "c_a") -> list[dict]:
+    """The first `n` prompts (`prompts_from_rows`) of the rows `spec` (one mixture component) builds."""
     pipe = _pipeline(task, spec)
     fields = set(task.fields)
     got, row = [], 0
@@ -108,7 +122,7 @@ def collect(task, params, state, spec: dict, n: int, tok) -> list[dict]:
         b = pipe.build_rows(range(row, row + rows_per_batch))
         row += rows_per_batch
         batch = {k: jnp.asarray(v) for k, v in b.items() if k in fields}
-        got += prompts_from_rows(task, params, state, batch, tok)
+        got += prompts_from_rows(task, params, state, batch, tok, stop_at=stop_at)
     return got[:n]
 
 
