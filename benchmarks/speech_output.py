@@ -3,10 +3,12 @@ r"""Speech-output inference speed: omni_jax vs the PyTorch references (tests/spe
     python benchmarks/speech_output.py                  # release shapes of the decoders, 2 s of audio
     python benchmarks/speech_output.py --frames 50 --head_hidden 512 --reps 3
 
-Rows (fp32, CPU, batch 1):
+Rows (fp32, CPU, batch 1 except the train step):
   audio head, one frame      sample 8 codebooks from an LLM state. Ours: incremental depth
                              decoding with a depth KV cache (one position per codebook); the
                              release re-runs the whole depth-8 sequence for every codebook.
+  audio head train step      teacher-forced loss + gradient over --train_frames frames (default
+                             1216 = the tiny main job's gather, 8 rows x 152), tiny head shape.
   flow-matching decode       prenet + 10 Euler steps with classifier-free guidance (batch 2
                              per step) on `frames` mel frames, release decoder shape.
   HiFT vocoder               mel -> waveform, release generator shape.
@@ -37,18 +39,19 @@ def _median(f, reps):
     return statistics.median(t)
 
 
-def bench_head(a):
+def _head_pair(d, codebook_sizes=None, head_dim=None):
+    """Our audio embedding + head and the PyTorch reference's, with the reference's weights imported."""
     from omni_jax.convert import speech as conv
     from omni_jax.convert.mapping import import_params, prefixed
-    from omni_jax.generate.sampling import SamplingParams, sample
-    from omni_jax.models.audio_head import AudioEmbed, AudioHead, AudioHeadConfig, init_depth_cache
+    from omni_jax.models.audio_head import AudioEmbed, AudioHead, AudioHeadConfig
     from omni_jax import sharding as shd
     from tests.speech_reference import TorchAudioEmbed, TorchAudioHead
 
-    d = a.head_hidden
-    cfg = AudioHeadConfig(hidden_size=d, head_dim=128 if d % 128 == 0 else 64)
-    th = TorchAudioHead(d, cfg.codebook_sizes, cfg.num_layers, cfg.num_heads).eval()
-    te = TorchAudioEmbed(d, cfg.codebook_sizes).eval()
+    kw = {} if codebook_sizes is None else dict(codebook_sizes=tuple(codebook_sizes))
+    head_dim = head_dim or (128 if d % 128 == 0 else 64)
+    cfg = AudioHeadConfig(hidden_size=d, head_dim=head_dim, **kw)
+    th = TorchAudioHead(d, cfg.codebook_sizes, cfg.num_layers, cfg.num_heads)
+    te = TorchAudioEmbed(d, cfg.codebook_sizes)
     k = jax.random.PRNGKey(0)
     emb, head = AudioEmbed(cfg), AudioHead(cfg)
     abstract = shd.unbox({"audio_embed": jax.eval_shape(emb.init, k, jnp.zeros((1, 8), jnp.int32))["params"],
@@ -57,6 +60,18 @@ def bench_head(a):
     sd.update({"audio_head." + n: v.numpy() for n, v in th.state_dict().items()})
     rules = prefixed(conv.audio_embed_rules(cfg), ours="audio_embed/") + prefixed(conv.audio_head_rules(cfg), ours="audio_head/")
     params = jax.device_put(import_params(sd, rules, abstract))  # on the device once, not per call
+    return cfg, emb, head, params, th, te
+
+
+def bench_head(a):
+    from omni_jax.generate.sampling import SamplingParams, sample
+    from omni_jax.models.audio_head import AudioEmbed, AudioHead, init_depth_cache
+
+    d = a.head_hidden
+    cfg, emb, head, params, th, te = _head_pair(d)
+    th.eval()
+    te.eval()
+    k = jax.random.PRNGKey(0)
     greedy = SamplingParams(do_sample=False)
 
     @jax.jit
@@ -88,6 +103,41 @@ def bench_head(a):
     return ("audio head, one frame (8 codebooks)", f"hidden {d}",
             _median(lambda: ours(params, h0).block_until_ready(), a.reps), _median(ref, a.reps), compile_s,
             "same codes" if same else "codes differ")
+
+
+def bench_head_train(a):
+    """Teacher-forced loss + gradient of embedding and head (audio_head_loss_sum) at the main job's
+    gather size: `--train_frames` frames x 8 codebooks, the tiny model's head (hidden 128, its
+    codebooks). PyTorch: the reference head's forward, the same summed cross entropy, backward."""
+    from omni_jax.models.audio_head import audio_head_loss_sum
+
+    d, n = a.train_hidden, a.train_frames
+    tiny = d == 128  # the main job's head: 4 heads of 32, codebooks of the tiny tokenizer
+    cfg, emb, head, params, th, te = _head_pair(d, (128, 64, 64, 32, 32, 32, 32, 32) if tiny else None,
+                                                32 if tiny else None)
+    rng = np.random.RandomState(0)
+    h0 = rng.randn(n, d).astype(np.float32)
+    codes = np.stack([rng.randint(0, cs, n) for cs in cfg.codebook_sizes], -1).astype(np.int32)
+    mask = np.ones((n, cfg.depth), np.float32)
+    f = jax.jit(jax.value_and_grad(lambda p: audio_head_loss_sum(emb, head, p, h0, codes, mask)[0]))
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(params))
+    compile_s = time.perf_counter() - t0
+    h0_t, codes_t = torch.from_numpy(h0), torch.from_numpy(codes).long()
+
+    def ref():
+        th.zero_grad()
+        te.zero_grad()
+        logits = th(h0_t, codes_t, te.audio_embed_layers)
+        loss = sum(torch.nn.functional.cross_entropy(lg, codes_t[:, i], reduction="sum") for i, lg in enumerate(logits))
+        loss.backward()
+        return loss
+
+    ref_loss = float(ref().detach())
+    diff = abs(float(f(params)[0]) - ref_loss) / ref_loss
+    return ("audio head train step (loss + grad)", f"{n} frames, hid {d}",
+            _median(lambda: jax.block_until_ready(f(params)), a.reps), _median(ref, a.reps), compile_s,
+            f"loss rel diff {diff:.1e}")
 
 
 def bench_flow(a):
@@ -168,11 +218,13 @@ def main():
     p.add_argument("--frames", type=int, default=100)
     p.add_argument("--head_hidden", type=int, default=1024)
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--only", default="head,flow,vocoder")
+    p.add_argument("--train_frames", type=int, default=1216)  # the tiny main job's gather: 8 rows x 152
+    p.add_argument("--train_hidden", type=int, default=128)
+    p.add_argument("--only", default="head,head_train,flow,vocoder")
     a = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = []
-    for name, fn in (("head", bench_head), ("flow", bench_flow), ("vocoder", bench_vocoder)):
+    for name, fn in (("head", bench_head), ("head_train", bench_head_train), ("flow", bench_flow), ("vocoder", bench_vocoder)):
         if name in a.only.split(","):
             rows.append(fn(a))
     print(f"\n{'module':46s} {'size':18s} {'jax ms':>9s} {'torch ms':>9s} {'torch/jax':>9s} {'jit s':>7s}  check")

@@ -67,6 +67,10 @@ def stage_base(size: str, task: str, model_preset, seq: dict, small_shapes: dict
     c.data = omni_data(seq_len=seq[size], **(small_shapes if small else large_shapes))
     if not small:
         c.data.tokenizer.kind = "byte" if size == "small" else "release"
+    else:  # CPU sizes: 128-token blocks skip the causal and cross-sample block pairs and store no
+        # (tokens x tokens) probabilities for the backward: image_text_2's step 0.60 -> 0.38 s
+        # (benchmarks/README.md, "Where the omni stages' step time went")
+        c.model.llm.update(attention_impl="blockwise", attention_block_size=128)
     c.train.update(batch_size={"tiny": 8, "test": 8, "small": 32, "7b": 256}[size], log_every=10)
     if size == "7b":  # every component computes in bf16; `bf16_parts` also rematerialise their layers
         bf16_compute(c.model, remat=bf16_parts)

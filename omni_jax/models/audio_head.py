@@ -132,7 +132,12 @@ class PerPositionLinear(nn.Module):
             w = jax.lax.dynamic_index_in_dim(kernel, offset, axis=0, keepdims=False)
             return jnp.dot(x[:, 0].astype(self.dtype), w.astype(self.dtype))[:, None]
         w = jax.lax.dynamic_slice_in_dim(kernel, offset, s, axis=0) if s != self.depth else kernel
-        return jnp.einsum("nsd,sdf->nsf", x.astype(self.dtype), w.astype(self.dtype))
+        # depth-major (s, n, d): the batched matmul's natural layout. Written as "nsd,sdf->nsf",
+        # XLA's CPU layout assignment ran the gelu between linear1 and linear2 inside transposing
+        # copies (64 ms per layer at 1216 frames); the tiny head's train step 1.18 s -> 0.33 s
+        # (benchmarks/README.md, "Where the omni stages' step time went")
+        y = jnp.einsum("snd,sdf->snf", jnp.swapaxes(x.astype(self.dtype), 0, 1), w.astype(self.dtype))
+        return jnp.swapaxes(y, 0, 1)
 
 
 class DepthLayer(nn.Module):
