@@ -19,7 +19,7 @@ ORDER = ("text_pretrain", "image_language_1", "image_language_2", "image_languag
          "audio_language", "omni_alignment", "sft", "audio_boundary")
 STEPS = {
     "test": dict.fromkeys(ORDER, 2),
-    "tiny": dict(text_pretrain=200, image_language_1=40, image_language_2=60, image_language_3=270,
+    "tiny": dict(text_pretrain=200, image_language_1=40, image_language_2=60, image_language_3=450,
                  video_language=40, audio_language=120, omni_alignment=100, sft=150, audio_boundary=150),
     "small": dict(text_pretrain=4000, image_language_1=500, image_language_2=2000, image_language_3=3000,
                   video_language=1000, audio_language=3000, omni_alignment=2000, sft=2000, audio_boundary=1000),
