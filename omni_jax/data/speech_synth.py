@@ -112,32 +112,24 @@ def synthesize(text: str, voice: Voice = Voice(), sample_rate: int = SAMPLE_RATE
     return np.clip(wav, -1, 1).astype(np.float32)
 
 
+def _piece_lengths(text: str, voice: Voice, sample_rate: int) -> list[tuple[str, int]]:
+    """(character, samples) of each piece `synthesize` renders: one segment per letter or digit,
+    two per punctuation mark, half a segment for a space or anything else."""
+    seg = int(sample_rate / voice.chars_per_second)
+    return [(ch, seg if ch in _VOWELS or ch in _CONSONANTS or ch in string.digits else
+             2 * seg if ch in ".,!?;:" else seg // 2) for ch in text.lower()]
+
+
 def num_samples(text: str, voice: Voice = Voice(), sample_rate: int = SAMPLE_RATE) -> int:
     """len(synthesize(text, voice, sample_rate)), without synthesising (for data planning)."""
-    seg = int(sample_rate / voice.chars_per_second)
-    n = 0
-    for ch in text.lower():
-        if ch in _VOWELS or ch in _CONSONANTS or ch in string.digits:
-            n += seg
-        elif ch in ".,!?;:":
-            n += 2 * seg
-        else:
-            n += seg // 2
-    return n
+    return sum(n for _, n in _piece_lengths(text, voice, sample_rate))
 
 
 def voiced_mask(text: str, voice: Voice = Voice(), sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """(len(synthesize(text, voice, sample_rate)),) bool: the samples `synthesize` renders at the
-    voice's pitch (vowels and the voiced consonants' murmur); the same segmentation as num_samples."""
-    seg = int(sample_rate / voice.chars_per_second)
-    out = []
-    for ch in text.lower():
-        if ch in _VOWELS or ch in _CONSONANTS:
-            out.append(np.full(seg, ch in _VOWELS or _CONSONANTS.index(ch) % 2 == 0))
-        elif ch in string.digits:
-            out.append(np.zeros(seg, bool))
-        else:
-            out.append(np.zeros(2 * seg if ch in ".,!?;:" else seg // 2, bool))
+    voice's pitch (vowels and the voiced consonants' murmur)."""
+    out = [np.full(n, ch in _VOWELS or (ch in _CONSONANTS and _CONSONANTS.index(ch) % 2 == 0))
+           for ch, n in _piece_lengths(text, voice, sample_rate)]
     return np.concatenate(out) if out else np.zeros(0, bool)
 
 
