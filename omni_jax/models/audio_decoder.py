@@ -80,9 +80,11 @@ class AudioDecoderConfig(LayerStackConfig):
 
     def hidden_frames(self, frames):
         """50 Hz frames after dconv1 for `frames` 12.5 Hz frames: (L-1)*4 + 3, 0 for 0 (an int or
-        an integer array: the lengths `hidden_states_before_dconv2` returns)."""
+        an integer array, jax or numpy: the lengths `hidden_states_before_dconv2` returns)."""
         out = (frames - 1) * self.upsample1 + self.kernel_size - max(0, self.kernel_size - self.upsample1)
-        return jnp.where(frames > 0, out, 0) if isinstance(frames, jax.Array) else max(0, out)
+        if isinstance(frames, (jax.Array, np.ndarray)):
+            return (jnp if isinstance(frames, jax.Array) else np).where(frames > 0, out, 0)
+        return max(0, out)
 
     def coarse_frames(self, frames: int) -> int:
         h = self.hidden_frames(frames)

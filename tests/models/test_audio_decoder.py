@@ -76,6 +76,10 @@ def test_given_mel_lengths_and_static_buffer(ref_and_ours):
 def test_release_config_lengths():
     cfg = AudioDecoderConfig()  # the release's shape: 375 tokens = 30 s
     assert cfg.hidden_frames(375) == 1499 and cfg.coarse_frames(375) == 2998 and cfg.mel_frames(2998) == 1873
+    # lengths as python ints, numpy arrays (host code) and jax arrays (inside the step) agree; 0 stays 0
+    assert [cfg.hidden_frames(n) for n in (0, 1, 375)] == [0, 3, 1499]
+    np.testing.assert_array_equal(cfg.hidden_frames(np.array([0, 1, 375])), [0, 3, 1499])
+    np.testing.assert_array_equal(cfg.hidden_frames(jnp.array([0, 1, 375])), [0, 3, 1499])
     with pytest.raises(ValueError, match="max_positions"):
         m = AudioDecoder(AudioDecoderConfig(**dict(KW, max_positions=16)))
         jax.eval_shape(m.init, jax.random.PRNGKey(0), jnp.zeros((1, N, D)), jnp.ones((1,), jnp.int32))
