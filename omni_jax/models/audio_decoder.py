@@ -81,14 +81,11 @@ class AudioDecoderConfig(LayerStackConfig):
     def hidden_frames(self, frames):
         """50 Hz frames after dconv1 for `frames` 12.5 Hz frames: (L-1)*4 + 3, 0 for 0 (an int or
         an integer array, jax or numpy: the lengths `hidden_states_before_dconv2` returns)."""
-        out = (frames - 1) * self.upsample1 + self.kernel_size - max(0, self.kernel_size - self.upsample1)
-        if isinstance(frames, (jax.Array, np.ndarray)):
-            return (jnp if isinstance(frames, jax.Array) else np).where(frames > 0, out, 0)
-        return max(0, out)
+        return causal_transpose_frames(frames, self.kernel_size, self.upsample1)
 
-    def coarse_frames(self, frames: int) -> int:
-        h = self.hidden_frames(frames)
-        return max(0, (h - 1) * self.upsample2 + self.kernel_size - max(0, self.kernel_size - self.upsample2)) if h else 0
+    def coarse_frames(self, frames):
+        """100 Hz coarse-mel frames after dconv2 for `frames` 12.5 Hz frames (int or array)."""
+        return causal_transpose_frames(self.hidden_frames(frames), self.kernel_size, self.upsample2)
 
     def mel_frames(self, coarse_lengths):
         """Refined-mel frames for coarse (100 Hz) frames, in the release's float32 arithmetic:
@@ -121,6 +118,16 @@ class MaskedGroupNorm(nn.Module):
         return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
 
 
+def causal_transpose_frames(lengths, kernel_size: int, stride: int):
+    """Frames out of the release's CasualConvTranspose1d (`ConvTransposeNorm`) for `lengths`
+    frames in: torch's (L-1)*stride + kernel_size less the max(0, kernel_size - stride) causal
+    tail it trims; 0 for 0. `lengths`: a python int, or a numpy or jax integer array."""
+    out = (lengths - 1) * stride + kernel_size - max(0, kernel_size - stride)
+    if isinstance(lengths, (jax.Array, np.ndarray)):
+        return (jnp if isinstance(lengths, jax.Array) else np).where(lengths > 0, out, 0)
+    return max(0, out)
+
+
 class ConvTransposeNorm(nn.Module):
     """The release's CasualConvTranspose1d on a padded batch: (B, N, Cin), lengths -> (B, T, C), lengths."""
 
@@ -141,9 +148,8 @@ class ConvTransposeNorm(nn.Module):
                    param_dtype=self.param_dtype, kernel_init=self.kernel_init, name="conv")(x)
         full = jnp.where(lengths > 0, (lengths - 1) * s + k, 0)
         y = MaskedGroupNorm(self.eps, self.dtype, self.param_dtype, name="norm")(y, length_mask(full, y.shape[1]))
-        trim = max(0, k - s)
-        y = y[:, : y.shape[1] - trim]
-        out_len = jnp.maximum(full - trim, 0)
+        y = y[:, : y.shape[1] - max(0, k - s)]
+        out_len = causal_transpose_frames(lengths, k, s)
         return jnp.where(length_mask(out_len, y.shape[1])[..., None], y, 0), out_len
 
 

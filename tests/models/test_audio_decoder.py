@@ -80,6 +80,7 @@ def test_release_config_lengths():
     assert [cfg.hidden_frames(n) for n in (0, 1, 375)] == [0, 3, 1499]
     np.testing.assert_array_equal(cfg.hidden_frames(np.array([0, 1, 375])), [0, 3, 1499])
     np.testing.assert_array_equal(cfg.hidden_frames(jnp.array([0, 1, 375])), [0, 3, 1499])
+    np.testing.assert_array_equal(cfg.coarse_frames(np.array([0, 1, 375])), [0, 6, 2998])
     with pytest.raises(ValueError, match="max_positions"):
         m = AudioDecoder(AudioDecoderConfig(**dict(KW, max_positions=16)))
         jax.eval_shape(m.init, jax.random.PRNGKey(0), jnp.zeros((1, N, D)), jnp.ones((1,), jnp.int32))
