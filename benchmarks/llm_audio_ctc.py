@@ -1,6 +1,6 @@
 """Does an alignment loss on the LLM's audio positions teach it to hear the words? (issue #14)
 
-  python benchmarks/llm_audio_ctc.py --workdir=RUN --step=1730 [--ctc=0,1] [--steps=400]
+  python benchmarks/llm_audio_ctc.py --workdir=RUN --step=1730 [--ctc=0,1] [--steps=400] [--input_codebooks=1]
 
 The 1.5 main job's ASR stays near chance on the colour / shape / number words even where the
 frozen tokenizer's codes hold them (a linear CTC read-out of the codes transcribes held-out clips
@@ -14,7 +14,8 @@ through a linear head on the LLM's hidden states at the clip's audio positions a
 layer `--layer` (default the last; two labels per 80 ms position, as the tokenizer's CTC head
 emits), then transcribes the first `--eval` clips of each split with the evaluation's prompt
 (OmniRunner, greedy) and prints CER and the content words heard (benchmarks/asr_errors.py's
-scoring), plus the CTC head's own greedy transcript of the test clips. The CTC head is scratch:
+scoring), plus the CTC head's own greedy transcript of the test clips. `--input_codebooks=K` makes
+the audio input embedding sum only the first K codebooks' lookups (in training and transcription). The CTC head is scratch:
 the omni model has no such parameter and nothing here is written back to the run.
 """
 
@@ -101,6 +102,22 @@ def audio_states(task, params, state, b, layer: int):
     low = Qwen2LM(dc.replace(task.model_cfg.llm, num_layers=layer))
     hk, _ = low.apply({"params": lp}, x, b["positions"], b["segment_ids"], method=Qwen2LM.hidden)
     return hk, h
+
+
+def keep_codebooks(runner, k: int) -> None:
+    """The model's audio input embedding sums only the first `k` codebooks' lookups (0 = all of them,
+    the model's own rule). Patches this runner's model object only."""
+    from omni_jax.models.audio_head import AudioEmbed
+
+    if not k:
+        return
+    model = runner.task.model
+
+    def first_k(params, codes):
+        e = model.audio_embed.apply({"params": params["audio_embed"]}, codes, method=AudioEmbed.per_codebook)
+        return e[..., :k, :].sum(axis=-2)
+
+    model.code_embeddings = first_k
 
 
 def train(runner, rows, pos, pos_pad, lab, lab_pad, chars: str, *, steps: int, batch: int, lr: float, ctc: float,
@@ -219,6 +236,10 @@ def main(argv=None) -> None:
     p.add_argument("--seq_len", type=int, default=192)
     p.add_argument("--eval", type=int, default=40, help="clips per split transcribed at the end")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input_codebooks", type=int, default=0,
+                   help="the audio input embedding sums only the first K codebooks' lookups (0 = all), in "
+                        "training and transcription alike (one K per process: the runner keeps its compiled "
+                        "functions)")
     a = p.parse_args(argv)
 
     import jiwer
@@ -243,8 +264,10 @@ def main(argv=None) -> None:
     print(f"{len(tr_texts) // len(prompts)} train clips x {len(prompts)} prompts / {len(te_texts)} test clips; "
           f"CTC-feasible at {LABELS_PER_POSITION} labels per audio position: {feasible:.2f}")
     table = []
+    k = a.input_codebooks
+    keep_codebooks(runner, k)
     for w in [float(x) for x in a.ctc.split(",")]:
-        print(f"CTC weight {w}:", flush=True)
+        print(f"CTC weight {w}, input codebooks {k or 'all'}:", flush=True)
         params, head_params, head = train(runner, tr_rows, tr_pos, tr_pad, lab, lab_pad, chars, steps=a.steps,
                                           batch=a.batch, lr=a.lr, ctc=w, seed=a.seed, layer=a.layer)
         cells = []
@@ -254,13 +277,13 @@ def main(argv=None) -> None:
             cells.append(score(refs, hyps))
         read = ctc_read(runner, params, head, head_params, te_rows, te_pos, te_pad, chars, a.layer) if w else None
         ctc_cell = f"{jiwer.cer(te_texts, read):.3f}" if read else "-"
-        table.append(f"| {w} | " + " | ".join(cells) + f" | {ctc_cell} |")
+        table.append(f"| {w} | {k or 'all'} | " + " | ".join(cells) + f" | {ctc_cell} |")
     print(f"\n{a.steps} ASR-only steps of {a.batch} clips from step {a.step} of {a.workdir}, lr {a.lr}, CTC head "
           f"after layer {a.layer or 'last'}; "
           f"first {a.eval} clips per split, greedy, the evaluation's prompt:")
-    print("| CTC weight | test CER | template | colour | shape | number "
+    print("| CTC weight | input codebooks | test CER | template | colour | shape | number "
           "| train CER | template | colour | shape | number | CTC head test CER |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(table))
 
 
