@@ -27,6 +27,13 @@ TRAINED = {
 }
 
 
+def _trained(name, tree):
+    """TRAINED[name] for a stage or a curriculum block (its stage's parts), plus the tokenizer's
+    training-only CTC head where the tree has one (tiny: stages.TINY_TOKENIZER_CTC)."""
+    ctc = {"audio_ctc_head"} if name == "audio_tokenizer" and "audio_ctc_head" in tree else set()
+    return TRAINED[stages.BLOCKS.get(name, name)] | ctc
+
+
 def _union(config):
     tasks = StageTasks(config, list(config.stage_order))
     trees = [(type(t).__name__, step_lib.abstract_boxed(t)[0]) for t in tasks.unique]
@@ -53,7 +60,7 @@ def test_every_stage_trains_exactly_the_published_parts(size):
         st = stage_from_config(name, c.stages[name])
         labels = traverse_util.flatten_dict(assign_groups(tree, st.rules, name))  # exactly one rule each
         trained = {k[0] for k, g in labels.items() if g != FROZEN}
-        assert trained == TRAINED[name], name
+        assert trained == _trained(name, tree), name
         partly = {k[0] for k, g in labels.items() if g == FROZEN} & trained
         assert partly <= {"flow_matching"}, name  # only the unused prenet position table
 
@@ -147,15 +154,39 @@ def test_single_stage_configs_train_the_published_groups_at_the_published_rates(
     got = {}
     for k, g in labels.items():
         got.setdefault(g, set()).add(k[0])
-    want = {g: comps for g, (comps, _) in GROUPS[name].items()}
+    want = {g: comps | (_trained(name, _pipeline_tree(size)) - TRAINED[name]) for g, (comps, _) in GROUPS[name].items()}
     for g, comps in want.items():
         assert got.get(g) == comps, (name, g, got.get(g))
     frozen = got.get(FROZEN, set())
-    assert frozen == set(_pipeline_tree(size)) - TRAINED[name] | ({"flow_matching"} if name == "flow_matching" else set())
+    assert frozen == set(_pipeline_tree(size)) - _trained(name, _pipeline_tree(size)) | (
+        {"flow_matching"} if name == "flow_matching" else set())
     assert set(got) == set(want) | {FROZEN}
     lrs = {g: v["lr"] for g, v in c.stages[name].groups.items()}
     assert lrs == pytest.approx({g: _expected_lr(name, g, size) for g in want}, rel=1e-12), name
     assert set(c.stages[name].groups) == set(want)  # no optimizer group for frozen parts
+
+
+def test_the_tiny_main_job_gives_asr_its_recipe_and_the_test_pipeline_stays_the_release_objective():
+    """tiny: tokenizer CTC, the audio embedding warm-started from the tokenizer, and the ASR block
+    (image_audio_text_2's groups, rules and rate on ASR rows alone) right before image_audio_text_2;
+    test / small / 7b: none of the three (the :test pipeline and its certificate are unchanged)."""
+    tiny = pipeline.get_config("tiny")
+    order = list(tiny.stage_order)
+    assert order[order.index("image_audio_text_1") + 1:order.index("image_audio_text_2")] == ["asr_block"]
+    assert tiny.stages.audio_tokenizer.task_config.loss.ctc == stages.TINY_TOKENIZER_CTC > 0
+    assert tiny.stages.image_audio_text_1.warm_start == "audio_embed_from_tokenizer"
+    block, parent = tiny.stages.asr_block, tiny.stages.image_audio_text_2
+    assert block.steps == 400 and set(block.data.mixture) == {"asr"}
+    assert block.data.mixture.asr.to_dict() == dict(parent.data.mixture.asr.to_dict(), weight=1.0)
+    assert block.rules == parent.rules and block.groups.to_dict() == parent.groups.to_dict()
+    assert tuple(block.task_config.modalities) == ("audio",)
+    for size in ("test", "small", "7b"):
+        c = pipeline.get_config(size)
+        assert "asr_block" not in c.stage_order, size
+        assert c.stages.audio_tokenizer.task_config.loss.ctc == 0.0, size
+        assert not c.stages.image_audio_text_1.warm_start, size
+    with pytest.raises(ValueError, match="asr_block is a curriculum block of the from-scratch sizes"):
+        stages.asr_block(stages.base("7b"), 10)
 
 
 def test_unknown_size_is_named():
