@@ -60,8 +60,10 @@ def test_errors_name_what_is_missing_or_mismatched():
 
 
 def test_off_by_default_and_named_as_a_comma_separated_string():
-    """The pipelines do not warm start (measured: no better held-out numbers, README); a user turns it on
-    with --config.stages.image_audio_text_1.warm_start=audio_embed_from_tokenizer."""
+    """The test pipeline does not warm start (only the tiny main job does, with the tokenizer's CTC
+    loss and the ASR block: tests/configs/test_omni15_configs.py; alone it gave no better held-out
+    numbers, README); a user turns it on with
+    --config.stages.image_audio_text_1.warm_start=audio_embed_from_tokenizer."""
     from configs.omni15 import pipeline
 
     c = pipeline.get_config("test")
