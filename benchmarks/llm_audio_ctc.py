@@ -15,8 +15,9 @@ layer `--layer` (default the last; two labels per 80 ms position, as the tokeniz
 emits), then transcribes the first `--eval` clips of each split with the evaluation's prompt
 (OmniRunner, greedy) and prints CER and the content words heard (benchmarks/asr_errors.py's
 scoring), plus the CTC head's own greedy transcript of the test clips. `--input_codebooks=K` makes
-the audio input embedding sum only the first K codebooks' lookups (in training and transcription). The CTC head is scratch:
-the omni model has no such parameter and nothing here is written back to the run.
+the audio input embedding sum only the first K codebooks' lookups (in training and transcription).
+The CTC head is scratch: the omni model has no such parameter and nothing here is written back to
+the run.
 """
 
 from __future__ import annotations
