@@ -77,7 +77,7 @@ def text_pretrain(c, steps):
 # held-out words at chance (README "What limits each skill"). `test` keeps the release's objective
 # and no block, so the CI pipeline and its certificate stay as they are.
 TINY_TOKENIZER_CTC = 1.0
-TINY_ASR_BLOCK = dict(lr=2e-3, mixture={"asr": 1.0})
+TINY_ASR_BLOCK_MIXTURE = {"asr": 1.0}
 
 
 def audio_tokenizer(c, steps):
@@ -164,34 +164,33 @@ def image_audio_text_1(c, steps):
 # picture); at 2e-3, as image_text_2, every held-out number of the main job rises (README, "Stage
 # variants measured on 5 Dec"). omni_pretrain and sft_1 at 2e-3 too were measured and not kept.
 TINY_IMAGE_AUDIO_TEXT_2_LR = 2e-3
+# what image_audio_text_2, its curriculum block and omni_pretrain train (ARCHITECTURE.md 1.8)
+MIXED_AUDIO_GROUPS = {"all": ("llm", "visual_bridge", "audio_embed", "audio_head")}
 
 
 def image_audio_text_2(c, steps):
     """Everything but the vision encoder and the audio tokenizer; audio 0.2 / image 0.4 / text 0.4 (1e-5).
     tiny / test: at 2e-3 (TINY_IMAGE_AUDIO_TEXT_2_LR), the published mixture."""
-    _omni_stage(c, "image_audio_text_2", steps, {"all": ("llm", "visual_bridge", "audio_embed", "audio_head")},
-                {"all": 1e-5})
+    _omni_stage(c, "image_audio_text_2", steps, MIXED_AUDIO_GROUPS, {"all": 1e-5})
     if c.size in ("tiny", "test"):
         common.set_stage_lr(c.stages.image_audio_text_2, TINY_IMAGE_AUDIO_TEXT_2_LR)
 
 
 def asr_block(c, steps):
     """A curriculum block of image-audio-text 2 for the from-scratch sizes (the tiny main job runs it
-    just before that stage): the same trainable parts, rules and rate, on ASR rows alone
-    (TINY_ASR_BLOCK)."""
-    mix = common.from_scratch_mixture(c, "image_audio_text_2", TINY_ASR_BLOCK["mixture"])
+    just before that stage): the same trainable parts, rules and rate (TINY_IMAGE_AUDIO_TEXT_2_LR),
+    on ASR rows alone (TINY_ASR_BLOCK_MIXTURE)."""
+    mix = common.from_scratch_mixture(c, "image_audio_text_2", TINY_ASR_BLOCK_MIXTURE)
     if mix is None:
         raise ValueError(f"asr_block is a curriculum block of the from-scratch sizes (tiny, test), not of "
                          f"{c.size!r}: give it 0 steps there")
-    _omni_stage(c, "asr_block", steps, {"all": ("llm", "visual_bridge", "audio_embed", "audio_head")}, {"all": 1e-5},
-                mix)
-    common.set_stage_lr(c.stages.asr_block, TINY_ASR_BLOCK["lr"])
+    _omni_stage(c, "asr_block", steps, MIXED_AUDIO_GROUPS, {"all": 1e-5}, mix)
+    common.set_stage_lr(c.stages.asr_block, TINY_IMAGE_AUDIO_TEXT_2_LR)
 
 
 def omni_pretrain(c, steps):
     """As image-audio-text 2, adding video and cross-modal data, long sequences (4e-6)."""
-    _omni_stage(c, "omni_pretrain", steps, {"all": ("llm", "visual_bridge", "audio_embed", "audio_head")},
-                {"all": 4e-6})
+    _omni_stage(c, "omni_pretrain", steps, MIXED_AUDIO_GROUPS, {"all": 4e-6})
 
 
 def sft_1(c, steps):
