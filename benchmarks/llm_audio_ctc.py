@@ -1,6 +1,7 @@
 """Does an alignment loss on the LLM's audio positions teach it to hear the words? (issue #14)
 
   python benchmarks/llm_audio_ctc.py --workdir=RUN --step=1730 [--ctc=0,1] [--steps=400] [--input_codebooks=1]
+      [--train_clips=2400]
 
 The 1.5 main job's ASR stays near chance on the colour / shape / number words even where the
 frozen tokenizer's codes hold them (a linear CTC read-out of the codes transcribes held-out clips
@@ -16,6 +17,8 @@ emits), then transcribes the first `--eval` clips of each split with the evaluat
 (OmniRunner, greedy) and prints CER and the content words heard (benchmarks/asr_errors.py's
 scoring), plus the CTC head's own greedy transcript of the test clips. `--input_codebooks=K` makes
 the audio input embedding sum only the first K codebooks' lookups (in training and transcription).
+`--train_clips=N` trains on the first N clips of the speech train split (default 240, the whole
+split before the dataset's version 1.1.0; it holds 2400 since).
 The CTC head is scratch: the omni model has no such parameter and nothing here is written back to
 the run.
 """
@@ -59,6 +62,8 @@ def asr_rows(runner, split: str, count: int, seq_len: int, prompts: tuple[str, .
         recs.append(ex)
         if len(recs) == count:
             break
+    if len(recs) < count:
+        raise ValueError(f"the speech {split} split holds {len(recs)} clips, not {count}: lower --train_clips")
     rows = empty_rows(shapes, len(recs) * len(prompts))
     for i, ex in enumerate(recs):
         loaded = None
@@ -237,6 +242,7 @@ def main(argv=None) -> None:
     p.add_argument("--seq_len", type=int, default=192)
     p.add_argument("--eval", type=int, default=40, help="clips per split transcribed at the end")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train_clips", type=int, default=240, help="the first N clips of the speech train split")
     p.add_argument("--input_codebooks", type=int, default=0,
                    help="the audio input embedding sums only the first K codebooks' lookups (0 = all), in "
                         "training and transcription alike (one K per process: the runner keeps its compiled "
@@ -255,7 +261,7 @@ def main(argv=None) -> None:
     # every training clip once with each prompt (the pipeline gives a record the same prompt in every
     # epoch, formats.py); the test clips with the evaluation's prompt
     prompts = tuple(DEFAULT_PROMPTS["asr"])
-    tr_texts, tr_rows = asr_rows(runner, "train", 240, a.seq_len, prompts)
+    tr_texts, tr_rows = asr_rows(runner, "train", a.train_clips, a.seq_len, prompts)
     te_texts, te_rows = asr_rows(runner, "test", 40, a.seq_len, prompts[:1])
     chars = "".join(sorted(set("".join(tr_texts + te_texts))))  # the CTC head's alphabet (+ blank)
     tr_pos, tr_pad = audio_positions(tr_rows)
@@ -279,7 +285,8 @@ def main(argv=None) -> None:
         read = ctc_read(runner, params, head, head_params, te_rows, te_pos, te_pad, chars, a.layer) if w else None
         ctc_cell = f"{jiwer.cer(te_texts, read):.3f}" if read else "-"
         table.append(f"| {w} | {k or 'all'} | " + " | ".join(cells) + f" | {ctc_cell} |")
-    print(f"\n{a.steps} ASR-only steps of {a.batch} clips from step {a.step} of {a.workdir}, lr {a.lr}, CTC head "
+    print(f"\n{a.steps} ASR-only steps of {a.batch} clips (of {a.train_clips}) from step {a.step} of {a.workdir}, "
+          f"lr {a.lr}, CTC head "
           f"after layer {a.layer or 'last'}; "
           f"first {a.eval} clips per split, greedy, the evaluation's prompt:")
     print("| CTC weight | input codebooks | test CER | template | colour | shape | number "
