@@ -286,8 +286,7 @@ def main(argv=None) -> None:
         ctc_cell = f"{jiwer.cer(te_texts, read):.3f}" if read else "-"
         table.append(f"| {w} | {k or 'all'} | " + " | ".join(cells) + f" | {ctc_cell} |")
     print(f"\n{a.steps} ASR-only steps of {a.batch} clips (of {a.train_clips}) from step {a.step} of {a.workdir}, "
-          f"lr {a.lr}, CTC head "
-          f"after layer {a.layer or 'last'}; "
+          f"lr {a.lr}, CTC head after layer {a.layer or 'last'}; "
           f"first {a.eval} clips per split, greedy, the evaluation's prompt:")
     print("| CTC weight | input codebooks | test CER | template | colour | shape | number "
           "| train CER | template | colour | shape | number | CTC head test CER |")
