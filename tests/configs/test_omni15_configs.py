@@ -177,7 +177,7 @@ def test_the_tiny_main_job_gives_asr_its_recipe_and_the_test_pipeline_stays_the_
     assert tiny.stages.audio_tokenizer.task_config.loss.ctc == stages.TINY_TOKENIZER_CTC > 0
     assert tiny.stages.image_audio_text_1.warm_start == "audio_embed_from_tokenizer"
     block, parent = tiny.stages.asr_block, tiny.stages.image_audio_text_2
-    assert block.steps == 600 and set(block.data.mixture) == {"asr", "image_qa"}
+    assert block.steps == 500 and set(block.data.mixture) == {"asr", "image_qa"}
     for name, weight in (("asr", 0.75), ("image_qa", 0.25)):  # the parent's components, reweighted
         assert block.data.mixture[name].to_dict() == dict(parent.data.mixture[name].to_dict(), weight=weight)
     assert block.rules == parent.rules and block.groups.to_dict() == parent.groups.to_dict()
