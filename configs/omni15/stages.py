@@ -72,15 +72,12 @@ def text_pretrain(c, steps):
 # audio codes only when (a) the codes hold them: the tokenizer stage adds its CTC loss of the
 # transcript (TINY_TOKENIZER_CTC; a training-only head, not exported), (b) the audio embedding
 # starts from the tokenizer on entering image_audio_text_1 (warm start `audio_embed_from_tokenizer`)
-# and (c) it gets a few hundred steps mostly of ASR, which the mixed stages never give it (ASR is 5%
-# of their rows): the curriculum block `asr_block` after image_audio_text_2, on the speech subset's
-# 2400 train clips (240 are memorised, not learnt). Each alone leaves the held-out words at chance
-# (README "What limits each skill"). A quarter of the block's rows are image QA: on ASR rows alone
-# the block erases image QA (0.00 at its end); after image_audio_text_2, which teaches the audio
-# tasks' formats, its steps go to hearing (README "Later on 6 Dec"). `test` keeps the release's
-# objective and no block, so the CI pipeline and its certificate stay as they are.
+# and (c) it gets a few hundred steps of ASR alone, which the mixed stages never give it (ASR is 5%
+# of their rows): the curriculum block `asr_block` before image_audio_text_2. Each alone leaves the
+# held-out words at chance (README "What limits each skill"). `test` keeps the release's objective
+# and no block, so the CI pipeline and its certificate stay as they are.
 TINY_TOKENIZER_CTC = 1.0
-TINY_ASR_BLOCK_MIXTURE = {"asr": 0.75, "image_qa": 0.25}
+TINY_ASR_BLOCK_MIXTURE = {"asr": 1.0}
 
 
 def audio_tokenizer(c, steps):
@@ -181,8 +178,8 @@ def image_audio_text_2(c, steps):
 
 def asr_block(c, steps):
     """A curriculum block of image-audio-text 2 for the from-scratch sizes (the tiny main job runs it
-    just after that stage): the same trainable parts, rules and rate (TINY_IMAGE_AUDIO_TEXT_2_LR),
-    on three quarters ASR rows and a quarter image QA rows (TINY_ASR_BLOCK_MIXTURE)."""
+    just before that stage): the same trainable parts, rules and rate (TINY_IMAGE_AUDIO_TEXT_2_LR),
+    on ASR rows alone (TINY_ASR_BLOCK_MIXTURE)."""
     mix = common.from_scratch_mixture(c, "image_audio_text_2", TINY_ASR_BLOCK_MIXTURE)
     if mix is None:
         raise ValueError(f"asr_block is a curriculum block of the from-scratch sizes (tiny, test), not of "
