@@ -18,8 +18,8 @@ emits), then transcribes the first `--eval` clips of each split with the evaluat
 scoring), plus the CTC head's own greedy transcript of the test clips. `--input_codebooks=K` makes
 the audio input embedding sum only the first K codebooks' lookups (in training and transcription).
 `--train_clips=N` trains on the first N clips of the speech train split's stream: the default 240
-is the embedded dataset's split, more continue it (default_dataset.speech draws them one after
-another, so a longer stream starts with the same 240).
+was the embedded dataset's split before its version 1.1.0 (2400 since; default_dataset.speech draws
+them one after another, so a longer stream starts with the same 240).
 The CTC head is scratch: the omni model has no such parameter and nothing here is written back to
 the run.
 """
@@ -242,7 +242,7 @@ def main(argv=None) -> None:
     p.add_argument("--eval", type=int, default=40, help="clips per split transcribed at the end")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train_clips", type=int, default=240,
-                   help="the first N clips of the speech train stream (240: the dataset's split)")
+                   help="the first N clips of the speech train stream (240: the split before 1.1.0)")
     p.add_argument("--input_codebooks", type=int, default=0,
                    help="the audio input embedding sums only the first K codebooks' lookups (0 = all), in "
                         "training and transcription alike (one K per process: the runner keeps its compiled "

@@ -6,8 +6,8 @@ Stages, in order, in one run and one checkpoint line (a checkpoint is kept at ev
 re-running the command resumes): text pre-training (tiny/small only: no pretrained Qwen2.5
 here), the audio tokenizer, the flow-matching decoder, the vocoder, then the seven stages of
 ARCHITECTURE.md 1.8: image-text 1 and 2, image-audio-text 1 and 2, omni pre-training, SFT 1
-and 2; `:tiny` runs a curriculum block of image-audio-text 2 on ASR alone just before that stage
-(`asr_block`, configs/omni15/stages.py). At the end the model answers held-out image questions,
+and 2; `:tiny` runs a curriculum block of image-audio-text 2 on ASR, image QA and video QA rows just
+after that stage (`asr_block`, configs/omni15/stages.py). At the end the model answers held-out image questions,
 transcribes held-out speech and answers a spoken question in speech (WAV files under
 <workdir>/eval/), and prints its accuracy.
 
@@ -20,11 +20,11 @@ from configs import common
 from configs.omni15 import stages
 
 ORDER = ("text_pretrain", "audio_tokenizer", "flow_matching", "vocoder", "image_text_1", "image_text_2",
-         "image_audio_text_1", "asr_block", "image_audio_text_2", "omni_pretrain", "sft_1", "sft_2")
+         "image_audio_text_1", "image_audio_text_2", "asr_block", "omni_pretrain", "sft_1", "sft_2")
 STEPS = {
     "test": dict(dict.fromkeys(ORDER, 2), asr_block=0),
-    "tiny": dict(text_pretrain=200, audio_tokenizer=800, flow_matching=600, vocoder=800, image_text_1=40,
-                 image_text_2=450, image_audio_text_1=100, asr_block=400, image_audio_text_2=100, omni_pretrain=100,
+    "tiny": dict(text_pretrain=150, audio_tokenizer=800, flow_matching=300, vocoder=400, image_text_1=40,
+                 image_text_2=400, image_audio_text_1=100, image_audio_text_2=100, asr_block=600, omni_pretrain=100,
                  sft_1=150, sft_2=100),
     "small": dict(text_pretrain=4000, audio_tokenizer=3000, flow_matching=2000, vocoder=2000, image_text_1=500,
                   image_text_2=3000, image_audio_text_1=2000, asr_block=0, image_audio_text_2=2000,

@@ -45,7 +45,7 @@ RGB = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yel
 BACKGROUND = (128, 128, 128)
 
 SIZES = {  # records per split
-    "default": {"images": (1200, 100), "interleaved_images": (150, 20), "videos": (200, 30), "speech": (240, 40),
+    "default": {"images": (1200, 100), "interleaved_images": (150, 20), "videos": (200, 30), "speech": (2400, 40),
                 "spoken_qa": (120, 30), "interleaved_audio": (80, 10), "text": (2000, 100)},
     "tiny": {"images": (96, 16), "interleaved_images": (12, 4), "videos": (16, 6), "speech": (24, 8),
              "spoken_qa": (12, 6), "interleaved_audio": (8, 4), "text": (96, 16)},

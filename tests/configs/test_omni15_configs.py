@@ -168,18 +168,21 @@ def test_single_stage_configs_train_the_published_groups_at_the_published_rates(
 
 def test_the_tiny_main_job_gives_asr_its_recipe_and_the_test_pipeline_stays_the_release_objective():
     """tiny: tokenizer CTC, the audio embedding warm-started from the tokenizer, and the ASR block
-    (image_audio_text_2's groups, rules and rate on ASR rows alone) right before image_audio_text_2;
-    test / small / 7b: none of the three (the :test pipeline and its certificate are unchanged)."""
+    (image_audio_text_2's groups, rules and rate on ASR rows with 15% each image and video QA rows,
+    omni_pretrain's components) right after image_audio_text_2; test / small / 7b: none of the three
+    (the :test pipeline and its certificate are unchanged)."""
     tiny = pipeline.get_config("tiny")
     order = list(tiny.stage_order)
-    assert order[order.index("image_audio_text_1") + 1:order.index("image_audio_text_2")] == ["asr_block"]
+    assert order[order.index("image_audio_text_2") + 1:order.index("omni_pretrain")] == ["asr_block"]
     assert tiny.stages.audio_tokenizer.task_config.loss.ctc == stages.TINY_TOKENIZER_CTC > 0
     assert tiny.stages.image_audio_text_1.warm_start == "audio_embed_from_tokenizer"
-    block, parent = tiny.stages.asr_block, tiny.stages.image_audio_text_2
-    assert block.steps == 400 and set(block.data.mixture) == {"asr"}
-    assert block.data.mixture.asr.to_dict() == dict(parent.data.mixture.asr.to_dict(), weight=1.0)
+    block, parent, source = tiny.stages.asr_block, tiny.stages.image_audio_text_2, tiny.stages.omni_pretrain
+    assert block.steps == 600 and set(block.data.mixture) == {"asr", "image_qa", "video_qa"}
+    for name, weight in (("asr", 0.7), ("image_qa", 0.15), ("video_qa", 0.15)):  # the next stage's, reweighted
+        assert block.data.mixture[name].to_dict() == dict(source.data.mixture[name].to_dict(), weight=weight)
+    assert block.data.mixture.asr.to_dict() == dict(parent.data.mixture.asr.to_dict(), weight=0.7)
     assert block.rules == parent.rules and block.groups.to_dict() == parent.groups.to_dict()
-    assert tuple(block.task_config.modalities) == ("audio",)
+    assert set(block.task_config.modalities) == {"audio", "vision"}
     for size in ("test", "small", "7b"):
         c = pipeline.get_config(size)
         assert "asr_block" not in c.stage_order, size

@@ -2,6 +2,7 @@
 path, the length index split over processes, datasets prepared without file locks."""
 
 import os
+import re
 import shutil
 import threading
 
@@ -64,14 +65,15 @@ def test_prepare_waits_for_process_0_and_first_writer_wins(tmp_path, monkeypatch
     from omni_jax.data.builders import prepare
 
     d = str(tmp_path / "data")
-    with pytest.raises(TimeoutError, match=r"omni_text/shapes_tiny/1\.0\.0/dataset_info\.json \(process 0 prepares"):
+    version = re.escape(str(builders.VERSION))
+    with pytest.raises(TimeoutError, match=rf"omni_text/shapes_tiny/{version}/dataset_info\.json \(process 0 prepares"):
         prepare("omni_text/shapes_tiny", d, wait=True, wait_timeout_s=0.3)
     winner = prepare("omni_text/shapes_tiny", str(tmp_path / "winner"))
     open(os.path.join(winner.data_dir, "WINNER"), "w").close()
     real_rename = os.rename
 
     def another_process_renames_first(src, dst):  # the other process's copy lands just before ours
-        if dst == os.path.join(d, "omni_text", "shapes_tiny", "1.0.0"):
+        if dst == os.path.join(d, "omni_text", "shapes_tiny", str(builders.VERSION)):
             shutil.copytree(winner.data_dir, dst)
         real_rename(src, dst)
 
