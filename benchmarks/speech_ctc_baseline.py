@@ -14,8 +14,9 @@ so 2 -> 50 ms frames, 8 -> the tokenizer's 80 ms = 12.5 Hz), a bidirectional tra
 characters plus the CTC blank; optax.ctc_loss, Adam, greedy decoding. It prints held-out and
 training CER / WER / exact match and content-word accuracy (the colour, shape and number words,
 scored as benchmarks/asr_errors.py scores them).
-`--train_clips` above the embedded split's 240 draws more clips from the same generator (the first
-240 are the split's own); the test clips are the test split's 40, whatever the train size.
+`--train_clips=N` reads the first N clips of the speech generator's train stream (the embedded
+split held 240 before the dataset's version 1.1.0 and 2400 since; its first 240 are the same);
+the test clips are the test split's 40, whatever the train size.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@
 The main job scores its spoken replies by its own ASR (`intelligibility_cer`), which hears even
 the synthesiser's clean speech at CER ~0.6: that number cannot say whether the speech is bad. Here
 an independent judge does the hearing: `speech_ctc_baseline.py`'s CTC recogniser, trained for
-`--judge_steps` on the 240 training clips of the embedded speech subset (the built-in synthesiser;
-held-out CER ~0.01). Each rung adds one part of the run's speech path, on the first `--clips` clips
+`--judge_steps` on the first 240 training clips of the embedded speech subset (the whole split
+before the dataset's version 1.1.0; the built-in synthesiser; held-out CER ~0.01). Each rung adds
+one part of the run's speech path, on the first `--clips` clips
 of the test split (judge CER against the transcript, and the run's own ASR for comparison):
 
   synthesiser      the clip as the dataset has it (16 kHz): the judge's own floor;

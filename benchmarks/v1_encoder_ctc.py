@@ -10,8 +10,9 @@ bring: it copies the checkpoint `--step` of the v1 run `--src` (a stage end befo
 until then) into `--workdir`, and runs the rest of the pipeline from there with `launch.train`,
 with one addition: on entering audio_language, the encoder is first trained alone with a CTC loss
 of the transcript's characters (a scratch linear head on its 20 ms frames; the embedded speech
-train split's 240 clips, 16 per step; benchmarks/speech_ctc_baseline.py's features, labels,
-training loop `fit` (AdamW, warm-up + cosine) and decoding), and that CTC head's held-out CER is printed. The pipeline's own
+train split's first 240 clips (the whole split before the dataset's 1.1.0), 16 per step;
+benchmarks/speech_ctc_baseline.py's features, labels, training loop `fit` (AdamW, warm-up +
+cosine) and decoding), and that CTC head's held-out CER is printed. The pipeline's own
 evaluation at the end (eval.json, report) then says what reached the LLM. The hook is a warm start
 registered by this script only (omni_jax/train/warm_start.py); nothing is written back to the
 package. Everything after the hook is the config's pipeline unchanged (overrides as for
