@@ -6,10 +6,10 @@ Stages, in order, in one run and one checkpoint line (a checkpoint is kept at ev
 re-running the command resumes): text pre-training (tiny/small only: no pretrained Qwen2.5
 here), the audio tokenizer, the flow-matching decoder, the vocoder, then the seven stages of
 ARCHITECTURE.md 1.8: image-text 1 and 2, image-audio-text 1 and 2, omni pre-training, SFT 1
-and 2; `:tiny` runs a curriculum block of image-audio-text 2 on ASR, image QA and video QA rows just
-after that stage (`asr_block`, configs/omni15/stages.py). At the end the model answers held-out image questions,
-transcribes held-out speech and answers a spoken question in speech (WAV files under
-<workdir>/eval/), and prints its accuracy.
+and 2; `:tiny` runs a curriculum block of image-audio-text 2 on ASR, image QA and video QA rows
+just after that stage (`asr_block`, configs/omni15/stages.py). At the end the model answers
+held-out image questions, transcribes held-out speech and answers a spoken question in speech (WAV
+files under <workdir>/eval/), and prints its accuracy.
 
 `:tiny` (default) runs on a 2-core CPU; `:test` is a few steps per stage for the test suite;
 `:small` (~100M) and `:7b` (release shape, published learning rates) are for accelerators.
