@@ -193,19 +193,46 @@ def asr_block(c, steps):
     common.set_stage_lr(c.stages.asr_block, TINY_IMAGE_AUDIO_TEXT_2_LR)
 
 
+# tiny: the stages after the block keep what it taught. With the published mixtures (ASR 5% of
+# omni_pretrain's rows, 15% of sft_1's, none of sft_2's) the block's CER over the 40 test clips of
+# benchmarks/asr_errors.py (0.17 on the 12 unseen sentences / 0.08 on the 28 others at its end)
+# rose to 0.35 / 0.60 after omni_pretrain (replies that run on past the sentence) and 0.41 / 0.20
+# at the end (sft_2 trains the audio embedding on speech output alone). With these ASR weights
+# (relative to the published ones; sft_2 gets sft_1's ASR component; the LLM stays frozen there,
+# ASR rows train its audio embedding through it) the run ends at 0.16 / 0.13 (README, "Adopted on
+# 6 Dec, afternoon"). `test` keeps the published mixtures.
+TINY_ASR_ROWS = {"omni_pretrain": 0.25, "sft_1": 0.3, "sft_2": 0.3}
+
+
+def _tiny_asr_rows(c, name: str) -> dict | None:
+    """tiny: stage `name`'s published mixture with ASR rows at TINY_ASR_ROWS[name]; else None
+    (the published mixture)."""
+    if c.size != "tiny":
+        return None
+    cfg = common.dataset_config(c.size)
+    mix = mixture(name, cfg)
+    mix["asr"] = dict(mixture("sft_1", cfg)["asr"], weight=TINY_ASR_ROWS[name])
+    return mix
+
+
 def omni_pretrain(c, steps):
-    """As image-audio-text 2, adding video and cross-modal data, long sequences (4e-6)."""
-    _omni_stage(c, "omni_pretrain", steps, MIXED_AUDIO_GROUPS, {"all": 4e-6})
+    """As image-audio-text 2, adding video and cross-modal data, long sequences (4e-6).
+    tiny: ASR rows at TINY_ASR_ROWS (5% of the published rows otherwise)."""
+    _omni_stage(c, "omni_pretrain", steps, MIXED_AUDIO_GROUPS, {"all": 4e-6}, _tiny_asr_rows(c, "omni_pretrain"))
 
 
 def sft_1(c, steps):
-    """Omni instructions: vision encoder, bridge, audio embedding, LLM (incl. lm_head); audio head frozen."""
-    _omni_stage(c, "sft_1", steps, {"sft": ("visual", "visual_bridge", "audio_embed", "llm")}, {"sft": 1e-5})
+    """Omni instructions: vision encoder, bridge, audio embedding, LLM (incl. lm_head); audio head frozen.
+    tiny: ASR rows at TINY_ASR_ROWS."""
+    _omni_stage(c, "sft_1", steps, {"sft": ("visual", "visual_bridge", "audio_embed", "llm")}, {"sft": 1e-5},
+                _tiny_asr_rows(c, "sft_1"))
 
 
 def sft_2(c, steps):
-    """Speech output: audio embedding + audio head only."""
-    _omni_stage(c, "sft_2", steps, {"speech": ("audio_embed", "audio_head")}, {"speech": 1e-5})
+    """Speech output: audio embedding + audio head only. tiny: with ASR rows (TINY_ASR_ROWS), which
+    keep the audio embedding readable by the frozen LLM."""
+    _omni_stage(c, "sft_2", steps, {"speech": ("audio_embed", "audio_head")}, {"speech": 1e-5},
+                _tiny_asr_rows(c, "sft_2"))
 
 
 STAGES = {f.__name__: f for f in (text_pretrain, audio_tokenizer, flow_matching, vocoder, image_text_1, image_text_2,

@@ -5,6 +5,7 @@ Checked on abstract trees (jax.eval_shape), so the 7b configs cost no memory."""
 import pytest
 from flax import traverse_util
 
+from configs import common
 from configs.omni15 import pipeline, stages
 from omni_jax import sharding as shd
 from omni_jax.train import step as step_lib
@@ -190,6 +191,27 @@ def test_the_tiny_main_job_gives_asr_its_recipe_and_the_test_pipeline_stays_the_
         assert not c.stages.image_audio_text_1.warm_start, size
     with pytest.raises(ValueError, match="asr_block is a curriculum block of the from-scratch sizes"):
         stages.asr_block(stages.base("7b"), 10)
+
+
+def test_the_tiny_stages_after_the_asr_block_keep_asr_rows():
+    """tiny: omni_pretrain, sft_1 and sft_2 carry ASR rows at TINY_ASR_ROWS (sft_2: sft_1's ASR
+    component; every other component as published); test / small / 7b: the published mixtures."""
+    from omni_jax.data.stage_mixtures import mixture
+
+    assert stages.TINY_ASR_ROWS == {"omni_pretrain": 0.25, "sft_1": 0.3, "sft_2": 0.3}
+    tiny = pipeline.get_config("tiny")
+    for name, weight in stages.TINY_ASR_ROWS.items():
+        published = mixture(name, "shapes")
+        mix = tiny.stages[name].data.mixture.to_dict()
+        assert mix.pop("asr") == dict(mixture("sft_1", "shapes")["asr"], weight=weight), name
+        published.pop("asr", None)
+        assert mix == published, name
+    assert set(tiny.stages.sft_2.task_config.modalities) == {"audio", "speech"}
+    assert tiny.stages.sft_2.rules == pipeline.get_config("test").stages.sft_2.rules  # still audio_embed + audio_head
+    for size in ("test", "small", "7b"):
+        c = pipeline.get_config(size)
+        for name in stages.TINY_ASR_ROWS:
+            assert c.stages[name].data.mixture.to_dict() == mixture(name, common.dataset_config(size)), (size, name)
 
 
 def test_unknown_size_is_named():
