@@ -27,7 +27,7 @@ unless `--resume`: then the variants an interrupted certify finished (DIR/progre
 and steps) are read back and the rest run from scratch.
 
 The certificate records the versions of jax, jaxlib, flax, optax, orbax, grain, numpy and python,
-the platform, XLA_FLAGS, the config hash, the git commit and every hash, so another machine can
+the platform, the CPU (model and ISA extensions: XLA:CPU compiles for the host), XLA_FLAGS, the config hash, the git commit and every hash, so another machine can
 compare: `python -m launch.certify --compare A/certificate.json B/certificate.json` names what differs.
 """
 
@@ -83,10 +83,37 @@ def environment(run_env: dict | None = None) -> dict:
                                     capture_output=True, text=True, timeout=10).stdout.strip())
     except (OSError, subprocess.TimeoutExpired):
         commit, dirty = None, None
-    return {"versions": versions, "platform": f"{platform.system()} {platform.machine()}",
+    return {"versions": versions, "platform": f"{platform.system()} {platform.machine()}", "cpu": cpu_description(),
             "python_platform": platform.platform(), "xla_flags": (run_env or os.environ).get("XLA_FLAGS", ""),
             "pjrt_nproc": (run_env or os.environ).get("PJRT_NPROC", ""),
             "jax_platforms": os.environ.get("JAX_PLATFORMS", ""), "git_commit": commit, "git_dirty": dirty}
+
+
+# the ISA extensions XLA:CPU's code generator may use (LLVM targets the host's CPU)
+_ISA = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+        "avx512_fp16", "amx_tile", "amx_bf16", "asimd", "sve", "sve2")
+
+
+def cpu_description(cpuinfo: str | None = None) -> str:
+    """The host CPU as /proc/cpuinfo names it (vendor, model name, family / model, cache) and its ISA
+    extensions from `_ISA`: XLA:CPU compiles for the host, so two hosts with the same versions and
+    flags can still round fp32 differently (README "Reproducibility", what varies across platforms)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return platform.processor() or platform.machine()
+    first = cpuinfo.split("\n\n")[0]
+    fields = {}
+    for line in first.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip().lower(), value.strip())
+    flags = set((fields.get("flags") or fields.get("features") or "").split())
+    name = fields.get("model name") or fields.get("cpu part") or platform.processor() or platform.machine()
+    ident = ", ".join(f"{k} {fields[k]}" for k in ("vendor_id", "cpu family", "model", "cache size") if fields.get(k))
+    isa = " ".join(x for x in _ISA if x in flags)
+    return f"{name} ({ident}; {isa or 'no listed ISA extension'})" if ident else f"{name} ({isa or 'no listed ISA extension'})"
 
 
 def check_schedule(kills: int, steps: int) -> None:
@@ -489,7 +516,8 @@ def markdown(cert: dict) -> str:
     env = cert["environment"]
     lines = [f"# Reproducibility certificate: {cert['config_path']}", "",
              f"config hash `{cert['config_hash']}`, {cert['steps']} steps, git `{env['git_commit']}`"
-             f"{' (dirty)' if env['git_dirty'] else ''}, {env['platform']}, XLA_FLAGS `{env['xla_flags']}`"
+             f"{' (dirty)' if env['git_dirty'] else ''}, {env['platform']}"
+             + (f", CPU {env['cpu']}" if env.get("cpu") else "") + f", XLA_FLAGS `{env['xla_flags']}`"
              + (f", PJRT_NPROC {env['pjrt_nproc']}" if env.get("pjrt_nproc") else ""), "",
              "versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), "",
              *([f"wall time {cert['wall_s']:.0f} s"
@@ -542,9 +570,10 @@ def compare(a: dict, b: dict) -> list[str]:
         va, vb = a["environment"]["versions"].get(k), b["environment"]["versions"].get(k)
         if va != vb:
             out.append(f"version of {k}: {va} vs {vb}")
-    for k in ("platform", "xla_flags", "pjrt_nproc", "git_commit"):
+    for k in ("platform", "cpu", "xla_flags", "pjrt_nproc", "git_commit"):
         if a["environment"].get(k) != b["environment"].get(k):
-            out.append(f"{k}: {a['environment'].get(k)!r} vs {b['environment'].get(k)!r}")
+            va, vb = (c["environment"].get(k, "not recorded (a certificate older than 6 Dec 2026)") for c in (a, b))
+            out.append(f"{k}: {va!r} vs {vb!r}")
     ra, rb = a["variants"]["scratch_1"], b["variants"]["scratch_1"]
     if ra["final_hash"] != rb["final_hash"]:
         out.append(f"final params + optimizer hash: {ra['final_hash'][:16]} vs {rb['final_hash'][:16]}")

@@ -32,14 +32,45 @@ def test_compare_names_what_differs():
     b = copy.deepcopy(a)
     b["environment"]["versions"]["jax"] = "0.0.1"
     b["environment"]["xla_flags"] = "--xla_cpu_enable_fast_math=true"
+    b["environment"]["cpu"] = "Intel(R) Xeon(R) Platinum (vendor_id GenuineIntel, cpu family 6, model 143; avx2 amx_tile)"
     b["variants"]["scratch_1"] = _variant(loss=1.25, final="e" * 64, batches=("a", "c"))
     diffs = cert_lib.compare(a, b)
     text = "\n".join(diffs)
     assert "version of jax" in text and "0.0.1" in text
     assert "xla_flags" in text
+    assert "cpu: " in text and "Xeon" in text
     assert "final params + optimizer hash" in text
     assert "per-step loss differs from step 2" in text
     assert "batch hash differs from step 2" in text and "data order" in text
+
+
+XEON = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 143
+model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
+cache size\t: 107520 KB
+flags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512bw avx512vl avx512_fp16 amx_tile amx_bf16
+
+processor\t: 1
+model name\t: another core that is not read
+"""
+
+
+def test_the_cpu_is_recorded_and_an_older_certificate_without_it_is_named():
+    """Two hosts with the same versions and flags can round differently (XLA:CPU compiles for the
+    host): the certificate names the CPU, and --compare says so when the CPUs differ."""
+    assert cert_lib.cpu_description(XEON) == (
+        "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz (vendor_id GenuineIntel, cpu family 6, model 143, "
+        "cache size 107520 KB; sse4_2 avx avx2 fma avx512f avx512bw avx512vl avx512_fp16 amx_tile amx_bf16)")
+    arm = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd sve\nCPU part\t: 0xd40\n"
+    assert cert_lib.cpu_description(arm) == "0xd40 (asimd sve)"
+    assert cert_lib.environment()["cpu"] == cert_lib.cpu_description()
+    a = _cert()
+    old = copy.deepcopy(a)
+    del old["environment"]["cpu"]
+    assert cert_lib.compare(old, a) == [f"cpu: 'not recorded (a certificate older than 6 Dec 2026)' vs {a['environment']['cpu']!r}"]
+    assert "CPU " + a["environment"]["cpu"] in cert_lib.markdown(a)
 
 
 def test_comparing_certificates_of_different_configs_names_the_fields():
