@@ -27,8 +27,9 @@ unless `--resume`: then the variants an interrupted certify finished (DIR/progre
 and steps) are read back and the rest run from scratch.
 
 The certificate records the versions of jax, jaxlib, flax, optax, orbax, grain, numpy and python,
-the platform, the CPU (model and ISA extensions: XLA:CPU compiles for the host), XLA_FLAGS, the config hash, the git commit and every hash, so another machine can
-compare: `python -m launch.certify --compare A/certificate.json B/certificate.json` names what differs.
+the platform, the CPU (model and ISA extensions: XLA:CPU compiles for the host), XLA_FLAGS, the
+config hash, the git commit and every hash, so another machine can compare:
+`python -m launch.certify --compare A/certificate.json B/certificate.json` names what differs.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def cpu_description(cpuinfo: str | None = None) -> str:
     name = fields.get("model name") or fields.get("cpu part") or platform.processor() or platform.machine()
     ident = ", ".join(f"{k} {fields[k]}" for k in ("vendor_id", "cpu family", "model", "cache size") if fields.get(k))
     isa = " ".join(x for x in _ISA if x in flags)
-    return f"{name} ({ident}; {isa or 'no listed ISA extension'})" if ident else f"{name} ({isa or 'no listed ISA extension'})"
+    isa = isa or "no listed ISA extension"
+    return f"{name} ({ident}; {isa})" if ident else f"{name} ({isa})"
 
 
 def check_schedule(kills: int, steps: int) -> None:

@@ -201,9 +201,9 @@ def test_the_tiny_stages_after_the_asr_block_keep_asr_rows():
     assert stages.TINY_ASR_ROWS == {"omni_pretrain": 0.25, "sft_1": 0.3, "sft_2": 0.3}
     tiny = pipeline.get_config("tiny")
     for name, weight in stages.TINY_ASR_ROWS.items():
-        published = mixture(name, "shapes")
+        published = mixture(name, common.dataset_config("tiny"))
         mix = tiny.stages[name].data.mixture.to_dict()
-        assert mix.pop("asr") == dict(mixture("sft_1", "shapes")["asr"], weight=weight), name
+        assert mix.pop("asr") == dict(mixture("sft_1", common.dataset_config("tiny"))["asr"], weight=weight), name
         published.pop("asr", None)
         assert mix == published, name
     assert set(tiny.stages.sft_2.task_config.modalities) == {"audio", "speech"}
