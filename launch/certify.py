@@ -113,8 +113,7 @@ def cpu_description(cpuinfo: str | None = None) -> str:
     flags = set((fields.get("flags") or fields.get("features") or "").split())
     name = fields.get("model name") or fields.get("cpu part") or platform.processor() or platform.machine()
     ident = ", ".join(f"{k} {fields[k]}" for k in ("vendor_id", "cpu family", "model", "cache size") if fields.get(k))
-    isa = " ".join(x for x in _ISA if x in flags)
-    isa = isa or "no listed ISA extension"
+    isa = " ".join(x for x in _ISA if x in flags) or "no listed ISA extension"
     return f"{name} ({ident}; {isa})" if ident else f"{name} ({isa})"
 
 
@@ -574,7 +573,7 @@ def compare(a: dict, b: dict) -> list[str]:
             out.append(f"version of {k}: {va} vs {vb}")
     for k in ("platform", "cpu", "xla_flags", "pjrt_nproc", "git_commit"):
         if a["environment"].get(k) != b["environment"].get(k):
-            va, vb = (c["environment"].get(k, "not recorded (a certificate older than 6 Dec 2026)") for c in (a, b))
+            va, vb = (c["environment"].get(k, "not recorded (an older certificate)") for c in (a, b))
             out.append(f"{k}: {va!r} vs {vb!r}")
     ra, rb = a["variants"]["scratch_1"], b["variants"]["scratch_1"]
     if ra["final_hash"] != rb["final_hash"]:
