@@ -24,7 +24,7 @@ ORDER = ("text_pretrain", "audio_tokenizer", "flow_matching", "vocoder", "image_
 STEPS = {
     "test": dict(dict.fromkeys(ORDER, 2), asr_block=0),
     "tiny": dict(text_pretrain=150, audio_tokenizer=800, flow_matching=300, vocoder=400, image_text_1=40,
-                 image_text_2=400, image_audio_text_1=100, image_audio_text_2=100, asr_block=600, omni_pretrain=100,
+                 image_text_2=400, image_audio_text_1=100, image_audio_text_2=100, asr_block=800, omni_pretrain=100,
                  sft_1=150, sft_2=100),
     "small": dict(text_pretrain=4000, audio_tokenizer=3000, flow_matching=2000, vocoder=2000, image_text_1=500,
                   image_text_2=3000, image_audio_text_1=2000, asr_block=0, image_audio_text_2=2000,

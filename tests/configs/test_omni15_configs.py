@@ -178,7 +178,7 @@ def test_the_tiny_main_job_gives_asr_its_recipe_and_the_test_pipeline_stays_the_
     assert tiny.stages.audio_tokenizer.task_config.loss.ctc == stages.TINY_TOKENIZER_CTC > 0
     assert tiny.stages.image_audio_text_1.warm_start == "audio_embed_from_tokenizer"
     block, parent, source = tiny.stages.asr_block, tiny.stages.image_audio_text_2, tiny.stages.omni_pretrain
-    assert block.steps == 600 and set(block.data.mixture) == {"asr", "image_qa", "video_qa"}
+    assert block.steps == 800 and set(block.data.mixture) == {"asr", "image_qa", "video_qa"}
     for name, weight in (("asr", 0.7), ("image_qa", 0.15), ("video_qa", 0.15)):  # the next stage's, reweighted
         assert block.data.mixture[name].to_dict() == dict(source.data.mixture[name].to_dict(), weight=weight)
     assert block.data.mixture.asr.to_dict() == dict(parent.data.mixture.asr.to_dict(), weight=0.7)
