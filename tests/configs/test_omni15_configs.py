@@ -198,7 +198,7 @@ def test_the_tiny_stages_after_the_asr_block_keep_asr_rows():
     component; every other component as published); test / small / 7b: the published mixtures."""
     from omni_jax.data.stage_mixtures import mixture
 
-    assert stages.TINY_ASR_ROWS == {"omni_pretrain": 0.25, "sft_1": 0.3, "sft_2": 0.3}
+    assert stages.TINY_ASR_ROWS == {"omni_pretrain": 0.25, "sft_1": 1.0, "sft_2": 0.3}
     tiny = pipeline.get_config("tiny")
     for name, weight in stages.TINY_ASR_ROWS.items():
         published = mixture(name, common.dataset_config("tiny"))
