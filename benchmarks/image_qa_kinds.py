@@ -19,8 +19,14 @@ the evaluation's video_qa (frames, then the question).
 pictures from the bridge output (the LLM-width vision tokens of the picture pooled two ways: their
 mean, and mean | max | min concatenated, which keeps more of a silhouette spread over 4-9 tokens),
 against the same probe on the raw patches' mean, fitted on the one-shape pictures among the first
-`--probe_train` train records and scored on the test split's one-shape pictures. `--step` reads
-any checkpoint of the run (e.g. a stage end) instead of the latest.
+`--probe_train` train records and scored on the test split's one-shape pictures. With
+`--subset=videos`, `--probe` asks the same of the motion (left / right / top / bottom; chance 0.25):
+a probe of the direction from the video's LLM-width vision tokens kept in their order (temporal
+group, row, column; the 56-pixel videos, whose 4 frames give 2 groups of 2 x 2 tokens), from their
+mean | max | min (no position), from the difference of the second group's tokens and the first's,
+and from the raw patches in order; fitted on the first `--probe_train` videos of the train stream
+(the training split's records first, then unseen ones) and scored on 300 of the test stream.
+`--step` reads any checkpoint of the run (e.g. a stage end) instead of the latest.
 """
 
 from __future__ import annotations
@@ -107,6 +113,50 @@ def probe_vision_tokens(runner, n_train: int = 1200, n_test: int = 100) -> None:
         print(f"  {name}: " + ", ".join(cells) + f"; chance {1 / k:.2f}")
 
 
+def probe_video_motion(runner, n_train: int = 1200, n_test: int = 300, side: int = 56) -> None:
+    import io
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from PIL import Image
+
+    from audio_code_probe import linear_probe
+    from omni_jax.data import default_dataset
+    from omni_jax.generate.omni_infer import Prompt
+
+    moves = list(default_dataset._MOVES)
+    tokens = jax.jit(runner.task.model.vision_tokens)
+
+    def videos(split, count):
+        feats, move = collections.defaultdict(list), []
+        for _, ex in default_dataset.videos(split, count):
+            if Image.open(io.BytesIO(ex["frames"][0])).size[0] != side:
+                continue
+            b = runner.prompt_batch(Prompt(text="x", video_frames=list(ex["frames"]), video_fps=float(ex["fps"])),
+                                    speech=False)
+            vt = tokens(runner.params, *(jnp.asarray(b[k]) for k in ("vision_patches", "vision_positions",
+                                                                     "vision_segment_ids")))
+            n = int((b["vision_segment_ids"][0] > 0).sum())
+            vt, patches = np.asarray(vt[0, :n // 4]), np.asarray(b["vision_patches"][0, :n])
+            half = len(vt) // 2
+            feats["tokens in order"].append(vt.reshape(-1))
+            feats["token mean|max|min"].append(np.concatenate([vt.mean(0), vt.max(0), vt.min(0)]))
+            feats["second group - first"].append((vt[half:] - vt[:half]).reshape(-1))
+            feats["raw patches in order"].append(patches.reshape(-1))
+            move.append(moves.index(ex["caption"].split(" moves to the ")[1].split(".")[0]))
+        return {k: np.stack(v) for k, v in feats.items()}, np.array(move)
+
+    (x_tr, y_tr), (x_te, y_te) = videos("train", n_train), videos("test", n_test)
+    print(f"linear probes of the motion on {side}-pixel videos ({len(y_tr)} train / {len(y_te)} test), "
+          "held-out (train):")
+    cells = []
+    for what in x_tr:
+        a, b = linear_probe(x_tr[what], y_tr, x_te[what], y_te, len(moves))
+        cells.append(f"{what} {a:.2f} ({b:.2f})")
+    print("  motion: " + ", ".join(cells) + f"; chance {1 / len(moves):.2f}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", required=True, help="a trained omni_jax omni workdir (1.5 or v1)")
@@ -150,7 +200,9 @@ def main(argv=None) -> None:
                  for s in splits]
         print(f"| {k if isinstance(k, str) else ', '.join(k)} | " + " | ".join(cells) + " |")
     print("colour / motion confusions (reference -> reply):", ", ".join(f"{r} -> {h} x{c}" for (r, h), c in confusions.most_common(8)))
-    if a.probe:
+    if a.probe and a.subset == "videos":
+        probe_video_motion(runner, n_train=a.probe_train)
+    elif a.probe:
         probe_vision_tokens(runner, n_train=a.probe_train)
 
 
