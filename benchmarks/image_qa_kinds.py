@@ -60,16 +60,21 @@ def the_shape(record) -> tuple[str, str, str]:
 
 
 def picture_tokens(runner, tokens_fn, image):
-    """(vision tokens (tokens, hidden), raw patches (patches, patch dim)) of one picture, prompted as
-    the runner prompts it, padding rows dropped (the picture's patches are those with a segment id,
-    its tokens the first quarter as many: the 2 x 2 merge); `tokens_fn` is the jitted
-    `runner.task.model.vision_tokens`."""
+    """(vision tokens (tokens, hidden), raw patches (patches, patch dim)) of one picture; see `media_tokens`."""
+    from omni_jax.generate.omni_infer import Prompt
+
+    return media_tokens(runner, tokens_fn, Prompt(text="x", images=[image]))
+
+
+def media_tokens(runner, tokens_fn, prompt):
+    """(vision tokens (tokens, hidden), raw patches (patches, patch dim)) of the picture or video of
+    `prompt`, prompted as the runner prompts it, padding rows dropped (the media's patches are those
+    with a segment id, its tokens the first quarter as many: the 2 x 2 merge; a video's in temporal
+    group, row, column order); `tokens_fn` is the jitted `runner.task.model.vision_tokens`."""
     import jax.numpy as jnp
     import numpy as np
 
-    from omni_jax.generate.omni_infer import Prompt
-
-    b = runner.prompt_batch(Prompt(text="x", images=[image]), speech=False)
+    b = runner.prompt_batch(prompt, speech=False)
     vt = tokens_fn(runner.params, *(jnp.asarray(b[k]) for k in ("vision_patches", "vision_positions",
                                                                 "vision_segment_ids")))
     n = int((b["vision_segment_ids"][0] > 0).sum())
@@ -117,7 +122,6 @@ def probe_video_motion(runner, n_train: int = 1200, n_test: int = 300, side: int
     import io
 
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from PIL import Image
 
@@ -133,12 +137,8 @@ def probe_video_motion(runner, n_train: int = 1200, n_test: int = 300, side: int
         for _, ex in default_dataset.videos(split, count):
             if Image.open(io.BytesIO(ex["frames"][0])).size[0] != side:
                 continue
-            b = runner.prompt_batch(Prompt(text="x", video_frames=list(ex["frames"]), video_fps=float(ex["fps"])),
-                                    speech=False)
-            vt = tokens(runner.params, *(jnp.asarray(b[k]) for k in ("vision_patches", "vision_positions",
-                                                                     "vision_segment_ids")))
-            n = int((b["vision_segment_ids"][0] > 0).sum())
-            vt, patches = np.asarray(vt[0, :n // 4]), np.asarray(b["vision_patches"][0, :n])
+            vt, patches = media_tokens(runner, tokens, Prompt(text="x", video_frames=list(ex["frames"]),
+                                                              video_fps=float(ex["fps"])))
             half = len(vt) // 2
             feats["tokens in order"].append(vt.reshape(-1))
             feats["token mean|max|min"].append(np.concatenate([vt.mean(0), vt.max(0), vt.min(0)]))
