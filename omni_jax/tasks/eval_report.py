@@ -192,6 +192,8 @@ def _table(results: dict[str, Any]) -> list[str]:
 
 
 def _examples(results: dict[str, Any]) -> list[str]:
+    from omni_jax.tasks.omni_eval import SPOKEN_REPLIES
+
     out = []
     for name, title in (("image_qa", "image QA"), ("video_qa", "video QA"), ("asr", "ASR")):
         ex = (results.get(name) or {}).get("examples") or []
@@ -204,7 +206,7 @@ def _examples(results: dict[str, Any]) -> list[str]:
     if replies:
         out += ["### spoken QA (text + speech replies)", "",
                 "| prompt | reply text | speech | heard back by the model's ASR | reference |", "|---|---|---|---|---|"]
-        for x in replies:
+        for x in replies[:SPOKEN_REPLIES]:  # the ones synthesised to speech
             wav = f"[{os.path.basename(x['wav'])}]({os.path.basename(x['wav'])}) ({x['seconds']:.2f} s)" \
                 if x.get("wav") else "no speech generated"
             heard = _cell(x["heard"]) + f" (CER {x['intelligibility_cer']:.2f})" if "heard" in x else "-"
@@ -216,7 +218,7 @@ def _examples(results: dict[str, Any]) -> list[str]:
 def write_report(task, workdir, results: dict[str, Any], step: int | None = None):
     """report.md, the PNGs and the TensorBoard summaries (module docstring); returns report.md's path."""
     from omni_jax.data.audio_features import decode_wav
-    from omni_jax.tasks.omni_eval import scalars
+    from omni_jax.tasks.omni_eval import SPOKEN_REPLIES, scalars
     from omni_jax.workdir import workdir_path
 
     wd = workdir_path(workdir)
@@ -232,7 +234,8 @@ def write_report(task, workdir, results: dict[str, Any], step: int | None = None
     md = [f"# Held-out evaluation of `{os.path.basename(os.fspath(wd).rstrip('/'))}`", "",
           (f"At step {step}, the end of the run. " if step is not None else "")
           + f"Test splits of the embedded dataset (`omni_*/{dataset}`, `split=test`); up to "
-          f"{int(ev.get('num_samples', 0))} samples per set, spoken replies to at most 4 spoken questions. "
+          f"{int(ev.get('num_samples', 0))} samples per set; the spoken questions' replies are scored for their "
+          f"text, and the first {SPOKEN_REPLIES} are synthesised to speech. "
           "Exact match ignores case, '.' and ','. Intelligibility: each spoken reply (24 kHz) is resampled to "
           "16 kHz and transcribed by the model itself (its ASR prompt, greedy); the CER is against the reply's own "
           "text.", ""]

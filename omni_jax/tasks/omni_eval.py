@@ -9,9 +9,10 @@ embeddings up to there are the prompt, and the LLM generates greedily with its K
   image_qa    exact-match accuracy of the answer
   video_qa    the same on the video test split (when the model has vision inputs)
   asr         exact match, character and word error rates of the transcript (jiwer)
-  speech_qa   the spoken question answered in text + speech (interleaved generation); the
-              codes go through the audio tokenizer's decoder, the flow-matching decoder and
-              the vocoder to `<workdir>/eval/speech_reply_<k>.wav`; text exact match reported.
+  speech_qa   the spoken question answered in text + speech (interleaved generation); text
+              exact match over the set's samples (as many as the other sets); the codes of the
+              first SPOKEN_REPLIES (4) replies go through the audio tokenizer's decoder, the
+              flow-matching decoder and the vocoder to `<workdir>/eval/speech_reply_<k>.wav`.
               Intelligibility: each reply waveform (24 kHz) is resampled to 16 kHz
               (omni_jax/data/resampling.py) and fed back through the model's own audio input
               path with the ASR prompt ("transcribe the speech."); the CER of that transcript
@@ -176,6 +177,9 @@ def synthesizer(task, params, state):
                        frames_per_code=task.model_cfg.audio.decoder.upsample1)
 
 
+# spoken QA: every question's reply is generated in text + speech and its text scored; the speech of
+# the first SPOKEN_REPLIES goes through the decoders to WAV and back through the model's ASR
+SPOKEN_REPLIES = 4
 ASR_PROMPT = "transcribe the speech."  # omni_jax/data/formats.py DEFAULT_PROMPTS["asr"][0]
 
 
@@ -252,7 +256,7 @@ def evaluate(task, params, state, workdir: str, *, final: bool = True, num_sampl
         lines.append(f"  {name}: {metric} {res[metric]:.2f}{extra}  e.g. {ex['hypothesis']!r} (reference {ex['reference']!r})")
 
     if ev.get("speech_reply", True) and task.shapes.max_speech_chunks and task.shapes.max_audio_chunks:
-        samples = collect(task, params, state, sets["speech_qa"], min(n, 4), tok)
+        samples = collect(task, params, state, sets["speech_qa"], n, tok)
         rows, ids = generate(task, params, samples, tok, max_new=max_new * 4, speech=True)
         synth = synthesizer(task, params, state) if final else None
         replies, waves = [], []
@@ -260,13 +264,14 @@ def evaluate(task, params, state, workdir: str, *, final: bool = True, num_sampl
             path = out_dir / f"speech_reply_{k}.wav"
             frames = int(sum(len(c) for c in r.audio_chunks))
             seconds = 0.0
-            if frames and final:
+            spoken = bool(frames) and final and k < SPOKEN_REPLIES
+            if spoken:
                 wav = synth.write_wav(path, r.audio_chunks, jax.random.PRNGKey(k))
                 seconds = len(wav) / synth.sample_rate
                 waves.append((k, wav))
             replies.append({"prompt": readable_prompt(s["prompt_ids"], tok), "text": text_of(r.tokens, tok, ids).strip(),
                             "reference": s["reference"], "frames": frames, "seconds": seconds,
-                            "wav": os.fspath(path) if frames and final else None})
+                            "wav": os.fspath(path) if spoken else None})
         exact = [float(_normalise(x["text"]) == _normalise(x["reference"])) for x in replies]
         results["speech_qa"] = {"text_exact_match": float(np.mean(exact)) if exact else 0.0, "samples": len(replies),
                                 "replies": replies}

@@ -62,9 +62,12 @@ def test_report_has_the_table_examples_and_plots(run):
                                 ("spoken replies", "intelligibility: CER of the model's own ASR of its spoken reply "
                                  "vs the reply text", ev["speech_qa"]["intelligibility_cer"])):
         assert f"| {skill} | {label} | {value:.2f} |" in report, (skill, label)
-    replies = ev["speech_qa"]["replies"]
-    assert replies and all(x["wav"] and "heard" in x for x in replies)
-    cers = [omni_eval.char_error_rate(x["heard"], x["text"]) for x in replies]
+    replies = ev["speech_qa"]["replies"]  # every question's text reply; the first SPOKEN_REPLIES spoken
+    assert len(replies) == ev["speech_qa"]["samples"] == c.evaluate.num_samples
+    spoken = replies[:omni_eval.SPOKEN_REPLIES]
+    assert spoken and all(x["wav"] and "heard" in x for x in spoken)
+    assert not any(x["wav"] for x in replies[omni_eval.SPOKEN_REPLIES:])
+    cers = [omni_eval.char_error_rate(x["heard"], x["text"]) for x in spoken]
     assert ev["speech_qa"]["intelligibility_cer"] == pytest.approx(np.mean(cers), abs=1e-12)
     assert "### image QA" in report and "### spoken QA" in report and "<C_A>" in report  # example prompts
     for name in ("loss_curves.png", "accuracy_vs_step.png", "speech_reply_0_mel.png"):
