@@ -78,11 +78,11 @@ def text_pretrain(c, steps):
 # (README "What limits each skill"). The block keeps the other skills alive with rows of the next
 # stage, omni_pretrain: 15% image QA, 15% video QA (on ASR rows alone it erases image QA, 0.00 at
 # its end). With these rows the run ended at held-out ASR CER 0.12 (0.31 with seed 1), neighbouring
-# mixtures at 0.21-0.30 (README "Adopted on 6 Dec"; a Xeon host, before TINY_ASR_ROWS). Since the
+# mixtures at 0.21-0.30 (benchmarks/main_job_history.md "Adopted on 6 Dec"; a Xeon host, before TINY_ASR_ROWS). Since the
 # evening of 6 Dec the block runs 800 steps (configs/omni15/pipeline.py STEPS; 600 before): with
 # TINY_ASR_ROWS the later stages keep what it teaches, and both seeds measured end at CER 0.08-0.14
 # on the held-out 30 (0.14-0.18 with 600; both with sft_1's ASR weight at 0.3, 0.05-0.06 with the
-# 1.0 of TINY_ASR_ROWS below; README "Adopted on 6 Dec, evening"). `test`
+# 1.0 of TINY_ASR_ROWS below; benchmarks/main_job_history.md "Adopted on 6 Dec, evening"). `test`
 # keeps the release's objective and no block, so the CI pipeline and its certificate stay as they are.
 TINY_TOKENIZER_CTC = 1.0
 TINY_ASR_BLOCK_MIXTURE = {"asr": 0.7, "image_qa": 0.15, "video_qa": 0.15}  # omni_pretrain's components
@@ -169,7 +169,7 @@ def image_audio_text_1(c, steps):
 
 # tiny (from scratch): image_audio_text_2's rate. At the scaled published rate (3e-4) the LLM has
 # not learnt to follow the ASR prompt by the end of omni_pretrain (its transcripts describe a
-# picture); at 2e-3, as image_text_2, every held-out number of the main job rises (README, "Stage
+# picture); at 2e-3, as image_text_2, every held-out number of the main job rises (benchmarks/main_job_history.md, "Stage
 # variants measured on 5 Dec"). omni_pretrain and sft_1 at 2e-3 too were measured and not kept.
 TINY_IMAGE_AUDIO_TEXT_2_LR = 2e-3
 # what image_audio_text_2, its curriculum block and omni_pretrain train (ARCHITECTURE.md 1.8)
@@ -203,10 +203,10 @@ def asr_block(c, steps):
 # rose to 0.35 / 0.60 after omni_pretrain (replies that run on past the sentence) and 0.41 / 0.20
 # at the end (sft_2 trains the audio embedding on speech output alone). With these ASR weights
 # (relative to the published ones; sft_2 gets sft_1's ASR component; the LLM stays frozen there,
-# ASR rows train its audio embedding through it) the run ends at 0.16 / 0.13 (README, "Adopted on
+# ASR rows train its audio embedding through it) the run ends at 0.16 / 0.13 (benchmarks/main_job_history.md, "Adopted on
 # 6 Dec, afternoon"). sft_1 decides what is kept: with the 800-step block, its ASR weight 0.3 -> 1.0
 # (about half its rows) takes the end from 0.12 / 0.11 to 0.05 / 0.05 and the held-out exact match
-# from 0.47 to 0.70 (seed 1: 0.11 / 0.12 -> 0.07 / 0.07, 0.47 -> 0.53; README "Adopted on 6 Dec,
+# from 0.47 to 0.70 (seed 1: 0.11 / 0.12 -> 0.07 / 0.07, 0.47 -> 0.53; benchmarks/main_job_history.md "Adopted on 6 Dec,
 # evening"). `test` keeps the published mixtures.
 TINY_ASR_ROWS = {"omni_pretrain": 0.25, "sft_1": 1.0, "sft_2": 0.3}
 

@@ -10,7 +10,7 @@ LLM); video-language 4e-6 (video projector only). Not published, our choices: au
 1e-4 for the fresh Conv-GMLP projector and 1e-5 for the pretrained Whisper encoder (LLM
 frozen), omni-alignment and SFT 1e-5 for everything. The from-scratch sizes scale these
 (common.stage_group); tiny sets its own rates for image-language 3, the encoder in audio-language
-and omni-alignment (the TINY_* constants below, each measured in the README).
+and omni-alignment (the TINY_* constants below, each measured in benchmarks/main_job_history.md).
 "Everything" in image-language 3 is the visual side and the LLM: the audio branch has not been
 aligned yet (it joins in audio-language).
 "Everything" in omni-alignment and SFT is every component of the LLM's forward (LM_COMPONENTS);
@@ -90,7 +90,7 @@ def video_language(c, steps):
     _stage(c, "video_language", steps, {"video": ("v1_video_projector",)}, {"video": 4e-6})
 
 
-# tiny (from scratch), measured on 5 Dec (README "v1 stage variants measured on 5 Dec"): the Whisper
+# tiny (from scratch), measured on 5 Dec (benchmarks/main_job_history.md "v1 stage variants measured on 5 Dec"): the Whisper
 # encoder starts random here, not from Whisper-large-v3, so audio_language trains it at the
 # projector's rate, and omni_alignment, the first stage where the LLM hears audio, runs at 2e-3 as
 # the 1.5 pipeline's image_audio_text_2 does (TINY_IMAGE_AUDIO_TEXT_2_LR): the transcripts follow
