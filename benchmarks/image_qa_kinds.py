@@ -59,6 +59,13 @@ def the_shape(record) -> tuple[str, str, str]:
     return size, colour, shape
 
 
+def the_moving_shape(record) -> tuple[str, str, str, str]:
+    """(size, colour, shape, direction) of an embedded video record, from its caption ('a big red
+    circle moves to the left. ...')."""
+    _, size, colour, shape, *_, move = record["caption"].split(".")[0].split()  # a {size} {colour} {shape} moves to the {move}
+    return size, colour, shape, move
+
+
 def picture_tokens(runner, tokens_fn, image):
     """(vision tokens (tokens, hidden), raw patches (patches, patch dim)) of one picture; see `media_tokens`."""
     from omni_jax.generate.omni_infer import Prompt
@@ -144,7 +151,7 @@ def probe_video_motion(runner, n_train: int = 1200, n_test: int = 300, side: int
             feats["token mean|max|min"].append(np.concatenate([vt.mean(0), vt.max(0), vt.min(0)]))
             feats["second group - first"].append((vt[half:] - vt[:half]).reshape(-1))
             feats["raw patches in order"].append(patches.reshape(-1))
-            move.append(moves.index(ex["caption"].split(" moves to the ")[1].split(".")[0]))
+            move.append(moves.index(the_moving_shape(ex)[3]))
         return {k: np.stack(v) for k, v in feats.items()}, np.array(move)
 
     (x_tr, y_tr), (x_te, y_te) = videos("train", n_train), videos("test", n_test)

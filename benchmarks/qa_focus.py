@@ -36,12 +36,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # image_qa_kinds
 
 def video_records(count: int, kinds) -> list[dict]:
     """The first `count` train-stream videos, one record per video and kind (question, answer replaced)."""
+    from image_qa_kinds import the_moving_shape
     from omni_jax.data import default_dataset
 
     out = []
     for _, ex in default_dataset.videos("train", count):
-        words = ex["caption"].split(".")[0].split()  # a {size} {colour} {shape} moves to the {move}
-        colour, shape, move = words[2], words[3], words[-1]
+        _, colour, shape, move = the_moving_shape(ex)
         qa = {"motion": (f"where does the {colour} {shape} move?", f"to the {move}."),
               "colour": ("what colour is the moving shape?", f"{colour}."),
               "shape": (f"which shape moves to the {move}?", f"a {shape}.")}
