@@ -1,17 +1,23 @@
 """Does a v1 audio encoder that already hears the words help the v1 main job's ASR? (issue #14)
 
-  python benchmarks/v1_encoder_ctc.py --src=runs/omni_v1_tiny --step=610 --workdir=runs/v1_encoder_ctc \
-      [--ctc_steps=400 --ctc_lr=1e-3 --config=configs/omni_v1/pipeline.py]
+  python benchmarks/v1_encoder_ctc.py --src=runs/omni_v1_tiny --step=790 --workdir=runs/v1_encoder_ctc \
+      [--ctc_steps=400 --ctc_lr=1e-3 --ctc_clips=240 --config=configs/omni_v1/pipeline.py]
+
+Since 6 Dec 2026 (late) the tiny v1 pipeline trains its encoder this way in a stage of its own
+(`audio_encoder_pretrain`, task omni_v1_audio_ctc, configs/omni_v1/stages.py); this script is how
+that was measured (benchmarks/main_job_history.md, "v1: an encoder that hears, kept"). With
+today's pipeline give `--config` a config without that stage, or the encoder is trained twice.
 
 The 7B v1 starts its Whisper encoder from Whisper-large-v3; the tiny pipeline's starts random and
 learns only through the LLM's loss. This script gives a run the encoder a pretrained Whisper would
 bring: it copies the checkpoint `--step` of the v1 run `--src` (a stage end before audio_language:
-610 is the end of video_language in the default tiny pipeline; the audio encoder is untouched
+790 is the end of video_language in the default tiny pipeline, 610 when image_language_3 had 270
+steps, the runs of the table in benchmarks/README.md; the audio encoder is untouched
 until then) into `--workdir`, and runs the rest of the pipeline from there with `launch.train`,
 with one addition: on entering audio_language, the encoder is first trained alone with a CTC loss
 of the transcript's characters (a scratch linear head on its 20 ms frames; the embedded speech
-train split's first 240 clips (the whole split before the dataset's 1.1.0), 16 per step;
-benchmarks/speech_ctc_baseline.py's features, labels, training loop `fit` (AdamW, warm-up +
+train split's first `--ctc_clips` clips (240 = the whole split before the dataset's 1.1.0, 2400
+now), 16 per step; benchmarks/speech_ctc_baseline.py's features, labels, training loop `fit` (AdamW, warm-up +
 cosine) and decoding), and that CTC head's held-out CER is printed. The pipeline's own
 evaluation at the end (eval.json, report) then says what reached the LLM. The hook is a warm start
 registered by this script only (omni_jax/train/warm_start.py); nothing is written back to the
@@ -34,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 HOOK = "audio_encoder_ctc_pretrain"
 
 
-def ctc_pretrain(encoder_cfg, encoder_params, steps: int, lr: float, seed: int = 0):
+def ctc_pretrain(encoder_cfg, encoder_params, steps: int, lr: float, seed: int = 0, clips: int = 240):
     """encoder_params trained with CTC on the train clips; prints the CTC head's CER per split."""
     import flax.linen as nn
     import jax
@@ -46,7 +52,7 @@ def ctc_pretrain(encoder_cfg, encoder_params, steps: int, lr: float, seed: int =
     from omni_jax.models.whisper import WhisperEncoder
 
     enc = WhisperEncoder(encoder_cfg)
-    tr_texts, tr_mels = scb.load("train", 240)
+    tr_texts, tr_mels = scb.load("train", clips)
     te_texts, te_mels = scb.load("test", 40)
     chars = "".join(sorted(set("".join(tr_texts + te_texts))))
 
@@ -82,7 +88,7 @@ def ctc_pretrain(encoder_cfg, encoder_params, steps: int, lr: float, seed: int =
     return jax.tree.map(lambda new, old: new.astype(old.dtype), p["enc"], encoder_params)
 
 
-def install_hook(steps: int, lr: float) -> None:
+def install_hook(steps: int, lr: float, clips: int = 240) -> None:
     """Register HOOK as a warm start that runs ctc_pretrain on the run's audio_encoder (eagerly:
     warm_start.apply jits the registered ones, and this one is a training loop)."""
     from omni_jax.models.omni_v1 import OmniV1Config
@@ -93,7 +99,7 @@ def install_hook(steps: int, lr: float) -> None:
         from launch.train import FLAGS
 
         cfg = OmniV1Config.from_config(FLAGS.config.model).audio_encoder
-        return {"audio_encoder": ctc_pretrain(cfg, params["audio_encoder"], steps, lr)}
+        return {"audio_encoder": ctc_pretrain(cfg, params["audio_encoder"], steps, lr, clips=clips)}
 
     plain = warm_start.apply
 
@@ -116,6 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="configs/omni_v1/pipeline.py")
     p.add_argument("--ctc_steps", type=int, default=400)
     p.add_argument("--ctc_lr", type=float, default=1e-3)
+    p.add_argument("--ctc_clips", type=int, default=240, help="train clips the CTC pre-training reads (the split has 2400)")
     a, overrides = p.parse_known_args(argv)
     src = os.path.join(a.src, "checkpoints", str(a.step))
     if not os.path.isdir(src):
@@ -123,7 +130,7 @@ def main(argv=None) -> int:
     if os.path.exists(a.workdir):
         raise SystemExit(f"--workdir={a.workdir} exists: give a new directory")
     shutil.copytree(src, os.path.join(a.workdir, "checkpoints", str(a.step)))
-    install_hook(a.ctc_steps, a.ctc_lr)
+    install_hook(a.ctc_steps, a.ctc_lr, a.ctc_clips)
     from launch import train
 
     sys.argv = [sys.argv[0], f"--config={a.config}", f"--workdir={a.workdir}",

@@ -29,7 +29,10 @@ def restore_params(config: Any, workdir: str | os.PathLike, step: int | None = N
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first (python -m launch.train ...)")
         abstract = shd.unbox(jax.eval_shape(get_task(config).init, jax.ShapeDtypeStruct((2,), jnp.uint32)))
-        return jax.device_get(ckpt.restore_params(step, abstract))
+        from omni_jax.models.omni_v1 import TRAINING_ONLY  # heads of training stages only: not the model's
+
+        leave_out = tuple(k for k in TRAINING_ONLY if k not in abstract)
+        return jax.device_get(ckpt.restore_params(step, abstract, leave_out))
     finally:
         ckpt.close()
 

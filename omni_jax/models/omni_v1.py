@@ -13,6 +13,10 @@ references in their own files:
                       (streaming input; omni_jax/models/v1_boundary_head.py, trained in the v1
                       stage `audio_boundary`, not part of the LLM forward)
 
+Training only (TRAINING_ONLY, in a run's tree when its stages add it, never exported):
+  v1_audio_ctc_head   a linear CTC head on the Whisper states (omni_jax/tasks/omni_v1_audio_ctc.py:
+                      the from-scratch sizes' stand-in for Whisper's own ASR pre-training)
+
 Unlike 1.5, v1 reads audio as CONTINUOUS Whisper features (no RVQ, no model state) and has
 no speech output (no audio embedding tables, no audio head).
 
@@ -51,6 +55,8 @@ Array = jax.Array
 
 COMPONENTS = ("llm", "siglip", "v1_projector", "v1_video_projector", "audio_encoder", "v1_audio_projector",
               "v1_boundary_head")
+CTC_HEAD = "v1_audio_ctc_head"
+TRAINING_ONLY = (CTC_HEAD,)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ _REGISTRY: dict[str, str] = {
     "omni": "omni_jax.tasks.omni:OmniTask",
     "omni_v1": "omni_jax.tasks.omni_v1:OmniV1Task",
     "omni_v1_boundary": "omni_jax.tasks.omni_v1_boundary:OmniV1BoundaryTask",
+    "omni_v1_audio_ctc": "omni_jax.tasks.omni_v1_audio_ctc:OmniV1AudioCTCTask",
 }
 
 

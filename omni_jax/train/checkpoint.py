@@ -221,9 +221,11 @@ class Checkpointer:
         self._mgr.reload()
         return str(dest)
 
-    def restore_params(self, step: int, abstract_params: Any) -> Any:
-        """Only the parameters (no optimizer state is read), e.g. for export or inference."""
-        self.check_compatible_params(step, abstract_params)
+    def restore_params(self, step: int, abstract_params: Any, leave_out: Sequence[str] = ()) -> Any:
+        """Only the parameters (no optimizer state is read), e.g. for export or inference.
+        `leave_out`: top-level components the checkpoint may hold beyond `abstract_params` that are
+        not read (training-only heads, e.g. omni_jax/models/omni_v1.py TRAINING_ONLY)."""
+        self.check_compatible_params(step, abstract_params, leave_out)
         item = {"params": abstract_params}
         restore_args = jax.tree.map(
             lambda a: ocp.ArrayRestoreArgs(sharding=getattr(a, "sharding", None), global_shape=a.shape, dtype=a.dtype)
@@ -234,10 +236,10 @@ class Checkpointer:
             args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
         return out["params"]
 
-    def check_compatible_params(self, step: int, abstract_params: Any) -> None:
+    def check_compatible_params(self, step: int, abstract_params: Any, leave_out: Sequence[str] = ()) -> None:
         saved_md = self._mgr.item_metadata(step)["state"]
         saved = {k[len("params/"):]: v for k, v in _flat_shapes(getattr(saved_md, "tree", saved_md)).items()
-                 if k.startswith("params/")}
+                 if k.startswith("params/") and k[len("params/"):].split("/")[0] not in leave_out}
         want = _flat_shapes(abstract_params)
         bad = sorted(k for k in set(want) | set(saved) if want.get(k) != saved.get(k))
         if bad:
