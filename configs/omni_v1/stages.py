@@ -47,6 +47,11 @@ def base(size: str = "tiny") -> ml_collections.ConfigDict:
                         video_tokens_per_frame=m.v1_projector.video_pool_grid[0] * m.v1_projector.video_pool_grid[1],
                         audio_pool=m.v1_audio_projector.rate)
     c.loss = ml_collections.ConfigDict(dict(text=1.0))
+    if size == "test":
+        # the tiny dataset's interleaved image documents are 262-378 tokens in v1's tiles and never fit
+        # the test size's 256-token rows: omni_alignment skips 9 of the 336 records it reads (2.7%,
+        # each logged), above the default 1% budget that otherwise stops the `:test` pipeline
+        c.data.errors.max_fraction = 0.05
     return c
 
 
