@@ -49,8 +49,8 @@ def base(size: str = "tiny") -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict(dict(text=1.0))
     if size == "test":
         # the tiny dataset's interleaved image documents are 262-378 tokens in v1's tiles and never fit
-        # the test size's 256-token rows: omni_alignment skips 9 of the 336 records it reads (2.7%,
-        # each logged), above the default 1% budget that otherwise stops the `:test` pipeline
+        # the test size's 256-token rows: omni_alignment skips 9 of the 336 records it reads (2.7%, the
+        # first 5 logged), above the default 1% budget that otherwise stops the `:test` pipeline
         c.data.errors.max_fraction = 0.05
     return c
 
@@ -107,8 +107,9 @@ AUDIO_ENCODER_PRETRAIN = dict(lr=1e-3, warmup_steps=80, min_lr_ratio=0.05, weigh
 # hears, kept"): the tiny LLM learns to read the audio only with three pieces together, as in the 1.5
 # pipeline (README "What limits each skill"): (1) the pre-trained encoder above, which later stages
 # leave almost as it is (TINY_AUDIO_ENCODER_LR: it stays in every stage's trainable group, as the
-# report's rules say, at 1/100 of the LLM's rate in omni_alignment; the old 3e-3 for the random
-# encoder, or 3e-4, wash out what it heard: held-out ASR CER 0.34 and 0.18 against 0.05 frozen);
+# report's rules say, at 1/67 of the LLM's rate in omni_alignment, 1/10 in sft; the old 3e-3 for
+# the random encoder, or 3e-4, wash out what it heard: held-out ASR CER 0.34 and 0.18 against 0.05
+# frozen);
 # (2) a curriculum block of omni_alignment mostly of ASR rows (`asr_block`, TINY_ASR_BLOCK_MIXTURE;
 # without it CER 0.46); (3) ASR rows at about half of sft's (TINY_SFT_ASR_WEIGHT, 0.15 published).
 # omni_alignment, the first stage where the LLM hears audio, runs at 2e-3 as the 1.5 pipeline's
