@@ -85,8 +85,7 @@ def example(clips, rng: np.random.Generator, window: int) -> dict[str, np.ndarra
 
 def _labelled(crop, start_s, end_s, window):
     mel, valid = window_features(crop, window)
-    frames = (mel.shape[1] - 1) // 2 + 1
-    n = (valid - 1) // 2 + 1 if valid else 0
+    frames, n = media.encoder_frames(mel.shape[1]), media.encoder_frames(valid)
     return {"boundary_mels": mel, "boundary_mel_lengths": np.int32(valid),
             "boundary_labels": frame_labels(frames, start_s, end_s),
             "boundary_mask": (np.arange(frames) < n).astype(np.float32)}

@@ -118,12 +118,14 @@ class OmniV1AudioCTCTask(OmniV1Task):
 def ctc_rows(config: Any, ctc: dict):
     """make_batch(start, count) for global_rows_iterator: the module docstring's rows."""
     from omni_jax.data.builders import default_data_dir
-    from omni_jax.data.media_io import AudioItem
+    from omni_jax.data.errors import DataError
+    from omni_jax.data.formats import FormatContext, get_bytes, get_text
+    from omni_jax.data.media import encoder_frames
+    from omni_jax.data.media_io import AudioItem, MediaConfig
     from omni_jax.data.omni_batch import OmniShapes
     from omni_jax.data.sources import open_source
     from omni_jax.data.tokenizer import make_tokenizer
     from omni_jax.data.tokenizer_data import utterance_of_row
-    from omni_jax.data.errors import DataError
 
     d = config.data
     shapes = OmniShapes.from_config(d)
@@ -133,20 +135,21 @@ def ctc_rows(config: Any, ctc: dict):
     if count == 0:
         raise DataError("invalid", f"config.ctc.dataset={ctc['dataset']!r} split {ctc['split']!r} has no records")
     chunk, frames = shapes.chunk_samples, shapes.mel_frames
+    ctx = FormatContext(tokenizer=tok, media=MediaConfig.from_dict(d.get("media")), chunk_samples=chunk)
 
     def row(i: int) -> dict[str, np.ndarray]:
         rec = source[i]
         where = f"config.ctc.dataset={ctc['dataset']!r} [{ctc['split']}] record {i}"
-        if "audio" not in rec or "transcript" not in rec:
-            raise DataError("missing_field", f"{where} has fields {sorted(rec)}; the CTC stage reads 'audio' and "
-                            "'transcript' (the ASR format's records)")
-        mels = AudioItem(rec["audio"]).features(chunk)
+        try:  # the ASR format's fields, read as the mixture pipeline reads them
+            audio, text = get_bytes(rec, ctx, "audio"), get_text(rec, ctx, "transcript")
+        except DataError as e:
+            raise e.with_record(where) from None
+        mels = AudioItem(audio).features(chunk)
         if len(mels) != 1:
             raise DataError("over_long", f"{where} is {len(mels)} chunks of audio; the CTC stage reads one "
                             f"(config.data.shapes.mel_frames={frames}): raise it or cut the record")
-        text = rec["transcript"]
-        ids = tok.encode(text.decode() if isinstance(text, bytes) else str(text))
-        enc_frames = (mels[0].shape[1] - 1) // 2 + 1
+        ids = tok.encode(text)
+        enc_frames = encoder_frames(mels[0].shape[1])
         if not 0 < len(ids) <= min(max_labels, enc_frames):
             raise DataError("over_long", f"{where}: its transcript is {len(ids)} tokens, the limit is "
                             f"config.ctc.max_labels={max_labels} and the clip's {enc_frames} encoder frames "
