@@ -135,7 +135,7 @@ def audio_encoder_pretrain(c, steps):
         groups={"encoder": dict(lr=p["lr"], schedule="cosine", warmup_steps=p["warmup_steps"],
                                 weight_decay=p["weight_decay"], min_lr_ratio=p["min_lr_ratio"])},
         task_config=dict(ctc=dict(dataset=f"omni_speech/{common.dataset_config(c.size)}", split="train", seed=0,
-                                  max_labels=p["max_labels"])),
+                                  max_labels=p["max_labels"], cache_mib=1024)),
     ))
 
 

@@ -28,10 +28,9 @@ def restore_params(config: Any, workdir: str | os.PathLike, step: int | None = N
         step = ckpt.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first (python -m launch.train ...)")
-        abstract = shd.unbox(jax.eval_shape(get_task(config).init, jax.ShapeDtypeStruct((2,), jnp.uint32)))
-        from omni_jax.models.omni_v1 import TRAINING_ONLY  # heads of training stages only: not the model's
-
-        leave_out = tuple(k for k in TRAINING_ONLY if k not in abstract)
+        task = get_task(config)
+        abstract = shd.unbox(jax.eval_shape(task.init, jax.ShapeDtypeStruct((2,), jnp.uint32)))
+        leave_out = tuple(k for k in task.training_only if k not in abstract)  # heads of training stages only
         return jax.device_get(ckpt.restore_params(step, abstract, leave_out))
     finally:
         ckpt.close()

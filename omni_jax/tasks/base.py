@@ -36,6 +36,10 @@ class Task(abc.ABC):
     # the task draws per-row randomness from rng.row_keys(rng, batch["row_ids"]), so its draws
     # do not depend on the microbatch split.
     row_rng: bool = False
+    # Top-level parameter components that some training stages add to a run's tree (heads of
+    # auxiliary losses) and that inference and every export leave out: a workdir's params are
+    # restored without them (omni_jax/convert/workdir.py).
+    training_only: tuple[str, ...] = ()
 
     def __init__(self, config: Any):
         self.config = config

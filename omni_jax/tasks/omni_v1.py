@@ -20,7 +20,8 @@ from typing import Any
 
 from omni_jax.data.omni_batch import TEXT_FIELDS, OmniShapes
 from omni_jax.models.omni import check_fit
-from omni_jax.models.omni_v1 import OmniV1, OmniV1Config
+from omni_jax.models.omni_v1 import TRAINING_ONLY, OmniV1, OmniV1Config
+from omni_jax.tasks.base import Task
 from omni_jax.tasks.omni import AUDIO_FIELDS, OmniTask
 
 TILE_FIELDS = ("vision_tiles", "vision_tile_items", "vision_tile_video", "vision_token_index")
@@ -29,6 +30,7 @@ TILE_FIELDS = ("vision_tiles", "vision_tile_items", "vision_tile_video", "vision
 class OmniV1Task(OmniTask):
     vision_mode = "tiles"
     loss_defaults = dict(text=1.0)
+    training_only = TRAINING_ONLY  # audio_encoder_pretrain's CTC head (omni_jax/tasks/omni_v1_audio_ctc.py)
 
     def build_model(self, model_config):
         cfg = OmniV1Config.from_config(model_config)
@@ -78,9 +80,7 @@ class OmniV1Task(OmniTask):
         metrics["loss"] = objective
         return objective, metrics
 
-    def loss_with_state(self, params, state, batch, rng, norms):
-        objective, metrics = self.loss(params, batch, rng, norms)
-        return objective, metrics, None
+    loss_with_state = Task.loss_with_state  # no model state: `loss` (the 1.5 task's has state)
 
     def import_params(self, path: str, abstract_params: Any) -> Any:
         from omni_jax.convert.omni_v1 import import_hf_parts

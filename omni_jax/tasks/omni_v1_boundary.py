@@ -67,10 +67,6 @@ class OmniV1BoundaryTask(OmniV1Task):
         return ce, {"loss": ce, "boundary_loss": ce, "start_accuracy": acc[0], "inside_accuracy": acc[1],
                     "end_accuracy": acc[2]}
 
-    def loss_with_state(self, params, state, batch, rng, norms):
-        objective, metrics = self.loss(params, batch, rng, norms)
-        return objective, metrics, None
-
     def make_data(self, stage, *, start_step, process_index, process_count, rows=None):
         from omni_jax.data.boundary_streams import make_boundary_iterator
 

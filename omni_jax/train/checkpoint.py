@@ -224,7 +224,7 @@ class Checkpointer:
     def restore_params(self, step: int, abstract_params: Any, leave_out: Sequence[str] = ()) -> Any:
         """Only the parameters (no optimizer state is read), e.g. for export or inference.
         `leave_out`: top-level components the checkpoint may hold beyond `abstract_params` that are
-        not read (training-only heads, e.g. omni_jax/models/omni_v1.py TRAINING_ONLY)."""
+        not read (training-only heads: omni_jax/tasks/base.py Task.training_only)."""
         self.check_compatible_params(step, abstract_params, leave_out)
         item = {"params": abstract_params}
         restore_args = jax.tree.map(

@@ -57,9 +57,31 @@ def test_rows_are_the_speech_clips_once_per_pass_and_the_loss_reads_only_valid_f
     assert loss(changed) != base
 
 
+def test_the_mel_cache_gives_the_same_rows_and_decodes_each_record_once(monkeypatch):
+    from omni_jax.data import media_io
+    from omni_jax.tasks.omni_v1_audio_ctc import ctc_rows
+
+    decoded = []
+    features = media_io.AudioItem.features
+    monkeypatch.setattr(media_io.AudioItem, "features", lambda self, n: decoded.append(1) or features(self, n))
+    c = pipeline.get_config("test")
+    ctc = dict(c.stages[STAGE].task_config.ctc.to_dict(), seed=0, max_labels=64)
+    uncached = ctc_rows(c, dict(ctc, cache_mib=0))
+    off = uncached(0, 12)
+    uncached(0, 12)
+    assert len(decoded) == 24  # no cache: every call decodes again
+    decoded.clear()
+    cached = ctc_rows(c, dict(ctc, cache_mib=64))
+    first, again = cached(0, 12), cached(0, 12)
+    assert len(decoded) == 12  # the second call read every record from the cache
+    assert all(np.array_equal(off[k], first[k]) and np.array_equal(off[k], again[k]) for k in off)
+
+
 def test_bad_config_and_records_name_the_fix():
     with pytest.raises(ValueError, match=r"config.ctc: unknown key\(s\) \['labels'\]"):
         _task(labels=3)
+    with pytest.raises(ValueError, match=r"config.ctc.cache_mib=-1: must be >= 0"):
+        _task(cache_mib=-1)
     task = _task(max_labels=8)
     with pytest.raises(ValueError, match=r"transcript is \d+ tokens, the limit is config.ctc.max_labels=8"):
         next(iter(task.make_data(None, start_step=0, process_index=0, process_count=1)))
