@@ -23,7 +23,7 @@ STEPS = {
     "test": dict(dict.fromkeys(ORDER, 2), asr_block=0),
     "tiny": dict(text_pretrain=200, image_language_1=40, image_language_2=60, image_language_3=450,
                  video_language=40, audio_encoder_pretrain=800, audio_language=120, omni_alignment=100,
-                 asr_block=800, sft=150, audio_boundary=150),
+                 asr_block=1000, sft=150, audio_boundary=150),
     "small": dict(text_pretrain=4000, image_language_1=500, image_language_2=2000, image_language_3=3000,
                   video_language=1000, audio_encoder_pretrain=4000, audio_language=3000, omni_alignment=2000,
                   asr_block=0, sft=2000, audio_boundary=1000),
