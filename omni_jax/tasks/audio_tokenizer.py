@@ -50,7 +50,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import linen as nn
 
 from omni_jax import sharding as shd
@@ -58,8 +57,8 @@ from omni_jax.layers import Dense, dtype_of
 from omni_jax.models.audio_tokenizer import AudioTokenizer, AudioTokenizerConfig, ema_update, merge_stats
 from omni_jax.models.qwen2 import Qwen2Config, Qwen2LM
 from omni_jax.ops import mel_jax
-from omni_jax.tasks.base import Task
-from omni_jax.tasks.losses import cross_entropy_sum
+from omni_jax.tasks.base import Task, config_section
+from omni_jax.tasks.losses import cross_entropy_sum, ctc_nll_sum
 from omni_jax.train.rng import ROW_IDS, row_keys
 
 ROWS = ("activation_batch",)
@@ -113,14 +112,7 @@ class AudioTokenizerTask(Task):
         self.tokenizer = AudioTokenizer(self.cfg)
         self.llm = Qwen2LM(self.llm_cfg)
         self.adapter = AudioTextAdapter(self.llm_cfg.hidden_size, self.cfg.bridge.dtype, self.cfg.bridge.param_dtype)
-        loss = dict(LOSS_DEFAULTS)
-        given = config.get("loss", None)
-        given = given.to_dict() if hasattr(given, "to_dict") else dict(given or {})
-        unknown = sorted(set(given) - set(loss))
-        if unknown:
-            raise ValueError(f"config.loss: unknown key(s) {unknown}; valid: {sorted(loss)}")
-        loss.update(given)
-        self.loss_cfg = loss
+        self.loss_cfg = loss = config_section(config, "loss", LOSS_DEFAULTS)
         if int(loss["ctc_labels_per_frame"]) < 1:
             raise ValueError(f"config.loss.ctc_labels_per_frame={loss['ctc_labels_per_frame']}: must be >= 1")
         self.ctc_head = (CTCHead(self.llm_cfg.vocab_size, int(loss["ctc_labels_per_frame"]), self.cfg.bridge.dtype,
@@ -271,11 +263,8 @@ class AudioTokenizerTask(Task):
         """CTC negative log-likelihood of the transcript (eos left out), summed over rows, per text token."""
         logits = self.ctc_head.apply({"params": params["audio_ctc_head"]}, out["mixed"]).astype(jnp.float32)
         n_out = out["lengths"] * self.ctc_head.per_frame
-        logit_pad = (jnp.arange(logits.shape[1])[None] >= n_out[:, None]).astype(jnp.float32)
         n_text = jnp.maximum(batch["text_lengths"] - 1, 0)  # the last token is eos: nothing spoken
-        label_pad = (jnp.arange(self.text_len)[None] >= n_text[:, None]).astype(jnp.float32)
-        nll = optax.ctc_loss(logits, logit_pad, batch["text"], label_pad, blank_id=self.llm_cfg.vocab_size)
-        return jnp.sum(jnp.where(n_text > 0, nll, 0.0)) / norms["text"]
+        return ctc_nll_sum(logits, n_out, batch["text"], n_text, self.llm_cfg.vocab_size) / norms["text"]
 
     # ---- model state ----
 

@@ -31,6 +31,18 @@ from typing import Any, Mapping
 import jax
 
 
+def config_section(config: Any, key: str, defaults: Mapping[str, Any], owner: str = "") -> dict[str, Any]:
+    """`config.<key>` (a ConfigDict, a dict or absent) over `defaults`; a key `defaults` lacks is an
+    error that lists the valid ones (as `owner`'s, when given)."""
+    given = config.get(key, None)
+    given = given.to_dict() if hasattr(given, "to_dict") else dict(given or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        valid = f"the {owner}'s are" if owner else "valid:"
+        raise ValueError(f"config.{key}: unknown key(s) {unknown}; {valid} {sorted(defaults)}")
+    return {**defaults, **given}
+
+
 class Task(abc.ABC):
     # True: the step adds batch["row_ids"] (each row's global index, omni_jax/train/rng.py) and
     # the task draws per-row randomness from rng.row_keys(rng, batch["row_ids"]), so its draws

@@ -1,6 +1,7 @@
 """Token-level losses in fp32, and the LM-head loss computed without full logits.
 
-`cross_entropy_sum` takes materialised logits. `lm_head_cross_entropy_sum` takes the LLM's
+`cross_entropy_sum` takes materialised logits; `ctc_nll_sum` is the CTC loss of the two CTC heads
+(omni_jax/tasks/audio_tokenizer.py, omni_jax/tasks/omni_v1_audio_ctc.py). `lm_head_cross_entropy_sum` takes the LLM's
 final normed hidden states and the untied `lm_head` kernel and never materialises the
 (tokens x vocab) logits: the sequence is cut into `token_chunk`-long pieces (a rematerialised
 `lax.scan`: the backward pass recomputes one piece's logits at a time) and, optionally, the
@@ -31,6 +32,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 Array = jax.Array
 
@@ -44,6 +46,16 @@ def cross_entropy_sum(logits: jax.Array, targets: jax.Array, weights: jax.Array)
     nll = (lse - tgt) * weights
     correct = (jnp.argmax(logits, axis=-1) == targets) * (weights > 0)
     return nll.sum(), correct.sum().astype(jnp.float32)
+
+
+def ctc_nll_sum(logits: Array, logit_lengths: Array, labels: Array, label_lengths: Array, blank_id: int) -> Array:
+    """Sum over rows of the CTC negative log-likelihood (optax.ctc_loss) of each row's first
+    `label_lengths` labels given its first `logit_lengths` frames; rows without labels add 0.
+    logits (N, T, K) fp32, labels (N, L) int; the lengths (N,)."""
+    logit_pad = (jnp.arange(logits.shape[1])[None] >= logit_lengths[:, None]).astype(jnp.float32)
+    label_pad = (jnp.arange(labels.shape[1])[None] >= label_lengths[:, None]).astype(jnp.float32)
+    nll = optax.ctc_loss(logits, logit_pad, labels, label_pad, blank_id=blank_id)
+    return jnp.sum(jnp.where(label_lengths > 0, nll, 0.0))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from omni_jax.data.omni_batch import TEXT_FIELDS, OmniShapes, batch_spec
 from omni_jax.models.audio_head import audio_head_loss_sum, gather_frames, take_positions
 from omni_jax.models.omni import Omni15, Omni15Config, speech_head_targets
-from omni_jax.tasks.base import Task
+from omni_jax.tasks.base import Task, config_section
 from omni_jax.tasks.losses import llm_loss_sums
 
 VISION_FIELDS = ("vision_patches", "vision_positions", "vision_segment_ids", "vision_token_index")
@@ -53,13 +53,7 @@ class OmniTask(Task):
             raise ValueError(f"the {type(self).__name__} reads vision_mode={self.vision_mode!r} inputs: set "
                              f"config.data.media.vision_mode={self.vision_mode!r} (NaViT patches are the 1.5 "
                              "model's input, AnyRes tiles the v1 model's)")
-        given = config.get("loss", None)
-        given = given.to_dict() if hasattr(given, "to_dict") else dict(given or {})
-        unknown = sorted(set(given) - set(self.loss_defaults))
-        if unknown:
-            raise ValueError(f"config.loss: unknown key(s) {unknown}; the {type(self).__name__}'s are "
-                             f"{sorted(self.loss_defaults)}")
-        self.loss_cfg = {**self.loss_defaults, **given}
+        self.loss_cfg = config_section(config, "loss", self.loss_defaults, type(self).__name__)
         self.fields = self.batch_fields(self.shapes)
         self.check_data()
 

@@ -37,10 +37,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from omni_jax.models.omni_v1 import CTC_HEAD
 from omni_jax.tasks.audio_tokenizer import CTCHead
+from omni_jax.tasks.base import config_section
+from omni_jax.tasks.losses import ctc_nll_sum
 from omni_jax.tasks.omni_v1 import OmniV1Task
 
 CTC_DEFAULTS = dict(dataset="", split="train", seed=0, max_labels=64, cache_mib=1024)
@@ -50,12 +51,7 @@ class OmniV1AudioCTCTask(OmniV1Task):
 
     def __init__(self, config: Any):
         super().__init__(config)
-        given = config.get("ctc", None)
-        given = given.to_dict() if hasattr(given, "to_dict") else dict(given or {})
-        unknown = sorted(set(given) - set(CTC_DEFAULTS))
-        if unknown:
-            raise ValueError(f"config.ctc: unknown key(s) {unknown}; valid: {sorted(CTC_DEFAULTS)}")
-        self.ctc_cfg = {**CTC_DEFAULTS, **given}
+        self.ctc_cfg = config_section(config, "ctc", CTC_DEFAULTS)
         if not self.ctc_cfg["dataset"]:
             raise ValueError("the omni_v1_audio_ctc task needs config.ctc.dataset (a TFDS dataset with ASR records, "
                              "e.g. 'omni_speech/shapes'; configs/omni_v1/stages.py audio_encoder_pretrain sets it)")
@@ -98,11 +94,8 @@ class OmniV1AudioCTCTask(OmniV1Task):
     def loss(self, params, batch, rng, norms):
         del rng
         logits, n = self.logits(params, batch["ctc_mels"], batch["ctc_mel_lengths"])
-        logit_pad = (jnp.arange(logits.shape[1])[None] >= n[:, None]).astype(jnp.float32)
-        labels, count = batch["ctc_labels"], batch["ctc_label_lengths"]
-        label_pad = (jnp.arange(labels.shape[1])[None] >= count[:, None]).astype(jnp.float32)
-        nll = optax.ctc_loss(logits, logit_pad, labels, label_pad, blank_id=self.model_cfg.llm.vocab_size)
-        ctc = jnp.sum(jnp.where(count > 0, nll, 0.0)) / norms["labels"]
+        count = batch["ctc_label_lengths"]
+        ctc = ctc_nll_sum(logits, n, batch["ctc_labels"], count, self.model_cfg.llm.vocab_size) / norms["labels"]
         return ctc, {"loss": ctc, "ctc_loss": ctc, "labels": count.sum().astype(jnp.float32)}
 
     def make_data(self, stage, *, start_step, process_index, process_count, rows=None):
@@ -138,7 +131,7 @@ def ctc_rows(config: Any, ctc: dict):
     chunk, frames = shapes.chunk_samples, shapes.mel_frames
     ctx = FormatContext(tokenizer=tok, media=MediaConfig.from_dict(d.get("media")), chunk_samples=chunk)
 
-    cache, budget = {}, int(ctc.get("cache_mib", 0)) << 20  # record -> (its mel frames, tokens)
+    cache, budget = {}, int(ctc["cache_mib"]) << 20  # record -> (its mel frames, tokens)
     used = [0]
 
     def features(i: int) -> tuple[np.ndarray, list[int]]:
