@@ -12,7 +12,8 @@ train_compile.py idea). The report: mesh, per-device memory from the compiled pr
 (arguments, outputs, temporaries; the compiler refuses programs that do not fit HBM),
 compile time, the compiler's flop estimate (set --config.model.llm.scan_unroll to the
 layer count for an exact count: a scanned layer is counted once) and the analytic
-6*N*tokens estimate with the MFU it implies at a given step time.
+6*N*tokens estimate with the MFU it implies at a given step time (language-model tasks; the
+omni tasks have no closed form: launch/aot_plans.py counts their compiled matmuls instead).
 """
 
 from __future__ import annotations
@@ -125,11 +126,13 @@ def plan(config, topology: str, stage_name: str = "", num_slices: int = 1, hlo_o
     cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(layout.abstract_params))
     tokens = int(np.prod(layout.batch_abstract["tokens"].shape)) if "tokens" in layout.batch_abstract else 0
-    analytic = task.flops_per_token() * tokens if hasattr(task, "flops_per_token") else float("nan")
+    # a closed form exists for the language-model tasks only; the omni tasks' media encoders, frozen parts and
+    # audio head have none: None (JSON null), and launch/hlo_cost.py counts their compiled programs instead
+    analytic = task.flops_per_token() * tokens if hasattr(task, "flops_per_token") else None
     report = {
         "topology": topology, "slices": num_slices, "devices": len(devices), "mesh": dict(mesh.shape),
         "dcn": {a: n for a, n in shd.dcn_shape_from_config(config.mesh.to_dict()).items() if n > 1},
-        "axes_crossing_slices": crossing, "stage": stage.name,
+        "axes_crossing_slices": crossing, "stage": stage.name, "task": type(task).__name__,
         "params": n_params, "tokens_per_step": tokens, "compile_s": round(compile_s, 1),
         "compile_cpu_s": round(compile_cpu_s, 1),  # all threads: comparable on a loaded machine
         "per_device_bytes": {
@@ -144,7 +147,7 @@ def plan(config, topology: str, stage_name: str = "", num_slices: int = 1, hlo_o
         "collectives": collectives(hlo),
         "analytic_flops_per_step": analytic,
     }
-    if kind in PEAK_BF16_TFLOPS and analytic == analytic:
+    if kind in PEAK_BF16_TFLOPS and analytic is not None:
         peak = PEAK_BF16_TFLOPS[kind] * 1e12 * len(devices)
         report["ideal_step_s_at_100pct_mfu"] = analytic / peak
     return report
@@ -160,7 +163,11 @@ def _print(r: dict) -> None:
     for k in ("arguments", "outputs", "temporaries", "aliased", "total"):
         print(f"| {k} | {m[k] / 2**20:.1f} |")
     print(f"compiler flops/device (a scanned layer counts once): {r['compiler_flops_per_device']:.3e}")
-    print(f"analytic flops/step (6*N*tokens + attention): {r['analytic_flops_per_step']:.3e}")
+    if r["analytic_flops_per_step"] is None:
+        print(f"analytic flops/step: none for task {r['task']!r} (no closed form for its encoders and frozen parts; "
+              "`python -m launch.aot_plans` counts the compiled program's matmuls with launch/hlo_cost.py)")
+    else:
+        print(f"analytic flops/step (6*N*tokens + attention): {r['analytic_flops_per_step']:.3e}")
     c = r["collectives"]
     print(f"collectives within a slice: {c['in_slice']}" + (f"; over DCN: {c['over_dcn']}" if c["over_dcn"] else ""))
     if "ideal_step_s_at_100pct_mfu" in r:

@@ -45,6 +45,8 @@ TABLE = (
     ("speech_qa", "intelligibility_cer", "spoken replies",
      "intelligibility: CER of the model's own ASR of its spoken reply vs the reply text"),
     ("speech_qa", "heard_cer_vs_reference", "spoken replies", "CER of that transcript vs the reference answer"),
+    ("speech_qa", "intelligibility_cer_shuffled", "spoken replies",
+     "control: the same ASR of each reply's samples in random order vs the reply text (the ASR's prior)"),
 )
 ACCURACIES = ("eval/image_qa/accuracy", "eval/video_qa/accuracy", "eval/asr/exact_match",
               "eval/speech_qa/text_exact_match")
@@ -186,7 +188,7 @@ def _table(results: dict[str, Any]) -> list[str]:
     for name, key, skill, label in TABLE:
         res = results.get(name)
         if isinstance(res, dict) and isinstance(res.get(key), (int, float)):
-            n = res.get("spoken_replies" if key in ("intelligibility_cer", "heard_cer_vs_reference") else "samples", "")
+            n = res.get("spoken_replies" if key.startswith(("intelligibility_cer", "heard_cer")) else "samples", "")
             out.append(f"| {skill} | {label} | {res[key]:.2f} | {n} |")
     return out
 
@@ -209,7 +211,8 @@ def _examples(results: dict[str, Any]) -> list[str]:
         for x in replies[:SPOKEN_REPLIES]:  # the ones synthesised to speech
             wav = f"[{os.path.basename(x['wav'])}]({os.path.basename(x['wav'])}) ({x['seconds']:.2f} s)" \
                 if x.get("wav") else "no speech generated"
-            heard = _cell(x["heard"]) + f" (CER {x['intelligibility_cer']:.2f})" if "heard" in x else "-"
+            heard = _cell(x["heard"]) + f" (CER {x['intelligibility_cer']:.2f}; shuffled: " \
+                + _cell(x.get("heard_shuffled", "")) + ")" if "heard" in x else "-"
             out.append(f"| {_cell(x.get('prompt', ''))} | {_cell(x['text'])} | {wav} | {heard} | {_cell(x['reference'])} |")
         out.append("")
     return out
@@ -238,7 +241,8 @@ def write_report(task, workdir, results: dict[str, Any], step: int | None = None
           f"text, and the first {SPOKEN_REPLIES} are synthesised to speech. "
           "Exact match ignores case, '.' and ','. Intelligibility: each spoken reply (24 kHz) is resampled to "
           "16 kHz and transcribed by the model itself (its ASR prompt, greedy); the CER is against the reply's own "
-          "text.", ""]
+          "text. Its control transcribes each reply's samples shuffled in time (no voice left): a score near the "
+          "control means the ASR answered from its prior, not from the voice.", ""]
     md += _table(results) + [""]
     images: dict[str, bytes] = {}
     audio: dict[str, tuple[np.ndarray, int]] = {}

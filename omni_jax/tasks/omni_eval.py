@@ -16,7 +16,10 @@ embeddings up to there are the prompt, and the LLM generates greedily with its K
               Intelligibility: each reply waveform (24 kHz) is resampled to 16 kHz
               (omni_jax/data/resampling.py) and fed back through the model's own audio input
               path with the ASR prompt ("transcribe the speech."); the CER of that transcript
-              against the reply's text (`intelligibility_cer`; against the reference answer too)
+              against the reply's text (`intelligibility_cer`; against the reference answer too).
+              Its control, `intelligibility_cer_shuffled`: the same ASR of each reply's samples in
+              a random order (same length and loudness, no voice), so an ASR that answers with
+              a likely sentence whatever it hears shows up as a control near the score
 
 `evaluate(..., final=True)` (the trainer's end-of-run call) also writes the report
 (`<workdir>/eval/report.md`, PNG plots, TensorBoard image/audio summaries:
@@ -276,15 +279,21 @@ def evaluate(task, params, state, workdir: str, *, final: bool = True, num_sampl
         results["speech_qa"] = {"text_exact_match": float(np.mean(exact)) if exact else 0.0, "samples": len(replies),
                                 "replies": replies}
         if waves:  # intelligibility: the model's own ASR of its spoken replies
-            heard = transcribe(task, params, state, [w for _, w in waves], synth.sample_rate, tok, max_new=max_new)
-            for (k, _), h in zip(waves, heard):
+            # the control: each reply's own samples in random order (its loudness and length, no voice).
+            # What the ASR's prior alone scores against the reply text: a voice is heard only where
+            # intelligibility_cer is clearly below this
+            shuffled = [np.random.default_rng(k).permutation(w) for k, w in waves]
+            heard = transcribe(task, params, state, [w for _, w in waves] + shuffled, synth.sample_rate, tok,
+                               max_new=max_new)
+            for (k, _), h, hs in zip(waves, heard[:len(waves)], heard[len(waves):]):
                 x = replies[k]
                 x.update(heard=h, intelligibility_cer=char_error_rate(h, x["text"]),
-                         heard_cer_vs_reference=char_error_rate(h, x["reference"]))
-            results["speech_qa"]["intelligibility_cer"] = float(np.mean(
-                [replies[k]["intelligibility_cer"] for k, _ in waves]))
-            results["speech_qa"]["heard_cer_vs_reference"] = float(np.mean(
-                [replies[k]["heard_cer_vs_reference"] for k, _ in waves]))
+                         heard_cer_vs_reference=char_error_rate(h, x["reference"]),
+                         heard_shuffled=hs, shuffled_cer=char_error_rate(hs, x["text"]))
+            for key, per_reply in (("intelligibility_cer", "intelligibility_cer"),
+                                   ("heard_cer_vs_reference", "heard_cer_vs_reference"),
+                                   ("intelligibility_cer_shuffled", "shuffled_cer")):
+                results["speech_qa"][key] = float(np.mean([replies[k][per_reply] for k, _ in waves]))
             results["speech_qa"]["spoken_replies"] = len(waves)
         first = next((x for x in replies if x["wav"]), replies[0] if replies else None)
         if first:

@@ -5,6 +5,7 @@ Here it targets the 8 simulated CPU devices; with the `tpu` extra the same code 
 for TPU topologies (e.g. v5p:4x4x4, recorded in the README)."""
 
 import importlib
+import json
 import os
 
 import jax
@@ -60,6 +61,22 @@ def test_plan_on_a_cpu_mesh_reports_memory_and_flops(tmp_path):
     assert m["arguments"] > 0 and m["total"] >= m["arguments"] - m["aliased"]
     assert m["aliased"] > 0  # the state is donated: inputs alias outputs
     assert r["compiler_flops_per_device"] > 0 and r["analytic_flops_per_step"] > 0
+
+
+def test_an_omni_plan_says_it_has_no_analytic_flops_and_writes_strict_json(capsys):
+    """The omni tasks have no closed-form flop count: the report holds null (valid JSON, not NaN)
+    and the printout says where the compiled count is, instead of printing nan."""
+    from launch.aot import _print
+
+    c = importlib.import_module("configs.omni15.image_text_1").get_config("test")
+    c.mesh.update(data=2, fsdp=4)
+    r = plan(c, "cpu")
+    assert r["task"] == "OmniTask" and r["analytic_flops_per_step"] is None and r["compiler_flops_per_device"] > 0
+    assert "ideal_step_s_at_100pct_mfu" not in r
+    json.dumps(r, allow_nan=False)
+    _print(r)
+    out = capsys.readouterr().out
+    assert "analytic flops/step: none for task 'OmniTask'" in out and "nan" not in out
 
 
 def test_unknown_stage_is_a_clear_error():

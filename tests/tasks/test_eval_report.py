@@ -69,6 +69,11 @@ def test_report_has_the_table_examples_and_plots(run):
     assert not any(x["wav"] for x in replies[omni_eval.SPOKEN_REPLIES:])
     cers = [omni_eval.char_error_rate(x["heard"], x["text"]) for x in spoken]
     assert ev["speech_qa"]["intelligibility_cer"] == pytest.approx(np.mean(cers), abs=1e-12)
+    # the control: the same ASR of each reply's samples shuffled in time, scored against the reply text
+    control = [omni_eval.char_error_rate(x["heard_shuffled"], x["text"]) for x in spoken]
+    assert ev["speech_qa"]["intelligibility_cer_shuffled"] == pytest.approx(np.mean(control), abs=1e-12)
+    assert f"| spoken replies | control: the same ASR of each reply's samples in random order vs the reply text " \
+           f"(the ASR's prior) | {np.mean(control):.2f} | {len(spoken)} |" in report
     assert "### image QA" in report and "### spoken QA" in report and "<C_A>" in report  # example prompts
     for name in ("loss_curves.png", "accuracy_vs_step.png", "speech_reply_0_mel.png"):
         data = (workdir / "eval" / name).read_bytes()
