@@ -8,6 +8,8 @@ row produce the same sample.
 
   format                  sequence (chat: <B_SYS>system<C_Q>user[<audiotext_start>]<C_A>reply<eos>)
   text                    {text}<eos>, all trained (pretraining; over-long docs may be split)
+  text_qa                 chat: user {question}, reply {answer} (text-only instructions, e.g. the
+                          spoken-QA records typed: fields={"question": "transcript"})
   caption                 chat: user [image][prompt], reply {caption}
   image_qa                chat: user [image]{question}, reply {answer}
   interleaved_image_text  {text ... [image] ... text}<eos>: text trained, images not
@@ -206,6 +208,12 @@ def fmt_text(rec, ctx, rng, rid) -> Sample:
     return b.text(get_text(rec, ctx, "text"), train=True).eos().build()
 
 
+def fmt_text_qa(rec, ctx, rng, rid) -> Sample:
+    b = _chat(ctx, rid)
+    b.text(get_text(rec, ctx, "question"))
+    return _reply(b, get_text(rec, ctx, "answer"))
+
+
 def fmt_caption(rec, ctx, rng, rid) -> Sample:
     b = _chat(ctx, rid)
     _image(b, ctx, get_bytes(rec, ctx, "image"))
@@ -328,6 +336,7 @@ class Format:
 
 FORMATS: dict[str, Format] = {
     "text": Format(fmt_text, frozenset(), splittable=True),
+    "text_qa": Format(fmt_text_qa, frozenset()),
     "caption": Format(fmt_caption, frozenset({"vision"})),
     "image_qa": Format(fmt_image_qa, frozenset({"vision"})),
     "interleaved_image_text": Format(fmt_interleaved_image_text, frozenset({"vision"})),

@@ -1,5 +1,5 @@
 """The loss masks are wired (issue 14 item 4): for every format of the sequence layout
-(omni_jax/data/formats.py FORMATS: the 14 of Baichuan-Omni-1.5, the 11 without speech output for
+(omni_jax/data/formats.py FORMATS: the 15 of Baichuan-Omni-1.5, the 12 without speech output for
 v1), a batch row built from a generated record by the real format -> layout -> row code, a tiny
 random model, and the gradient of the task's loss over every parameter:
 
@@ -26,7 +26,7 @@ from omni_jax.tasks import get_task
 from tests.reference_models import random_params
 
 # the embedded dataset's subset whose records each format reads
-SUBSET = {"text": "text", "caption": "images", "image_qa": "images", "interleaved_image_text": "interleaved_images",
+SUBSET = {"text": "text", "text_qa": "images", "caption": "images", "image_qa": "images", "interleaved_image_text": "interleaved_images",
           "video_caption": "videos", "video_qa": "videos", "asr": "speech", "audio_qa": "spoken_qa",
           "speech_translation": "speech", "speech_qa": "spoken_qa", "tts": "speech",
           "interleaved_text_audio": "interleaved_audio", "crossmodal_image": "images", "crossmodal_video": "videos"}
