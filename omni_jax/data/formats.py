@@ -78,7 +78,9 @@ class FormatContext:
 def _field(rec: Mapping[str, Any], ctx: FormatContext, key: str):
     name = ctx.fields.get(key, key)
     if name not in rec:
-        raise DataError("missing_field", f"record has no field {name!r} (fields: {sorted(rec)})")
+        how = (f"the component maps {key!r} to it (fields={{{key!r}: {name!r}}})" if name != key else
+               f"if another field holds it, map it with the mixture component's fields={{{key!r}: '<field>'}}")
+        raise DataError("missing_field", f"record has no field {name!r} (fields: {sorted(rec)}); {how}")
     return name, rec[name]
 
 
