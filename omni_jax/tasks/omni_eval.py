@@ -289,11 +289,9 @@ def evaluate(task, params, state, workdir: str, *, final: bool = True, num_sampl
                 x = replies[k]
                 x.update(heard=h, intelligibility_cer=char_error_rate(h, x["text"]),
                          heard_cer_vs_reference=char_error_rate(h, x["reference"]),
-                         heard_shuffled=hs, shuffled_cer=char_error_rate(hs, x["text"]))
-            for key, per_reply in (("intelligibility_cer", "intelligibility_cer"),
-                                   ("heard_cer_vs_reference", "heard_cer_vs_reference"),
-                                   ("intelligibility_cer_shuffled", "shuffled_cer")):
-                results["speech_qa"][key] = float(np.mean([replies[k][per_reply] for k, _ in waves]))
+                         heard_shuffled=hs, intelligibility_cer_shuffled=char_error_rate(hs, x["text"]))
+            for key in ("intelligibility_cer", "heard_cer_vs_reference", "intelligibility_cer_shuffled"):
+                results["speech_qa"][key] = float(np.mean([replies[k][key] for k, _ in waves]))
             results["speech_qa"]["spoken_replies"] = len(waves)
         first = next((x for x in replies if x["wav"]), replies[0] if replies else None)
         if first:

@@ -26,10 +26,12 @@ import jax.numpy as jnp
 from omni_jax.layers.spectral import hann_window, stft
 from omni_jax.models.hift import HiFTConfig, HiFTGenerator
 from omni_jax.ops.mel_jax import log_mel_24k
-from omni_jax.tasks.base import Task
+from omni_jax.tasks.base import Task, config_section
 from omni_jax.train.rng import ROW_IDS, row_keys
 
 DEFAULT_RESOLUTIONS = ((512, 128), (1024, 256), (256, 64))
+# config.loss (HiFT's generator weights: mel 45, the multi-resolution STFT and f0 1 each)
+LOSS_DEFAULTS = dict(mel_loss_weight=45.0, stft_loss_weight=1.0, f0_loss_weight=1.0, resolutions=DEFAULT_RESOLUTIONS)
 
 
 def stft_magnitude(wav: jax.Array, n_fft: int, hop: int) -> jax.Array:
@@ -61,16 +63,11 @@ class VocoderTask(Task):
             raise ValueError(f"config.data.source={self.source!r}; use 'synthetic' (harmonic tones, "
                              "omni_jax/data/synthetic_speech.py) or 'speech' (the embedded speech, "
                              "omni_jax/data/speech_decoder_data.py)")
-        lw = config.get("loss", None)
-        lw = lw.to_dict() if lw is not None else {}
-        known = {"mel_loss_weight", "stft_loss_weight", "f0_loss_weight", "resolutions"}
-        bad = sorted(set(lw) - known)
-        if bad:
-            raise ValueError(f"config.loss: unknown key(s) {bad}; valid: {sorted(known)}")
-        self.mel_w = float(lw.get("mel_loss_weight", 45.0))
-        self.stft_w = float(lw.get("stft_loss_weight", 1.0))
-        self.f0_w = float(lw.get("f0_loss_weight", 1.0))
-        self.resolutions = tuple(tuple(int(v) for v in r) for r in lw.get("resolutions", DEFAULT_RESOLUTIONS))
+        lw = config_section(config, "loss", LOSS_DEFAULTS)
+        self.mel_w = float(lw["mel_loss_weight"])
+        self.stft_w = float(lw["stft_loss_weight"])
+        self.f0_w = float(lw["f0_loss_weight"])
+        self.resolutions = tuple(tuple(int(v) for v in r) for r in lw["resolutions"])
 
     def init(self, rng):
         k1, k2 = jax.random.split(rng)
