@@ -15,6 +15,9 @@ prints the accuracy per kind, so each step of the answer is measured on its own:
   spoken     the question's audio and no text (the `audio_qa` format the stages train), the
              reply's text; `--speech` also the `speech_qa` prompt (text + speech, the main job's
              evaluation; slower), its reply text
+  in codes   the key words in the transcript that the tokenizer stage's CTC head (a linear layer,
+             no LLM; runs whose tokenizer trained `loss.ctc` > 0, the default) reads off the
+             question's quantised codes (audio_code_probe.py): what the LLM's input holds
 
 Text arithmetic in the embedded corpus is 'a plus b is c.' with a, b < 50 (text_corpus.py); the
 question form 'what is a plus b?' appears only in the spoken set (120 train questions).
@@ -29,6 +32,7 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # audio_code_probe
 
 
 def question_kind(question: str) -> str:
@@ -67,7 +71,14 @@ def main(argv=None) -> None:
     from omni_jax.generate.sampling import SamplingParams
     from omni_jax.tasks.omni_eval import char_error_rate
 
+    from audio_code_probe import ctc_transcripts, encode
+    from omni_jax.convert.omni import restore_workdir
+    from omni_jax.data import media
+    from omni_jax.data.media_io import AudioItem
+
     runner = OmniRunner.load(a.workdir, step=a.step)
+    ctc_head = restore_workdir(a.workdir, a.step, items=("params",))[0]["params"].get("audio_ctc_head")
+    in_codes = collections.defaultdict(lambda: [0, 0])  # (split, kind) -> key words [read off the codes, total]
     greedy = SamplingParams(do_sample=False)
     ways = ["text", "spoken"] + (["speech"] if a.speech else [])
     acc = collections.defaultdict(lambda: [0, 0])  # (split, way, kind) -> [right, asked]
@@ -75,9 +86,10 @@ def main(argv=None) -> None:
     cer = collections.defaultdict(list)
     examples = {}
     for split in a.splits.split(","):
-        for n, (_, ex) in enumerate(default_dataset.generate("spoken_qa", split)):
-            if n == a.limit:
-                break
+        records = [ex for n, (_, ex) in zip(range(a.limit), default_dataset.generate("spoken_qa", split))]
+        mels = [AudioItem(ex["audio"]).features(media.CHUNK_SECONDS * media.SAMPLE_RATE)[0] for ex in records]
+        code_hyps = ctc_transcripts(runner, ctc_head, encode(runner, mels)[2]) if ctc_head is not None else None
+        for n, ex in enumerate(records):
             q, ans, k = ex["transcript"], ex["answer"], question_kind(ex["transcript"])
             replies = {
                 "text": runner.respond(Prompt(text=q), max_new_tokens=24, text=greedy).text.strip(),
@@ -96,18 +108,22 @@ def main(argv=None) -> None:
             for w in key_words(q):
                 heard[(split, k)][0] += w in words
                 heard[(split, k)][1] += 1
+                if code_hyps is not None:
+                    in_codes[(split, k)][0] += w in normalise(code_hyps[n]).split()
+                    in_codes[(split, k)][1] += 1
             examples.setdefault((split, k), (q, ans, hyp, replies))
     print("| split | kind | questions | " + " | ".join(f"{w} reply right" for w in ways)
-          + " | transcript CER | key words heard |")
-    print("|---|---|---|" + "---|" * (len(ways) + 2))
+          + " | transcript CER | key words heard | key words in the codes |")
+    print("|---|---|---|" + "---|" * (len(ways) + 3))
     for split in a.splits.split(","):
         for k in ("sum", "next", "colour"):
             if (split, "text", k) not in acc:
                 continue
             cells = [f"{acc[(split, w, k)][0]}/{acc[(split, w, k)][1]}" for w in ways]
-            h = heard[(split, k)]
+            h, c = heard[(split, k)], in_codes[(split, k)]
+            codes = f"{c[0]}/{c[1]}" if ctc_head is not None else "- (no CTC head)"
             print(f"| {split} | {k} | {acc[(split, 'text', k)][1]} | " + " | ".join(cells)
-                  + f" | {np.mean(cer[(split, k)]):.2f} | {h[0]}/{h[1]} |")
+                  + f" | {np.mean(cer[(split, k)]):.2f} | {h[0]}/{h[1]} | {codes} |")
     print()
     for (split, k), (q, ans, hyp, replies) in examples.items():
         print(f"{split} {k}: {q!r} -> heard {hyp!r}; " + ", ".join(f"{w} {r!r}" for w, r in replies.items())
