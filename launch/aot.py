@@ -25,6 +25,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from launch import flag_errors
+
 FLAGS = flags.FLAGS
 
 
@@ -200,7 +202,7 @@ def _define_flags() -> None:
 
 def main():
     _define_flags()
-    app.run(_main)
+    app.run(_main, flags_parser=flag_errors.parse_flags)
 
 
 if __name__ == "__main__":

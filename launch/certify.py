@@ -51,6 +51,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from launch import flag_errors
+
 from omni_jax import cpu_simulation
 
 FLAGS = flags.FLAGS
@@ -645,7 +647,7 @@ def _main(argv):
 
 def main():
     _define_flags()
-    app.run(_main)
+    app.run(_main, flags_parser=flag_errors.parse_flags)
 
 
 if __name__ == "__main__":
