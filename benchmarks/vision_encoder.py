@@ -7,16 +7,20 @@ Qwen2VisionTransformerPretrainedModel (PyTorch), same weights, same images, same
 fp32 on CPU. The same random weights are loaded on both sides (through our conversion
 rules) and the outputs are checked to agree before timing. Images: `--images` of 224 x 224
 (256 patches each) and a mixed-size set (each image its own size, as a real batch is).
-omni_jax layouts: one image per row (rows padded to the largest image), and `--per_row`
+omni_jax layouts: one image per row (rows padded to the largest image), `--per_row`
 images packed per row (block-diagonal attention inside the row: the packed row computes
 the full row x row score matrix and masks it, so packing trades attention FLOPs for fewer,
-larger matmuls). transformers runs all images as one packed sequence (its eager / sdpa
-paths loop over the images for attention). Prints images/s and the ratio to transformers.
+larger matmuls), and every image in one row padded only to a block (`attention_impl=
+"blockwise"` with each of `--blocks`: key blocks of other images are skipped, so neither the
+padding nor the cross-image scores are computed). transformers runs all images as one packed
+sequence (its eager / sdpa paths loop over the images for attention). Prints images/s and the
+ratio to transformers.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -44,6 +48,7 @@ def main():
     p.add_argument("--out", type=int, default=512)
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--per_row", type=int, default=4)
+    p.add_argument("--blocks", default="64,128", help="block sizes of the one-row blockwise layout")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
@@ -80,7 +85,8 @@ def main():
                                         z((1, p_len, 2), jnp.int32), z((1, p_len), jnp.int32))["params"])
 
     params = jax.device_put(import_params(sd, cv.navit_rules(cfg, "hf", prefix=""), abstract(8)))
-    apply = jax.jit(tower.apply)
+    layouts = [("1 image/row", 1, "xla", 4), (f"{a.per_row} images/row", a.per_row, "xla", 4)] + [
+        (f"one row, blockwise {b}", a.images, "blockwise", int(b)) for b in a.blocks.split(",")]
     rows = []
     for set_name, hw in (("224x224", sides), ("mixed sizes", mixed)):
         items = [(rs.randn(h * w, cfg.patch_dim).astype(np.float32), (1, h, w)) for h, w in hw]
@@ -94,10 +100,13 @@ def main():
                 with torch.no_grad():
                     m(x, grid_thw=grid)
             rows.append((set_name, f"transformers ({impl})", n_patches, _time(run_torch, a.warmup, a.reps)))
-        for layout, per_row in (("1 image/row", 1), (f"{a.per_row} images/row", a.per_row)):
+        for layout, per_row, impl, multiple in layouts:
             groups = [items[i:i + per_row] for i in range(0, len(items), per_row)]
             row_len = max(sum(len(it[0]) for it in g) for g in groups)
-            row_len += (-row_len) % 4
+            row_len += (-row_len) % multiple  # the merger's 2x2 groups; a whole number of blocks
+            apply = jax.jit(VisionTower(dataclasses.replace(cfg, attention_impl=impl,
+                                                            attention_block_size=multiple if impl == "blockwise"
+                                                            else cfg.attention_block_size)).apply)
             batch = vp.pack_vision_batch(groups, row_len)
             args = tuple(jnp.asarray(batch[k]) for k in ("patches", "positions", "segment_ids"))
             out = np.asarray(apply({"params": params}, *args))
@@ -110,13 +119,13 @@ def main():
 
     print(f"\nNaViT + merger forward, fp32 CPU (jax devices {jax.device_count()}, torch threads "
           f"{torch.get_num_threads()}): embed {a.embed}, {a.depth} blocks, {a.heads} heads, {a.images} images")
-    print(f"\n| {'images':<11} | {'implementation':<27} | {'patches':>7} | {'ms':>8} | {'images/s':>8} | {'vs transformers (sdpa)':>22} |")
-    print(f"|{'-' * 13}|{'-' * 29}|{'-' * 9}|{'-' * 10}|{'-' * 10}|{'-' * 24}|")
+    print(f"\n| {'images':<11} | {'implementation':<36} | {'patches':>7} | {'ms':>8} | {'images/s':>8} | {'vs transformers (sdpa)':>22} |")
+    print(f"|{'-' * 13}|{'-' * 38}|{'-' * 9}|{'-' * 10}|{'-' * 10}|{'-' * 24}|")
     for set_name in ("224x224", "mixed sizes"):
         base = next(t for s, n, _, t in rows if s == set_name and n == "transformers (sdpa)")
         for s, n, patches, t in rows:
             if s == set_name:
-                print(f"| {s:<11} | {n:<27} | {patches:7d} | {t * 1e3:8.1f} | {a.images / t:8.1f} | {base / t:21.2f}x |")
+                print(f"| {s:<11} | {n:<36} | {patches:7d} | {t * 1e3:8.1f} | {a.images / t:8.1f} | {base / t:21.2f}x |")
 
 
 if __name__ == "__main__":
