@@ -5,7 +5,8 @@ override names a key the loaded config does not have, and absl shows it as a tra
 library frames. `parse_flags` is the launchers' `flags_parser` for `absl.app.run`: it reports
 such an override as absl reports any bad flag ("FATAL Flags parsing error: ...", exit 1), with
 the whole override, the full path of the unknown key, the closest existing keys and the keys
-that the config holds at that level.
+that the config holds at that level. Any other KeyError / AttributeError (a bug in the config
+file, say) propagates with its traceback.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def unknown_override(argv: Sequence[str], config: Any) -> str | None:
 
 def _config_file(argv: Sequence[str]) -> Any:
     """The config that `--config=FILE[:ARG]` loads, without its overrides (None if it cannot be
-    loaded: then the library's own message is shown)."""
+    loaded: then the original error propagates)."""
     for i, arg in enumerate(argv[1:], 1):
         if arg.startswith("--config="):
             spec = arg.split("=", 1)[1]
@@ -52,7 +53,7 @@ def _config_file(argv: Sequence[str]) -> Any:
             continue
         try:
             return flags.FLAGS["config"].parser.parse(spec)
-        except Exception:  # noqa: BLE001 - a config that fails to load is reported by absl's own message
+        except Exception:  # noqa: BLE001 - a config that fails to load: the original error propagates
             return None
     return None
 
@@ -61,9 +62,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl's `parse_flags_with_usage`, with unknown config keys reported as flag errors."""
     try:
         return app.parse_flags_with_usage(argv)
-    except (KeyError, AttributeError) as e:
+    except (KeyError, AttributeError):
         config = _config_file(argv) if "config" in flags.FLAGS else None
         message = unknown_override(argv, config) if config is not None else None
-        sys.stderr.write(f"FATAL Flags parsing error: {message or e}\n"
+        if message is None:  # not an unknown key (e.g. a bug in the config file): its traceback
+            raise
+        sys.stderr.write(f"FATAL Flags parsing error: {message}\n"
                          "Pass --helpshort or --helpfull to see help on flags.\n")
         sys.exit(1)

@@ -82,6 +82,18 @@ def test_bad_override_names_the_key(tmp_path):
     assert "Traceback" not in out.stderr and not os.path.exists(tmp_path / "checkpoints")
 
 
+def test_a_bug_in_the_config_file_keeps_its_traceback(tmp_path):
+    """Only unknown override keys become one-line flag errors; an AttributeError raised by the
+    config file itself is shown with its traceback (where the bug is)."""
+    cfg = tmp_path / "buggy.py"
+    cfg.write_text("def get_config():\n    return None.steps  # the bug\n")
+    out = subprocess.run([sys.executable, "-m", "launch.train", f"--config={cfg}", f"--workdir={tmp_path}/run",
+                          "--config.train.steps=2"], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode != 0
+    assert "Traceback" in out.stderr and "return None.steps" in out.stderr, out.stderr[-3000:]
+
+
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
     """Checkpoints every 5 steps; the write of step 5 is held, SIGTERM is sent during it, then
     released. The run stops at the next step boundary it reaches (5..10: it cannot pass the save
