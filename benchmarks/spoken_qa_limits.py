@@ -87,8 +87,10 @@ def main(argv=None) -> None:
     examples = {}
     for split in a.splits.split(","):
         records = [ex for n, (_, ex) in zip(range(a.limit), default_dataset.generate("spoken_qa", split))]
-        mels = [AudioItem(ex["audio"]).features(media.CHUNK_SECONDS * media.SAMPLE_RATE)[0] for ex in records]
-        code_hyps = ctc_transcripts(runner, ctc_head, encode(runner, mels)[2]) if ctc_head is not None else None
+        code_hyps = None
+        if ctc_head is not None:
+            mels = [AudioItem(ex["audio"]).features(media.CHUNK_SECONDS * media.SAMPLE_RATE)[0] for ex in records]
+            code_hyps = ctc_transcripts(runner, ctc_head, encode(runner, mels)[2])
         for n, ex in enumerate(records):
             q, ans, k = ex["transcript"], ex["answer"], question_kind(ex["transcript"])
             replies = {

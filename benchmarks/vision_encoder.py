@@ -53,6 +53,10 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     a = p.parse_args()
+    blocks = [int(b) for b in a.blocks.split(",")]
+    bad = [b for b in blocks if b % 4]
+    if bad:
+        p.error(f"--blocks {bad}: each block size must be a multiple of 4 (the merger's 2x2 groups)")
 
     import torch
     from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
@@ -86,10 +90,7 @@ def main():
 
     params = jax.device_put(import_params(sd, cv.navit_rules(cfg, "hf", prefix=""), abstract(8)))
     layouts = [("1 image/row", 1, "xla", 4), (f"{a.per_row} images/row", a.per_row, "xla", 4)] + [
-        (f"one row, blockwise {b}", a.images, "blockwise", int(b)) for b in a.blocks.split(",")]
-    bad = [m for *_, m in layouts if m % 4]
-    if bad:
-        p.error(f"--blocks {bad}: each block size must be a multiple of 4 (the merger's 2x2 groups)")
+        (f"one row, blockwise {b}", a.images, "blockwise", b) for b in blocks]
     rows = []
     for set_name, hw in (("224x224", sides), ("mixed sizes", mixed)):
         items = [(rs.randn(h * w, cfg.patch_dim).astype(np.float32), (1, h, w)) for h, w in hw]
