@@ -47,6 +47,8 @@ TABLE = (
     ("speech_qa", "heard_cer_vs_reference", "spoken replies", "CER of that transcript vs the reference answer"),
     ("speech_qa", "intelligibility_cer_shuffled", "spoken replies",
      "control: the same ASR of each reply's samples in random order vs the reply text (the ASR's prior)"),
+    ("speech_qa", "intelligibility_cer_swapped", "spoken replies",
+     "control: the same transcripts vs the other spoken replies' texts (where they differ)"),
 )
 ACCURACIES = ("eval/image_qa/accuracy", "eval/video_qa/accuracy", "eval/asr/exact_match",
               "eval/speech_qa/text_exact_match")
@@ -188,7 +190,8 @@ def _table(results: dict[str, Any]) -> list[str]:
     for name, key, skill, label in TABLE:
         res = results.get(name)
         if isinstance(res, dict) and isinstance(res.get(key), (int, float)):
-            n = res.get("spoken_replies" if key.startswith(("intelligibility_cer", "heard_cer")) else "samples", "")
+            n = res.get("swapped_replies" if key == "intelligibility_cer_swapped" else
+                        "spoken_replies" if key.startswith(("intelligibility_cer", "heard_cer")) else "samples", "")
             out.append(f"| {skill} | {label} | {res[key]:.2f} | {n} |")
     return out
 
@@ -242,7 +245,9 @@ def write_report(task, workdir, results: dict[str, Any], step: int | None = None
           "Exact match ignores case, '.' and ','. Intelligibility: each spoken reply (24 kHz) is resampled to "
           "16 kHz and transcribed by the model itself (its ASR prompt, greedy); the CER is against the reply's own "
           "text. Its control transcribes each reply's samples shuffled in time (no voice left): a score near the "
-          "control means the ASR answered from its prior, not from the voice.", ""]
+          "control means the ASR answered from its prior, not from the voice. The second control scores the same "
+          "transcripts against the other spoken replies' texts (where they differ): a transcript of the voice is "
+          "closer to its own reply than to the others.", ""]
     md += _table(results) + [""]
     images: dict[str, bytes] = {}
     audio: dict[str, tuple[np.ndarray, int]] = {}
@@ -287,6 +292,10 @@ def write_report(task, workdir, results: dict[str, Any], step: int | None = None
             shown += 1
     if replies and not audio:
         notes.append("No spoken reply had speech frames: no WAVs, no spectrograms, no intelligibility.")
+    sqa = results.get("speech_qa") or {}
+    if sqa.get("spoken_replies") and "intelligibility_cer_swapped" not in sqa:
+        notes.append("Every spoken reply has the same text: the swapped control cannot tell a heard voice "
+                     "from an ASR that writes that text whatever it hears.")
     md += ["## Examples", ""] + _examples(results)
     if plots:
         md += ["## Plots", ""]

@@ -19,7 +19,12 @@ embeddings up to there are the prompt, and the LLM generates greedily with its K
               against the reply's text (`intelligibility_cer`; against the reference answer too).
               Its control, `intelligibility_cer_shuffled`: the same ASR of each reply's samples in
               a random order (same length and loudness, no voice), so an ASR that answers with
-              a likely sentence whatever it hears shows up as a control near the score
+              a likely sentence whatever it hears shows up as a control near the score.
+              A second control, `intelligibility_cer_swapped`: each transcript against the texts of
+              the other spoken replies whose text differs from its own (absent when every spoken
+              reply says the same): an ASR that hears the voice scores clearly better against its
+              own reply than against the others; one that writes the replies' shared template
+              (or the one reply it expects) scores alike against both
 
 `evaluate(..., final=True)` (the trainer's end-of-run call) also writes the report
 (`<workdir>/eval/report.md`, PNG plots, TensorBoard image/audio summaries:
@@ -52,6 +57,19 @@ def char_error_rate(hyp: str, ref: str) -> float:
     import jiwer
 
     return float(jiwer.cer(_normalise(ref), _normalise(hyp)))
+
+
+def swapped_control(replies: list[dict[str, Any]], spoken: list[int]) -> None:
+    """Adds `intelligibility_cer_swapped` to each spoken reply (indices `spoken`, each with `heard`
+    and `text`) that has another spoken reply with a different normalised text: the mean CER of its
+    transcript against those other texts. What the transcript scores against a reply it was not
+    made from; a voice is heard only where `intelligibility_cer` is clearly below it."""
+    for k in spoken:
+        own = _normalise(replies[k]["text"])
+        others = [replies[j]["text"] for j in spoken if j != k and _normalise(replies[j]["text"]) != own]
+        if others:
+            replies[k]["intelligibility_cer_swapped"] = float(np.mean(
+                [char_error_rate(replies[k]["heard"], t) for t in others]))
 
 
 def word_error_rate(hyp: str, ref: str) -> float:
@@ -290,8 +308,14 @@ def evaluate(task, params, state, workdir: str, *, final: bool = True, num_sampl
                 x.update(heard=h, intelligibility_cer=char_error_rate(h, x["text"]),
                          heard_cer_vs_reference=char_error_rate(h, x["reference"]),
                          heard_shuffled=hs, intelligibility_cer_shuffled=char_error_rate(hs, x["text"]))
+            swapped_control(replies, [k for k, _ in waves])
             for key in ("intelligibility_cer", "heard_cer_vs_reference", "intelligibility_cer_shuffled"):
                 results["speech_qa"][key] = float(np.mean([replies[k][key] for k, _ in waves]))
+            swapped = [replies[k]["intelligibility_cer_swapped"] for k, _ in waves
+                       if "intelligibility_cer_swapped" in replies[k]]
+            if swapped:  # the mean over the replies that have another reply text to be compared with
+                results["speech_qa"]["intelligibility_cer_swapped"] = float(np.mean(swapped))
+                results["speech_qa"]["swapped_replies"] = len(swapped)
             results["speech_qa"]["spoken_replies"] = len(waves)
         first = next((x for x in replies if x["wav"]), replies[0] if replies else None)
         if first:

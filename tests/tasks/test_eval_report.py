@@ -74,6 +74,16 @@ def test_report_has_the_table_examples_and_plots(run):
     assert ev["speech_qa"]["intelligibility_cer_shuffled"] == pytest.approx(np.mean(control), abs=1e-12)
     assert f"| spoken replies | control: the same ASR of each reply's samples in random order vs the reply text " \
            f"(the ASR's prior) | {np.mean(control):.2f} | {len(spoken)} |" in report
+    # the swapped control: each transcript against the other spoken replies' texts where they differ
+    omni_eval.swapped_control(spoken_copy := [dict(x) for x in spoken], list(range(len(spoken))))
+    swapped = [x["intelligibility_cer_swapped"] for x in spoken_copy if "intelligibility_cer_swapped" in x]
+    if swapped:
+        assert ev["speech_qa"]["intelligibility_cer_swapped"] == pytest.approx(np.mean(swapped), abs=1e-12)
+        assert f"| spoken replies | control: the same transcripts vs the other spoken replies' texts (where they " \
+               f"differ) | {np.mean(swapped):.2f} | {len(swapped)} |" in report
+    else:  # every spoken reply of the tiny run says the same: no swapped control, and the report says why
+        assert "intelligibility_cer_swapped" not in ev["speech_qa"]
+        assert "Every spoken reply has the same text" in report
     assert "### image QA" in report and "### spoken QA" in report and "<C_A>" in report  # example prompts
     for name in ("loss_curves.png", "accuracy_vs_step.png", "speech_reply_0_mel.png"):
         data = (workdir / "eval" / name).read_bytes()
