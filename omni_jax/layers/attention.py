@@ -20,7 +20,10 @@ Implementations (`impl`):
   "blockwise"  online-softmax over (query block, key block) pairs with a custom VJP that
            recomputes scores blockwise (flash-attention algorithm in plain JAX): memory
            O(block^2) per step instead of O(q_len * kv_len), and block pairs that the causal or
-           segment mask removes entirely are skipped (`lax.cond`), forward and backward. Use it
+           segment mask removes entirely are skipped (`lax.cond`), forward and backward; on CPU
+           each query block's loop runs only over the range of key blocks that holds all of its
+           active ones (and each key block's over its query-block range in the backward), so the
+           skipped pairs outside it cost no loop step either (same arithmetic, same bits). Use it
            for long sequences on CPU/XLA. Under a `context` mesh axis that splits the sequence it
            all-gathers keys/values once per call (`ring_attention.gathered_attention`).
   "splash" / "splash_interpret" / "cudnn"  the TPU Pallas and GPU cuDNN kernels
@@ -193,9 +196,12 @@ _BIG = jnp.iinfo(jnp.int32).max
 
 
 def _seg_range(seg, pad_id):
-    """Per block (n, b, blk) -> (min, max) segment id over the real (non-pad) entries."""
-    real = seg != pad_id
-    return jnp.where(real, seg, _BIG).min(-1), jnp.where(real, seg, -_BIG).max(-1)
+    """Per block (..., blk) -> (min, max) segment id over the entries that are neither the block
+    padding `pad_id` nor segment 0, and whether segment 0 is there. Segment 0 (the data's
+    padding) is kept apart: in a range it would make the last, partly padded block of a packed
+    row overlap every other block."""
+    real = (seg != pad_id) & (seg != 0)
+    return jnp.where(real, seg, _BIG).min(-1), jnp.where(real, seg, -_BIG).max(-1), (seg == 0).any(-1)
 
 
 def _blocks(q, k, v, qs, ks, q_idx, bq, bk):
@@ -224,18 +230,46 @@ def _blocks(q, k, v, qs, ks, q_idx, bq, bk):
 
 
 def _active(qsi, qii, ksj, idxj, causal, skip=True):
-    """Whether any (query, key) pair of the two blocks may attend: the segment-id ranges overlap
-    (segment ids are equal only if their ranges overlap) and, if causal, some key index <= some
-    query index. Over the whole batch (one decision per block pair). skip=False: always True
-    (every pair computed; benchmarks/attention.py measures what skipping saves)."""
+    """Whether any (query, key) pair of the two blocks may attend: both hold segment 0, or the
+    ranges of their other segment ids overlap (segment ids are equal only then), and, if causal,
+    some key index <= some query index. Over the whole batch (one decision per block pair). A
+    pair it lets through may still be fully masked (its scores then add exactly nothing).
+    skip=False: always True (every pair computed; benchmarks/attention.py measures what skipping
+    saves)."""
     if not skip:
         return jnp.bool_(True)
-    qmin, qmax = _seg_range(qsi, -2)
-    kmin, kmax = _seg_range(ksj, -1)
-    ok = jnp.any((qmin <= kmax) & (kmin <= qmax))
+    qmin, qmax, q0 = _seg_range(qsi, -2)
+    kmin, kmax, k0 = _seg_range(ksj, -1)
+    ok = jnp.any(((qmin <= kmax) & (kmin <= qmax)) | (q0 & k0))
     if causal:
         ok &= idxj[0] <= qii.max()
     return ok
+
+
+def _ranged(skip: bool) -> bool:
+    """Whether the block loops run over the range of active blocks (`_active_range`) instead of
+    every block: on CPU, where a loop step costs about as much as a small block pair. Elsewhere
+    the loops keep their static trip counts, which the AOT plans' cost counts read
+    (launch/hlo_cost.py), and TPU/GPU runs use their kernels."""
+    from omni_jax.layers.attention_kernels import target_platform
+
+    return skip and target_platform() == "cpu"
+
+
+def _active_range(active):
+    """(n,) bool -> (first, end): the smallest index range [first, end) holding every True
+    ((0, 0) if none). The loop over it still asks `active` per step, so any layout is exact;
+    for contiguous packed segments and causal masks the range holds no inactive block at all."""
+    n = active.shape[0]
+    first = jnp.argmax(active).astype(jnp.int32)
+    end = (n - jnp.argmax(active[::-1])).astype(jnp.int32)
+    found = active.any()
+    return jnp.where(found, first, 0), jnp.where(found, end, 0)
+
+
+def _take(xs, i):
+    """Entry i of every array of `xs` along its leading (block) axis."""
+    return tuple(jax.lax.dynamic_index_in_dim(x, i, keepdims=False) for x in xs)
 
 
 def _pair_mask(qsi, qii, ksj, idxj, causal):
@@ -265,6 +299,7 @@ def _blockwise_fwd_impl(q, k, v, qs, ks, q_idx, causal, scale, bq, bk, skip):
     b, t, h, d = q.shape
     g = k.shape[2]
     (qb, qsb, qib), kvb = _blocks(q, k, v, qs, ks, q_idx, bq, bk)
+    ranged = _ranged(skip)
 
     def one_q_block(xs):
         qi, qsi, qii = xs
@@ -280,7 +315,12 @@ def _blockwise_fwd_impl(q, k, v, qs, ks, q_idx, causal, scale, bq, bk, skip):
 
         init = (jnp.zeros(qi.shape[:-1] + (v.shape[-1],), jnp.float32),
                 jnp.full(qi.shape[:-1], _NEG, jnp.float32), jnp.zeros(qi.shape[:-1], jnp.float32))
-        (o, m, l), _ = jax.lax.scan(body, init, kvb)
+        if ranged:  # only the key blocks from the first to the last active one
+            active = jax.vmap(lambda ksj, idxj: _active(qsi, qii, ksj, idxj, causal))(kvb[2], kvb[3])
+            lo, hi = _active_range(active)
+            o, m, l = jax.lax.fori_loop(lo, hi, lambda j, c: body(c, _take(kvb, j))[0], init)
+        else:
+            (o, m, l), _ = jax.lax.scan(body, init, kvb)
         seen = l > 0  # rows with no key at all (every block skipped) give 0, never NaN
         o = jnp.where(seen[..., None], o / jnp.where(seen, l, 1.0)[..., None], 0.0)
         return o, jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), 0.0), seen
@@ -331,6 +371,7 @@ def _blockwise_grads(causal, scale, bq, bk, skip, res, dout, dlse):
     delta = jnp.sum(dob * ob.astype(jnp.float32), axis=-1)  # rowsum(dO * O), (nq, b, g, r, bq)
     if dlse is not None:
         delta = delta - _block_rows(dlse.astype(jnp.float32), g, bq)
+    ranged = _ranged(skip)
 
     def one_kv_block(dq, kv):
         kj, vj, ksj, idxj = kv
@@ -355,8 +396,20 @@ def _blockwise_grads(causal, scale, bq, bk, skip, res, dout, dlse):
             return (dk, dv), dqi
 
         zeros = jnp.zeros(kj.shape[:3] + (d,), jnp.float32)
-        (dk, dv), dq = jax.lax.scan(body, (zeros, jnp.zeros(vj.shape, jnp.float32)),
-                                    (qb, qsb, qib, dob, lse, delta, dq))
+        acc = (zeros, jnp.zeros(vj.shape, jnp.float32))
+        qs_ = (qb, qsb, qib, dob, lse, delta)
+        if ranged:  # only the query blocks from the first to the last active one; dq updated in place
+            active = jax.vmap(lambda qsi, qii: _active(qsi, qii, ksj, idxj, causal))(qsb, qib)
+            lo, hi = _active_range(active)
+
+            def step(i, carry):
+                acc, dq = carry
+                acc, dqi = body(acc, _take(qs_, i) + (jax.lax.dynamic_index_in_dim(dq, i, keepdims=False),))
+                return acc, jax.lax.dynamic_update_index_in_dim(dq, dqi, i, 0)
+
+            (dk, dv), dq = jax.lax.fori_loop(lo, hi, step, (acc, dq))
+        else:
+            (dk, dv), dq = jax.lax.scan(body, acc, qs_ + (dq,))
         return dq, (dk, dv)
 
     dq0 = jnp.zeros(qb.shape, jnp.float32)

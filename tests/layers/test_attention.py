@@ -104,6 +104,74 @@ def test_blockwise_never_computes_blocks_the_mask_removes():
         assert np.isfinite(np.asarray(g[:, :16])).all()
 
 
+def _packed_ids(b, t, n, pad, seed):
+    """(b, t) segment ids: n contiguous samples of random lengths, then `pad` entries of 0."""
+    r = np.random.RandomState(seed)
+    rows = []
+    for _ in range(b):
+        cuts = np.sort(r.choice(np.arange(1, t - pad), n - 1, replace=False))
+        rows.append(np.concatenate([np.full(e - s, i + 1) for i, (s, e) in
+                                    enumerate(zip([0, *cuts], [*cuts, t - pad]))] + [np.zeros(pad, int)]))
+    return jnp.asarray(np.stack(rows), jnp.int32)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("layout", ["packed", "interleaved"])
+def test_blockwise_loops_over_the_active_range_with_the_same_bits(monkeypatch, causal, layout):
+    """On CPU each query block loops only over the key-block range from its first to its last
+    active block (the backward: each key block over its query-block range), instead of over every
+    block with a skip: the same pairs computed in the same order, so output and gradients are
+    bit-identical to the full loops. 'interleaved' segment ids (1, 2, 1, 2, ...) make every block
+    active: the range is then all blocks, and the per-step skip still decides."""
+    from omni_jax.layers import attention
+
+    q, k, v = _qkv(b=2, t=200, h=4, kvh=2, d=8)
+    seg = (_packed_ids(2, 200, 5, 23, seed=1) if layout == "packed"
+           else jnp.asarray(np.tile([1, 2], (2, 100)), jnp.int32))
+    w = jnp.asarray(np.random.RandomState(2).randn(*q.shape).astype(np.float32))
+
+    def run():
+        f = lambda q, k, v: jnp.sum(w * dot_product_attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg,
+                                                               causal=causal, impl="blockwise", block_size=32))
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(q, k, v)
+
+    ranged = run()
+    monkeypatch.setattr(attention, "_ranged", lambda skip: False)  # every block, each step's skip alone
+    full = run()
+    for a, b in zip(jax.tree.leaves(ranged), jax.tree.leaves(full)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    ref = _naive(np.asarray(q), np.asarray(k), np.asarray(v),
+                 (np.asarray(seg)[:, :, None] == np.asarray(seg)[:, None, :])
+                 & (np.tril(np.ones((200, 200), bool)) if causal else True))
+    out = dot_product_attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, causal=causal, impl="blockwise",
+                                block_size=32)
+    np.testing.assert_allclose(out, ref, atol=2e-6)  # fp32 against float64: max abs difference about 5e-7
+
+
+def test_blockwise_skips_the_padding_block_for_other_segments():
+    """Segment 0 (the data's padding) is kept out of a block's id range: the last block of a packed
+    row, which holds the last sample and the padding, is not a partner of every other block (it was,
+    through a [0, last id] range, and cost a block pair per query block). Its keys poisoned with NaN
+    where they are padding leave every other sample's output exact."""
+    from omni_jax.layers.attention import _active
+
+    qs = jnp.asarray([[1] * 8], jnp.int32)  # a block of sample 1
+    ks = jnp.asarray([[5] * 3 + [0] * 5], jnp.int32)  # the last sample's tail, then padding
+    idx = jnp.arange(8)[None]
+    assert not bool(_active(qs, idx, ks, idx, causal=False))
+    assert bool(_active(jnp.asarray([[0] * 8], jnp.int32), idx, ks, idx, causal=False))  # padding sees padding
+    assert bool(_active(jnp.asarray([[4] * 4 + [5] * 4], jnp.int32), idx, ks, idx, causal=False))
+    q, k, v = _qkv(b=1, t=32)
+    seg = jnp.asarray([[1] * 12 + [2] * 14 + [0] * 6], jnp.int32)  # the last block: [2, 2, 0, 0, 0, 0, 0, 0]
+    poison = (seg == 0)[:, :, None, None]
+    kp, vp = jnp.where(poison, jnp.nan, k), jnp.where(poison, jnp.nan, v)
+    out = dot_product_attention(q, kp, vp, q_segment_ids=seg, kv_segment_ids=seg, impl="blockwise", block_size=8)
+    ref = dot_product_attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg)
+    # the first block (sample 1 only) never meets the last one; the blocks holding sample 2 do, and
+    # 0 * NaN poisons them there, as any computed pair with NaN keys would
+    np.testing.assert_allclose(out[:, :8], ref[:, :8], atol=1e-6)
+
+
 @pytest.mark.parametrize("remat", [False, True])
 def test_blockwise_in_a_differentiated_layer_scan_keeps_no_pair_stack(remat):
     """The gradient of a scanned layer stack (as the NaViT and the LLM run it) must not hold a
