@@ -258,7 +258,7 @@ def _ranged(skip: bool) -> bool:
 
 def _active_range(active):
     """(n,) bool -> (first, end): the smallest index range [first, end) holding every True
-    ((0, 0) if none). The loop over it still asks `active` per step, so any layout is exact;
+    ((0, 0) if none). The loop over it still reads `active` per step, so any layout is exact;
     for contiguous packed segments and causal masks the range holds no inactive block at all."""
     n = active.shape[0]
     first = jnp.argmax(active).astype(jnp.int32)
@@ -304,23 +304,24 @@ def _blockwise_fwd_impl(q, k, v, qs, ks, q_idx, causal, scale, bq, bk, skip):
     def one_q_block(xs):
         qi, qsi, qii = xs
 
-        def body(carry, kv):
+        def body(carry, kv, live):
             kj, vj, ksj, idxj = kv
 
             def compute(carry):
                 logits = jnp.where(_pair_mask(qsi, qii, ksj, idxj, causal), _scores(qi, kj, scale), _NEG)
                 return online_softmax_fold(carry, logits, vj)
 
-            return jax.lax.cond(_active(qsi, qii, ksj, idxj, causal, skip), compute, lambda c: c, carry), None
+            return jax.lax.cond(live, compute, lambda c: c, carry)
 
         init = (jnp.zeros(qi.shape[:-1] + (v.shape[-1],), jnp.float32),
                 jnp.full(qi.shape[:-1], _NEG, jnp.float32), jnp.zeros(qi.shape[:-1], jnp.float32))
         if ranged:  # only the key blocks from the first to the last active one
             active = jax.vmap(lambda ksj, idxj: _active(qsi, qii, ksj, idxj, causal))(kvb[2], kvb[3])
             lo, hi = _active_range(active)
-            o, m, l = jax.lax.fori_loop(lo, hi, lambda j, c: body(c, _take(kvb, j))[0], init)
+            o, m, l = jax.lax.fori_loop(lo, hi, lambda j, c: body(c, _take(kvb, j), active[j]), init)
         else:
-            (o, m, l), _ = jax.lax.scan(body, init, kvb)
+            (o, m, l), _ = jax.lax.scan(
+                lambda c, kv: (body(c, kv, _active(qsi, qii, kv[2], kv[3], causal, skip)), None), init, kvb)
         seen = l > 0  # rows with no key at all (every block skipped) give 0, never NaN
         o = jnp.where(seen[..., None], o / jnp.where(seen, l, 1.0)[..., None], 0.0)
         return o, jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), 0.0), seen
@@ -376,7 +377,7 @@ def _blockwise_grads(causal, scale, bq, bk, skip, res, dout, dlse):
     def one_kv_block(dq, kv):
         kj, vj, ksj, idxj = kv
 
-        def body(acc, xs):
+        def body(acc, xs, live):
             dk, dv = acc
             qi, qsi, qii, doi, lsei, deltai, dqi = xs
 
@@ -392,7 +393,7 @@ def _blockwise_grads(causal, scale, bq, bk, skip, res, dout, dlse):
                 dk = dk + jnp.einsum("bgrqk,bgrqd->bkgd", ds, qi.astype(jnp.float32))
                 return dk, dv, dqi
 
-            dk, dv, dqi = jax.lax.cond(_active(qsi, qii, ksj, idxj, causal, skip), compute, lambda a: a, (dk, dv, dqi))
+            dk, dv, dqi = jax.lax.cond(live, compute, lambda a: a, (dk, dv, dqi))
             return (dk, dv), dqi
 
         zeros = jnp.zeros(kj.shape[:3] + (d,), jnp.float32)
@@ -404,12 +405,13 @@ def _blockwise_grads(causal, scale, bq, bk, skip, res, dout, dlse):
 
             def step(i, carry):
                 acc, dq = carry
-                acc, dqi = body(acc, _take(qs_, i) + (jax.lax.dynamic_index_in_dim(dq, i, keepdims=False),))
+                acc, dqi = body(acc, _take(qs_, i) + (jax.lax.dynamic_index_in_dim(dq, i, keepdims=False),), active[i])
                 return acc, jax.lax.dynamic_update_index_in_dim(dq, dqi, i, 0)
 
             (dk, dv), dq = jax.lax.fori_loop(lo, hi, step, (acc, dq))
         else:
-            (dk, dv), dq = jax.lax.scan(body, acc, qs_ + (dq,))
+            (dk, dv), dq = jax.lax.scan(
+                lambda acc, xs: body(acc, xs, _active(xs[1], xs[2], ksj, idxj, causal, skip)), acc, qs_ + (dq,))
         return dq, (dk, dv)
 
     dq0 = jnp.zeros(qb.shape, jnp.float32)
