@@ -22,10 +22,6 @@ def base() -> ml_collections.ConfigDict:
         seed=0,
         log_every=10,
         progress_bar=True,
-        # compiled programs kept for re-runs and resumes: "auto" = $JAX_COMPILATION_CACHE_DIR, else
-        # $OMNI_JAX_XLA_CACHE_DIR, else ~/.cache/omni_jax/xla_cache; "" = none set by the trainer
-        # (omni_jax/train/compile_cache.py)
-        xla_cache_dir="auto",
     ))
     # lease_timeout_s: another run may take over this run's workdir lease after that long without renewal
     # hashes: a sha256 of every saved array in the checkpoint's meta, verified on restore (omni_jax/train/integrity.py)

@@ -331,9 +331,7 @@ def certify(config_arg: str, config, workdir: str, *, steps: int | None = None, 
     from omni_jax.workdir import config_hash
 
     total = int(sum(config.stages[s].steps for s in config.stage_order))
-    # the persistent compilation cache only as `Runner.env(cache=...)` sets it (JAX_COMPILATION_CACHE_DIR),
-    # never the trainer's default one (omni_jax/train/compile_cache.py)
-    overrides = ["--config.train.log_every=1", "--config.train.progress_bar=False", "--config.train.xla_cache_dir="]
+    overrides = ["--config.train.log_every=1", "--config.train.progress_bar=False"]
     if config.get("evaluate", None) is not None and config.evaluate.get("at_end", False):
         overrides.append("--config.evaluate.at_end=False")  # the certificate is about training
     if steps and steps != total:  # the first K steps: configs whose stages read train.steps

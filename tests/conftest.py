@@ -1,5 +1,5 @@
 """Test setup: 8 simulated CPU devices (set before jax is imported), fp32 matmuls, the suite's
-XLA compile flags (tests/compile_flags.py), a session-wide persistent compilation cache.
+XLA compile flags (tests/compile_flags.py).
 
 Tests mirror the package layout (tests/models/test_qwen2.py pins omni_jax/models/qwen2.py).
 PyTorch-based parity tests import torch/transformers directly: the test command installs
@@ -19,16 +19,6 @@ from tests import compile_flags
 os.environ["XLA_FLAGS"] = cpu_simulation.set_devices(
     compile_flags.add(os.environ.get("XLA_FLAGS", "") + " " + cpu_simulation.TERMINATE_TIMEOUT), 8)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# the trainer's persistent compilation cache (omni_jax/train/compile_cache.py) in a directory of this
-# session, not ~/.cache: made by the first process (pytest, or xdist's controller), inherited by the
-# workers and the processes the tests start, removed by the process that made it
-if not os.environ.get("OMNI_JAX_XLA_CACHE_DIR"):
-    import atexit
-    import shutil
-    import tempfile
-
-    os.environ["OMNI_JAX_XLA_CACHE_DIR"] = _xla_cache = tempfile.mkdtemp(prefix="omni_jax_tests_xla_cache_")
-    atexit.register(shutil.rmtree, _xla_cache, ignore_errors=True)
 
 import jax  # noqa: E402
 

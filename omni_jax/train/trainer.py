@@ -10,8 +10,7 @@ resumes from the latest checkpoint and reproduces the uninterrupted run bit for 
 SIGTERM / SIGINT make it save a checkpoint at the next step boundary and return; with
 several processes a signal to any one of them makes all save the same step (host_sync.py).
 
-`train` reads as its steps: `compile_cache.enable` (the persistent XLA
-compilation cache, `config.train.xla_cache_dir`), `_open_run` (stages, mesh, tasks, checkpointer, config.json),
+`train` reads as its steps: `_open_run` (stages, mesh, tasks, checkpointer, config.json),
 `_plan_layouts` (one parameter tree, per-stage shardings), `_resume` or `_initial_state`, then
 per stage `_run_stage` (`_enter_stage` carries optimizer moments; the step loop logs with
 `_StepTimer`, checkpoints, and runs the periodic evaluation `_PeriodicEval`), and `_evaluate_at_end`
@@ -40,7 +39,6 @@ from tqdm import tqdm
 from omni_jax import distributed
 from omni_jax import sharding as shd
 from omni_jax.data.host_rows import process_batch_rows
-from omni_jax.train import compile_cache
 from omni_jax.train import step as step_lib
 from omni_jax.train.checkpoint import Checkpointer
 from omni_jax.train import rng as rng_lib
@@ -167,7 +165,6 @@ def train(config, workdir: str | os.PathLike) -> dict[str, Any]:
 
     Refuses (WorkdirBusyError) a workdir whose owner lease another live run holds."""
     workdir = workdir_path(workdir)
-    compile_cache.enable(config.train.get("xla_cache_dir", "auto"))
     lease = _take_lease(config, workdir)
     try:
         return _train(config, workdir, lease)
