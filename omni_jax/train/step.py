@@ -62,10 +62,23 @@ class Layout:
         return NamedSharding(self.mesh, P())
 
 
+def jitted_init(task: Task, what: str) -> Callable[[jax.Array], Any]:
+    """`task.init` ("params") or `task.init_state` ("state") under one jax.jit per task object, so
+    its jaxpr is traced once: the abstract trees (jax.eval_shape) and the initialisation of every
+    component (omni_jax/train/multitask.py, one call per component's key) reuse that trace. A
+    flax init traces the whole model's forward; the omni model has ten components."""
+    if what not in ("params", "state"):
+        raise ValueError(f"what must be 'params' or 'state', not {what!r}")
+    cache = task.__dict__.setdefault("_jitted_inits", {})
+    if what not in cache:
+        cache[what] = jax.jit(task.init if what == "params" else task.init_state)
+    return cache[what]
+
+
 def abstract_boxed(task: Task) -> tuple[Any, Any]:
     """(params, model state) of a task as boxed ShapeDtypeStructs (abstract key: no device)."""
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
-    return jax.eval_shape(task.init, key), jax.eval_shape(task.init_state, key)
+    return jax.eval_shape(jitted_init(task, "params"), key), jax.eval_shape(jitted_init(task, "state"), key)
 
 
 def make_layout(task: Task, mesh: Mesh, global_batch: int, boxed: Any = None, boxed_state: Any = None) -> Layout:
