@@ -24,7 +24,7 @@ from flax import linen as nn
 from omni_jax.tasks import get_task
 from omni_jax.tasks.base import Task
 from omni_jax.train.rng import stream
-from omni_jax.train.step import jitted_init
+from omni_jax.train.step import abstract_init, jitted_init
 
 
 def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
@@ -102,8 +102,8 @@ def init_union(tasks: Sequence[Task], layout: Any, seed: int, params_or_state: s
         return None
     out: dict[str, Any] = {}
     for task in tasks:
-        fn = jitted_init(task, params_or_state)  # traced once for every component below
-        shapes = jax.eval_shape(fn, jax.ShapeDtypeStruct((2,), jax.numpy.uint32))
+        fn = jitted_init(task, params_or_state)  # traced once for the shapes and every component below
+        shapes = abstract_init(task, params_or_state)
         want = [k for k in (shapes or {}) if k not in out and k not in skip]
         if not want:
             continue

@@ -75,10 +75,18 @@ def jitted_init(task: Task, what: str) -> Callable[[jax.Array], Any]:
     return cache[what]
 
 
+def abstract_init(task: Task, what: str) -> Any:
+    """jax.eval_shape of `jitted_init(task, what)`: boxed ShapeDtypeStructs, no device work. The key
+    is made inside the trace, like the keys of multitask.init_union: under jax.set_mesh its aval
+    then names the same mesh as theirs, so jax's trace cache serves both (a ShapeDtypeStruct key
+    would carry no mesh and be traced again)."""
+    fn = jitted_init(task, what)
+    return jax.eval_shape(lambda: fn(jnp.zeros((2,), jnp.uint32)))
+
+
 def abstract_boxed(task: Task) -> tuple[Any, Any]:
-    """(params, model state) of a task as boxed ShapeDtypeStructs (abstract key: no device)."""
-    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
-    return jax.eval_shape(jitted_init(task, "params"), key), jax.eval_shape(jitted_init(task, "state"), key)
+    """(params, model state) of a task as boxed ShapeDtypeStructs (no device work)."""
+    return abstract_init(task, "params"), abstract_init(task, "state")
 
 
 def make_layout(task: Task, mesh: Mesh, global_batch: int, boxed: Any = None, boxed_state: Any = None) -> Layout:

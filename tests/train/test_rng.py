@@ -170,3 +170,22 @@ def test_adding_a_component_leaves_the_others_initial_values_unchanged():
     direct = jax.device_get(jax.jit(lambda: nn.unbox(lm.init(rng_lib.stream(0, "params", "llm")))["llm"])())
     for a, b in zip(jax.tree.leaves(direct), jax.tree.leaves(alone["llm"])):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_task_init_is_traced_once_for_its_trees_and_all_its_components():
+    """omni_jax/train/step.py `jitted_init`: the abstract trees and the initialisation of every
+    component (each from its own key) reuse one trace of the task's flax init (the omni model's
+    init traces its whole forward; once per component was 10 traces), with the values unchanged."""
+    task = get_task(audio_tokenizer_tiny.get_config())
+    traces, real = [], task.init
+    task.init = lambda rng: (traces.append(1), real(rng))[1]  # runs only while jax traces it
+    mesh = shd.make_mesh(dict(data=1), jax.devices()[:1])
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_AXIS_RULES):
+        layout = step_lib.make_layout(task, mesh, 8)
+        params = jax.device_get(init_union([task], layout, 0))
+    assert len(params) >= 3, sorted(params)  # several components, each from its own key
+    assert len(traces) == 1, f"the task's init was traced {len(traces)} times"
+    for k in params:  # the same values as tracing the init once per component
+        direct = jax.device_get(jax.jit(lambda: nn.unbox(real(rng_lib.stream(0, "params", k)))[k])())
+        for a, b in zip(jax.tree.leaves(direct), jax.tree.leaves(params[k])):
+            np.testing.assert_array_equal(a, b)
