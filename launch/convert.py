@@ -49,6 +49,7 @@ def export(config, workdir: str, out: str, flavour: str, dtype=None, step=None, 
     from omni_jax import sharding as shd
     from omni_jax.convert.safetensors_io import save_state_dict
     from omni_jax.tasks import get_task
+    from omni_jax.train import step as step_lib
     from omni_jax.train.checkpoint import Checkpointer
     from omni_jax.workdir import workdir_path
 
@@ -57,7 +58,7 @@ def export(config, workdir: str, out: str, flavour: str, dtype=None, step=None, 
     step = ckpt.latest_step() if step is None else step
     if step is None:
         raise SystemExit(f"no checkpoint in {workdir}/checkpoints")
-    abstract = shd.unbox(jax.eval_shape(task.init, jax.ShapeDtypeStruct((2,), jax.numpy.uint32)))
+    abstract = shd.unbox(step_lib.abstract_init(task, "params"))
     params = jax.device_get(ckpt.restore_params(step, abstract))
     tensors = task.export_state_dict(params, flavour, dtype)
     files = save_state_dict(out, tensors, max_shard_bytes=max_shard_mb << 20,

@@ -78,6 +78,7 @@ class Check:
         import numpy as np
 
         from omni_jax import sharding as shd
+        from omni_jax.train import step as step_lib
         from omni_jax.train.multitask import StageTasks
         from omni_jax.train.optimizer import stage_from_config
 
@@ -87,13 +88,12 @@ class Check:
         stage = stage_from_config(stage_name, self.config.stages[stage_name])
         data = self.task.make_data(stage, start_step=0, process_index=0, process_count=1)
         batch = next(data)
-        key = jax.ShapeDtypeStruct((2,), np.uint32)
-        abstract = shd.unbox(jax.eval_shape(self.task.init, key))
+        abstract = shd.unbox(step_lib.abstract_init(self.task, "params"))
         rs = np.random.RandomState(seed)
         self.params = jax.tree.map(lambda a: (0.02 * rs.randn(*a.shape)).astype(a.dtype), abstract)
-        st = jax.eval_shape(self.task.init_state, key)
+        st = step_lib.abstract_init(self.task, "state")
         self.model_state = None if st is None else jax.device_get(
-            shd.unbox(jax.jit(self.task.init_state)(jax.random.PRNGKey(seed))))
+            shd.unbox(step_lib.jitted_init(self.task, "state")(jax.random.PRNGKey(seed))))
         spec = self.task.batch_spec(self.config.train.batch_size)
         self.batch = {k: np.asarray(batch[k]) for k in spec}
         self.reference = self.run({}, devices=jax.devices()[:1])
