@@ -32,7 +32,8 @@ def random_params(task, seed: int = 0, scale: float = 0.02) -> dict:
     import jax
 
     from omni_jax import sharding as shd
+    from omni_jax.train import step as step_lib
 
-    abstract = shd.unbox(jax.eval_shape(task.init, jax.ShapeDtypeStruct((2,), np.uint32)))
+    abstract = shd.unbox(step_lib.abstract_init(task, "params"))
     rs = np.random.RandomState(seed)
     return jax.tree.map(lambda a: (scale * rs.randn(*a.shape)).astype(a.dtype), abstract)

@@ -14,10 +14,10 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from omni_jax import sharding as shd
 from omni_jax.tasks import get_task
+from omni_jax.train import step as step_lib
 from omni_jax.train.checkpoint import Checkpointer
 from omni_jax.workdir import workdir_path
 
@@ -29,7 +29,7 @@ def restore_params(config: Any, workdir: str | os.PathLike, step: int | None = N
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first (python -m launch.train ...)")
         task = get_task(config)
-        abstract = shd.unbox(jax.eval_shape(task.init, jax.ShapeDtypeStruct((2,), jnp.uint32)))
+        abstract = shd.unbox(step_lib.abstract_init(task, "params"))
         leave_out = tuple(k for k in task.training_only if k not in abstract)  # heads of training stages only
         return jax.device_get(ckpt.restore_params(step, abstract, leave_out))
     finally:
