@@ -91,9 +91,8 @@ class Check:
         abstract = shd.unbox(step_lib.abstract_init(self.task, "params"))
         rs = np.random.RandomState(seed)
         self.params = jax.tree.map(lambda a: (0.02 * rs.randn(*a.shape)).astype(a.dtype), abstract)
-        st = step_lib.abstract_init(self.task, "state")
-        self.model_state = None if st is None else jax.device_get(
-            shd.unbox(step_lib.jitted_init(self.task, "state")(jax.random.PRNGKey(seed))))
+        state = step_lib.jitted_init(self.task, "state")(jax.random.PRNGKey(seed))
+        self.model_state = None if state is None else jax.device_get(shd.unbox(state))
         spec = self.task.batch_spec(self.config.train.batch_size)
         self.batch = {k: np.asarray(batch[k]) for k in spec}
         self.reference = self.run({}, devices=jax.devices()[:1])
