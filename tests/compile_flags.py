@@ -13,6 +13,19 @@ is the same text once the metadata is stripped); only the generated elementwise 
 default level (e.g. the tiny LM's loss 5.945012 vs 5.945011), never in what a test asserts:
 equalities between two paths compare runs compiled alike, and parity with PyTorch is checked
 against the same tolerances. OMNI_JAX_TESTS_DEFAULT_OPT=1 runs the suite at XLA's default level.
+
+Tried and not used: jax's persistent compilation cache shared by the whole run (both workers and
+the processes they start; 7 Dec 2026, Zen 4 VM). It hits where the in-memory cache cannot (each
+`train()` jits new closures): tests/train/test_trainer.py 23 s instead of 40 s, and the whole
+suite reached 91% in 17 minutes instead of 21.7. But two 8-device training tests
+(tests/tasks/test_omni_task.py, tests/tasks/test_omni_v1_task.py) then hung with the CPU idle:
+gdb showed all 8 device threads waiting in XLA:CPU AllReduce rendezvous, a deadlock never seen
+without the cache; my guess (not verified) is that an executable loaded from the cache runs its
+collectives without the order that the compiled one keeps, so devices wait in different ones.
+(tests/train/test_multiprocess.py and launch.certify do load cached programs of 2-4 devices per
+process, each within one test or certificate, and have not hung in any suite run so far.)
+With a size limit jax's LRU eviction also reads every entry's access time at every write
+(quadratic in the ~5000 entries): that run was slower than no cache at all.
 """
 
 import os
