@@ -20,8 +20,12 @@ the processes they start; 7 Dec 2026, Zen 4 VM). It hits where the in-memory cac
 suite reached 91% in 17 minutes instead of 21.7. But two 8-device training tests
 (tests/tasks/test_omni_task.py, tests/tasks/test_omni_v1_task.py) then hung with the CPU idle:
 gdb showed all 8 device threads waiting in XLA:CPU AllReduce rendezvous, a deadlock never seen
-without the cache; my guess (not verified) is that an executable loaded from the cache runs its
-collectives without the order that the compiled one keeps, so devices wait in different ones.
+without the cache. Reproduced alone, no second worker: test_two_v1_stages_and_evaluation run twice
+in two processes sharing a cache directory, the first (compiling, writing 52 entries) passed in 33
+s, the second (loading them) hung at once, the same 8 threads in AllReduce, and `timeout`'s SIGTERM
+did not end it (Python never runs its handler while XLA waits). My guess (not verified) is that an
+executable loaded from the cache runs its collectives without the order that the compiled one
+keeps, so devices wait in different ones.
 (tests/train/test_multiprocess.py and launch.certify do load cached programs of 2-4 devices per
 process, each within one test or certificate, and have not hung in any suite run so far.)
 Caching only single-device programs (no collectives) gains nothing: tests/train/test_trainer.py,
