@@ -1,9 +1,12 @@
 """Tiny random transformers reference models (no downloads) shared by parity tests."""
 
-import numpy as np
 import torch
 from transformers import Qwen2Config as HFQwen2Config
 from transformers import Qwen2ForCausalLM
+
+from omni_jax.train import step as _step
+
+random_params = _step.random_params  # the tests' random parameters of a task
 
 TINY_QWEN2 = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                   num_attention_heads=8, num_key_value_heads=2, rope_theta=1e6, rms_norm_eps=1e-6,
@@ -24,16 +27,3 @@ def tiny_hf_qwen2(seed: int = 0, **overrides) -> Qwen2ForCausalLM:
 
 def state_dict_numpy(model: torch.nn.Module) -> dict:
     return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-
-
-def random_params(task, seed: int = 0, scale: float = 0.02) -> dict:
-    """Random numpy params in the task's tree (shapes from jax.eval_shape, no init compile: the
-    whole omni model's init takes ~30 s to compile on CPU). For tests where values are arbitrary."""
-    import jax
-
-    from omni_jax import sharding as shd
-    from omni_jax.train import step as step_lib
-
-    abstract = shd.unbox(step_lib.abstract_init(task, "params"))
-    rs = np.random.RandomState(seed)
-    return jax.tree.map(lambda a: (scale * rs.randn(*a.shape)).astype(a.dtype), abstract)

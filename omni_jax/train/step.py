@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -82,6 +83,15 @@ def abstract_init(task: Task, what: str) -> Any:
     would carry no mesh and be traced again)."""
     fn = jitted_init(task, what)
     return jax.eval_shape(lambda: fn(jnp.zeros((2,), jnp.uint32)))
+
+
+def random_params(task: Task, seed: int = 0, scale: float = 0.02) -> Any:
+    """Random numpy parameters in the task's tree (`scale` x normal, the leaves' dtypes), from its
+    abstract tree: no init compile (the whole omni model's takes ~30 s on CPU). For checks where the
+    values are arbitrary (launch/mesh_check.py, the tests)."""
+    abstract = shd.unbox(abstract_init(task, "params"))
+    rs = np.random.RandomState(seed)
+    return jax.tree.map(lambda a: (scale * rs.randn(*a.shape)).astype(a.dtype), abstract)
 
 
 def abstract_boxed(task: Task) -> tuple[Any, Any]:
